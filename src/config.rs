@@ -1,0 +1,824 @@
+//! Typed configuration: the TOML file, secrets from files or the environment, and validation
+//! whose every error names the key it is about.
+//!
+//! Not for: deciding anything at request time. Everything here is resolved once at start-up into
+//! plain values the rest of the code takes as given.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+use ipnet::IpNet;
+use serde::Deserialize;
+use url::Url;
+
+use crate::secret::{ClientSecret, SecretText};
+
+/// Environment variable that may hold the PKB client secret.
+pub const ENV_CLIENT_SECRET: &str = "PKB_EDGE_CLIENT_SECRET";
+/// Environment variable that may hold the encryption keys (`KEY_ID:BASE64` per line or comma).
+pub const ENV_KEYS: &str = "PKB_EDGE_KEYS";
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub upstream: Upstream,
+    pub prefix: String,
+    pub public_url: Url,
+    pub server: ServerSettings,
+    pub identity: IdentitySettings,
+    pub pkb: PkbSettings,
+    pub store: StoreSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Resolved once at start-up.
+    pub addr: SocketAddr,
+    pub tls: bool,
+    /// The host name, for SNI and certificate checks when `tls`.
+    pub host: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub threads: usize,
+    pub grace_period_seconds: u64,
+    pub graceful_shutdown_timeout_seconds: u64,
+    pub upstream_keepalive_pool_size: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum IdentitySettings {
+    Header {
+        header: HeaderName,
+        trusted_peers: Vec<IpNet>,
+    },
+}
+
+impl IdentitySettings {
+    pub fn header(&self) -> &HeaderName {
+        match self {
+            IdentitySettings::Header { header, .. } => header,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    Basic,
+    Body,
+}
+
+#[derive(Debug, Clone)]
+pub struct PkbSettings {
+    pub base_url: Url,
+    pub client_id: String,
+    pub client_secret: ClientSecret,
+    pub client_auth: ClientAuth,
+    pub scope: String,
+    pub timeout: Duration,
+    pub refresh_skew_secs: i64,
+    /// The registered pairing callback, `{public_url}{prefix}/callback` unless set.
+    pub redirect_uri: String,
+    pub authorize_path: String,
+    pub token_path: String,
+    pub otp_path: String,
+    pub otp_field: String,
+    pub otp_login_path: String,
+    pub otp_param: String,
+    pub patient_landing_path: String,
+    pub national_id_param: String,
+    pub national_id_type_param: String,
+    pub email_param: String,
+    pub data_from_other_org_path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub url: String,
+    /// The raw key lines; parsed and checked by `store::crypto::Keyring::parse`.
+    pub keys: SecretText,
+    /// Where the keys came from, for error messages (`store.keys_file`, `PKB_EDGE_KEYS`…).
+    pub keys_source: String,
+    pub cache_capacity: u64,
+    pub cache_ttl: Duration,
+}
+
+/// Every problem found in a configuration, each tied to its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<KeyProblem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyProblem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "the configuration has {} problem(s):", self.problems.len())?;
+        for p in &self.problems {
+            writeln!(f, "  - {}: {}", p.key, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    fn one(key: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            problems: vec![KeyProblem {
+                key: key.to_string(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    upstream: Option<String>,
+    #[serde(default = "default_prefix")]
+    prefix: String,
+    public_url: Option<String>,
+    #[serde(default)]
+    server: RawServer,
+    identity: Option<RawIdentity>,
+    pkb: Option<RawPkb>,
+    store: Option<RawStore>,
+}
+
+fn default_prefix() -> String {
+    "/_pkb".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    threads: usize,
+    grace_period_seconds: u64,
+    graceful_shutdown_timeout_seconds: u64,
+    upstream_keepalive_pool_size: usize,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            threads: 2,
+            grace_period_seconds: 30,
+            graceful_shutdown_timeout_seconds: 10,
+            upstream_keepalive_pool_size: 256,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    #[serde(default = "default_mode")]
+    mode: String,
+    #[serde(default = "default_identity_header")]
+    header: String,
+    #[serde(default)]
+    trusted_peers: Vec<String>,
+}
+
+fn default_mode() -> String {
+    "header".into()
+}
+fn default_identity_header() -> String {
+    "X-Authenticated-User".into()
+}
+
+macro_rules! pkb_defaults {
+    ($($field:ident = $value:expr),* $(,)?) => {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct RawPkb {
+            base_url: Option<String>,
+            client_id: Option<String>,
+            client_secret: Option<String>,
+            client_secret_file: Option<PathBuf>,
+            #[serde(default = "default_client_auth")]
+            client_auth: ClientAuth,
+            #[serde(default = "default_scope")]
+            scope: String,
+            #[serde(default = "default_timeout_ms")]
+            timeout_ms: u64,
+            #[serde(default = "default_refresh_skew")]
+            refresh_skew_secs: i64,
+            redirect_uri: Option<String>,
+            $(#[serde(default)] $field: Option<String>,)*
+        }
+
+        /// PKB's documented (or, where PKB publishes none, the simulator's) paths and names.
+        /// Named after their config keys, so `pkb_default::otp_path` reads as the key it defaults.
+        #[allow(non_upper_case_globals)]
+        pub mod pkb_default {
+            $(pub const $field: &str = $value;)*
+        }
+
+        impl RawPkb {
+            fn names(&self) -> Vec<(&'static str, String)> {
+                vec![$((stringify!($field), self.$field.clone().unwrap_or_else(|| $value.to_string())),)*]
+            }
+        }
+    };
+}
+
+pkb_defaults! {
+    authorize_path = "/apiAuthorize.action",
+    token_path = "/apiToken.action",
+    otp_path = "/json/v1/users/self/otp",
+    otp_field = "otp",
+    otp_login_path = "/otp.action",
+    otp_param = "otpToken",
+    patient_landing_path = "/auth/patientSummary.action?tab=patientSummary",
+    national_id_param = "contextNationalId",
+    national_id_type_param = "contextNationalIdType",
+    email_param = "contextUserEmail",
+    data_from_other_org_path = "/json/v1/patients/dataFromOtherOrg",
+}
+
+fn default_client_auth() -> ClientAuth {
+    ClientAuth::Basic
+}
+fn default_scope() -> String {
+    "CLINICIAN".into()
+}
+fn default_timeout_ms() -> u64 {
+    3000
+}
+fn default_refresh_skew() -> i64 {
+    60
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Option<String>,
+    keys: Option<String>,
+    keys_file: Option<PathBuf>,
+    #[serde(default = "default_cache_capacity")]
+    cache_capacity: u64,
+    #[serde(default = "default_cache_ttl")]
+    cache_ttl_secs: u64,
+}
+
+fn default_cache_capacity() -> u64 {
+    100_000
+}
+fn default_cache_ttl() -> u64 {
+    300
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading and validation.
+
+/// Where a secret may come from, besides the file itself.
+pub trait Environment {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Environment for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Environment for BTreeMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`. Relative `*_file` paths are read relative to the
+    /// working directory, as operators type them.
+    pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::one("(file)", format!("cannot read {}: {e}", path.display()))
+        })?;
+        Config::parse(&text, env)
+    }
+
+    pub fn parse(text: &str, env: &dyn Environment) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(toml_error)?;
+        let mut v = Validator::default();
+        let config = v.config(raw, env);
+        match config {
+            Some(c) if v.problems.is_empty() => Ok(c),
+            _ => Err(ConfigError {
+                problems: v.problems,
+            }),
+        }
+    }
+}
+
+/// serde's message for an unknown or mistyped key already names it; say which key and where.
+fn toml_error(e: toml::de::Error) -> ConfigError {
+    let message = e.message().to_string();
+    let key = message
+        .split('`')
+        .nth(1)
+        .filter(|_| message.starts_with("unknown field"))
+        .map(str::to_string)
+        .unwrap_or_else(|| "(syntax)".to_string());
+    let location = e
+        .span()
+        .map(|s| format!(" (at byte {})", s.start))
+        .unwrap_or_default();
+    ConfigError::one(&key, format!("{message}{location}"))
+}
+
+#[derive(Default)]
+struct Validator {
+    problems: Vec<KeyProblem>,
+}
+
+impl Validator {
+    fn problem(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push(KeyProblem {
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn required<T>(&mut self, key: &str, value: Option<T>) -> Option<T> {
+        if value.is_none() {
+            self.problem(key, "is required");
+        }
+        value
+    }
+
+    fn config(&mut self, raw: RawConfig, env: &dyn Environment) -> Option<Config> {
+        let listen = self
+            .required("listen", raw.listen)
+            .and_then(|s| self.socket_addr("listen", &s));
+        let upstream = self
+            .required("upstream", raw.upstream)
+            .and_then(|s| self.upstream(&s));
+        let prefix = self.prefix(&raw.prefix);
+        let public_url = self
+            .required("public_url", raw.public_url)
+            .and_then(|s| self.base_url("public_url", &s));
+        let server = self.server(raw.server);
+        let identity = self
+            .required("identity", raw.identity)
+            .and_then(|i| self.identity(i));
+        let pkb = self.required("pkb", raw.pkb).and_then(|p| {
+            let callback = match (&public_url, &prefix) {
+                (Some(base), Some(prefix)) => Some(format!(
+                    "{}{prefix}/callback",
+                    base.as_str().trim_end_matches('/')
+                )),
+                _ => None,
+            };
+            self.pkb(p, callback, env)
+        });
+        let store = self
+            .required("store", raw.store)
+            .and_then(|s| self.store(s, env));
+        Some(Config {
+            listen: listen?,
+            upstream: upstream?,
+            prefix: prefix?,
+            public_url: public_url?,
+            server: server?,
+            identity: identity?,
+            pkb: pkb?,
+            store: store?,
+        })
+    }
+
+    fn socket_addr(&mut self, key: &str, s: &str) -> Option<SocketAddr> {
+        match s.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(key, format!("`{s}` is not an IP address and port, e.g. 0.0.0.0:8080"));
+                None
+            }
+        }
+    }
+
+    fn upstream(&mut self, s: &str) -> Option<Upstream> {
+        let key = "upstream";
+        let url = match Url::parse(s) {
+            Ok(u) => u,
+            Err(e) => {
+                self.problem(key, format!("`{s}` is not a URL ({e}); e.g. http://127.0.0.1:3000"));
+                return None;
+            }
+        };
+        let tls = match url.scheme() {
+            "http" => false,
+            "https" => true,
+            other => {
+                self.problem(key, format!("scheme `{other}` is not http or https"));
+                return None;
+            }
+        };
+        if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+            self.problem(key, "must be a scheme, host and port only (requests keep their own paths)");
+            return None;
+        }
+        let host = url.host_str().unwrap_or_default().to_string();
+        let port = url.port_or_known_default().unwrap_or(80);
+        let lookup_host = host.trim_start_matches('[').trim_end_matches(']');
+        match (lookup_host, port).to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(addr)) => Some(Upstream { addr, tls, host }),
+            _ => {
+                self.problem(key, format!("cannot resolve `{host}`"));
+                None
+            }
+        }
+    }
+
+    fn prefix(&mut self, p: &str) -> Option<String> {
+        let ok = p.len() > 1
+            && p.starts_with('/')
+            && !p.ends_with('/')
+            && p[1..]
+                .split('/')
+                .all(|seg| !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) && seg != "." && seg != "..");
+        if ok {
+            Some(p.to_string())
+        } else {
+            self.problem("prefix", format!("`{p}` must be a path like /_pkb: a leading slash, no trailing slash, letters, digits, - _ ."));
+            None
+        }
+    }
+
+    fn base_url(&mut self, key: &str, s: &str) -> Option<Url> {
+        match Url::parse(s) {
+            Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host().is_some() && u.query().is_none() && u.fragment().is_none() && u.username().is_empty() => Some(u),
+            Ok(_) => {
+                self.problem(key, format!("`{s}` must be an absolute http(s) URL with no query, fragment or user info"));
+                None
+            }
+            Err(e) => {
+                self.problem(key, format!("`{s}` is not a URL ({e})"));
+                None
+            }
+        }
+    }
+
+    fn server(&mut self, s: RawServer) -> Option<ServerSettings> {
+        if s.threads == 0 || s.threads > 1024 {
+            self.problem("server.threads", "must be between 1 and 1024");
+            return None;
+        }
+        if s.upstream_keepalive_pool_size == 0 {
+            self.problem("server.upstream_keepalive_pool_size", "must be at least 1");
+            return None;
+        }
+        Some(ServerSettings {
+            threads: s.threads,
+            grace_period_seconds: s.grace_period_seconds,
+            graceful_shutdown_timeout_seconds: s.graceful_shutdown_timeout_seconds,
+            upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        })
+    }
+
+    fn identity(&mut self, i: RawIdentity) -> Option<IdentitySettings> {
+        let header = match HeaderName::try_from(i.header.as_str()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                self.problem("identity.header", format!("`{}` is not a valid header name", i.header));
+                None
+            }
+        };
+        match i.mode.as_str() {
+            "header" => {
+                let mut peers = Vec::new();
+                for (n, p) in i.trusted_peers.iter().enumerate() {
+                    match parse_cidr(p) {
+                        Some(net) => peers.push(net),
+                        None => self.problem(
+                            &format!("identity.trusted_peers[{n}]"),
+                            format!("`{p}` is not a CIDR (e.g. 10.0.0.0/8) or an IP address"),
+                        ),
+                    }
+                }
+                if i.trusted_peers.is_empty() {
+                    self.problem(
+                        "identity.trusted_peers",
+                        "header mode needs at least one trusted peer (the address of the authentication layer in front of pkb-edge)",
+                    );
+                }
+                Some(IdentitySettings::Header {
+                    header: header?,
+                    trusted_peers: peers,
+                })
+            }
+            "jwt" | "nhs_login" => {
+                self.problem("identity.mode", format!("`{}` is not available in this version; use `header`", i.mode));
+                None
+            }
+            other => {
+                self.problem("identity.mode", format!("`{other}` is not one of header, jwt, nhs_login"));
+                None
+            }
+        }
+    }
+
+    fn pkb(&mut self, p: RawPkb, callback: Option<String>, env: &dyn Environment) -> Option<PkbSettings> {
+        let names = p.names();
+        for (name, value) in &names {
+            let key = format!("pkb.{name}");
+            let is_path = name.ends_with("_path");
+            if is_path && (!value.starts_with('/') || value.starts_with("//")) {
+                self.problem(&key, format!("`{value}` must be a path starting with a single /"));
+            }
+            if !is_path && (value.is_empty() || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))) {
+                self.problem(&key, format!("`{value}` must be a non-empty name of letters, digits, _ - ."));
+            }
+        }
+        let name = |n: &str| names.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone()).unwrap_or_default();
+        let base_url = self.required("pkb.base_url", p.base_url).and_then(|s| self.base_url("pkb.base_url", &s));
+        let client_id = self.required("pkb.client_id", p.client_id.filter(|c| !c.is_empty()));
+        let client_secret = self.secret(
+            "pkb.client_secret",
+            p.client_secret,
+            "pkb.client_secret_file",
+            p.client_secret_file.as_deref(),
+            ENV_CLIENT_SECRET,
+            env,
+        );
+        if !["PATIENT", "CLINICIAN", "TEAMCOORD"].contains(&p.scope.as_str()) {
+            self.problem("pkb.scope", format!("`{}` is not one of PATIENT, CLINICIAN, TEAMCOORD", p.scope));
+        }
+        if !(100..=60_000).contains(&p.timeout_ms) {
+            self.problem("pkb.timeout_ms", "must be between 100 and 60000");
+        }
+        if !(0..=3600).contains(&p.refresh_skew_secs) {
+            self.problem("pkb.refresh_skew_secs", "must be between 0 and 3600");
+        }
+        let redirect_uri = match p.redirect_uri {
+            Some(r) => self.base_url("pkb.redirect_uri", &r).map(|u| u.to_string()),
+            None => callback,
+        };
+        Some(PkbSettings {
+            base_url: base_url?,
+            client_id: client_id?,
+            client_secret: ClientSecret::new(client_secret?.expose()),
+            client_auth: p.client_auth,
+            scope: p.scope,
+            timeout: Duration::from_millis(p.timeout_ms),
+            refresh_skew_secs: p.refresh_skew_secs,
+            redirect_uri: redirect_uri?,
+            authorize_path: name("authorize_path"),
+            token_path: name("token_path"),
+            otp_path: name("otp_path"),
+            otp_field: name("otp_field"),
+            otp_login_path: name("otp_login_path"),
+            otp_param: name("otp_param"),
+            patient_landing_path: name("patient_landing_path"),
+            national_id_param: name("national_id_param"),
+            national_id_type_param: name("national_id_type_param"),
+            email_param: name("email_param"),
+            data_from_other_org_path: name("data_from_other_org_path"),
+        })
+    }
+
+    fn store(&mut self, s: RawStore, env: &dyn Environment) -> Option<StoreSettings> {
+        let url = self.required("store.url", s.url);
+        if let Some(u) = &url {
+            if !u.starts_with("sqlite://") {
+                self.problem("store.url", format!("`{u}` must start with sqlite:// (e.g. sqlite:///var/lib/pkb-edge/pairings.db)"));
+            } else if u.len() == "sqlite://".len() {
+                self.problem("store.url", "names no file: sqlite://PATH");
+            }
+        }
+        let (keys_source, keys) = match (s.keys, s.keys_file, env.var(ENV_KEYS)) {
+            (Some(_), Some(_), _) => {
+                self.problem("store.keys", "give store.keys or store.keys_file, not both");
+                (String::new(), None)
+            }
+            (Some(k), None, _) => ("store.keys".to_string(), Some(SecretText::new(k))),
+            (None, Some(path), _) => match std::fs::read_to_string(&path) {
+                Ok(k) => ("store.keys_file".to_string(), Some(SecretText::new(k))),
+                Err(e) => {
+                    self.problem("store.keys_file", format!("cannot read {}: {e}", path.display()));
+                    (String::new(), None)
+                }
+            },
+            (None, None, Some(k)) => (ENV_KEYS.to_string(), Some(SecretText::new(k))),
+            (None, None, None) => {
+                self.problem(
+                    "store.keys_file",
+                    format!("no encryption keys: set store.keys_file, store.keys or {ENV_KEYS} (make one with `pkb-edge keygen`)"),
+                );
+                (String::new(), None)
+            }
+        };
+        if let Some(k) = &keys {
+            if let Err(e) = crate::store::crypto::Keyring::parse(k.expose()) {
+                self.problem(&keys_source, e.to_string());
+            }
+        }
+        if s.cache_capacity == 0 {
+            self.problem("store.cache_capacity", "must be at least 1");
+        }
+        if !(1..=3600).contains(&s.cache_ttl_secs) {
+            self.problem("store.cache_ttl_secs", "must be between 1 and 3600");
+        }
+        Some(StoreSettings {
+            url: url?,
+            keys: keys?,
+            keys_source,
+            cache_capacity: s.cache_capacity,
+            cache_ttl: Duration::from_secs(s.cache_ttl_secs),
+        })
+    }
+
+    /// One secret from exactly one of: inline, a file, the environment.
+    fn secret(
+        &mut self,
+        key: &str,
+        inline: Option<String>,
+        file_key: &str,
+        file: Option<&Path>,
+        env_name: &str,
+        env: &dyn Environment,
+    ) -> Option<SecretText> {
+        match (inline, file) {
+            (Some(_), Some(_)) => {
+                self.problem(key, format!("give {key} or {file_key}, not both"));
+                None
+            }
+            (Some(s), None) if !s.is_empty() => Some(SecretText::new(s)),
+            (Some(_), None) => {
+                self.problem(key, "is empty");
+                None
+            }
+            (None, Some(path)) => match std::fs::read_to_string(path) {
+                Ok(s) if !s.trim().is_empty() => Some(SecretText::new(s.trim().to_string())),
+                Ok(_) => {
+                    self.problem(file_key, format!("{} is empty", path.display()));
+                    None
+                }
+                Err(e) => {
+                    self.problem(file_key, format!("cannot read {}: {e}", path.display()));
+                    None
+                }
+            },
+            (None, None) => match env.var(env_name) {
+                Some(s) => Some(SecretText::new(s)),
+                None => {
+                    self.problem(key, format!("missing: set {key}, {file_key} or the environment variable {env_name}"));
+                    None
+                }
+            },
+        }
+    }
+}
+
+/// `10.0.0.0/8`, or a bare address meaning just that host.
+fn parse_cidr(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    fn minimal() -> String {
+        format!(
+            r#"
+listen = "127.0.0.1:8080"
+upstream = "http://127.0.0.1:3000"
+public_url = "https://ehr.example.nhs.uk"
+[identity]
+trusted_peers = ["127.0.0.1/32", "::1"]
+[pkb]
+base_url = "https://sandbox.patientsknowbest.com"
+client_id = "pkb-edge"
+client_secret = "s3cret"
+[store]
+url = "sqlite:///tmp/x.db"
+keys = "{KEY}"
+"#
+        )
+    }
+
+    fn no_env() -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    fn keys_of(err: ConfigError) -> Vec<String> {
+        err.problems.into_iter().map(|p| p.key).collect()
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = Config::parse(&minimal(), &no_env()).unwrap();
+        assert_eq!(c.prefix, "/_pkb");
+        assert_eq!(c.pkb.redirect_uri, "https://ehr.example.nhs.uk/_pkb/callback");
+        assert_eq!(c.pkb.otp_login_path, "/otp.action");
+        assert_eq!(c.pkb.otp_param, "otpToken");
+        assert_eq!(c.pkb.token_path, "/apiToken.action");
+        assert_eq!(c.pkb.authorize_path, "/apiAuthorize.action");
+        assert_eq!(c.pkb.patient_landing_path, "/auth/patientSummary.action?tab=patientSummary");
+        assert_eq!(c.pkb.scope, "CLINICIAN");
+        assert_eq!(c.pkb.client_auth, ClientAuth::Basic);
+        assert_eq!(c.identity.header().as_str(), "x-authenticated-user");
+        assert_eq!(c.store.cache_capacity, 100_000);
+        assert_eq!(c.server.threads, 2);
+    }
+
+    #[test]
+    fn errors_name_their_keys() {
+        let text = minimal()
+            .replace("127.0.0.1:8080", "not-an-address")
+            .replace("\"CLINICIAN\"", "\"x\"")
+            .replace("trusted_peers = [\"127.0.0.1/32\", \"::1\"]", "trusted_peers = [\"10.0.0.0/33\"]")
+            .replace("https://sandbox.patientsknowbest.com", "ftp://x");
+        let keys = keys_of(Config::parse(&text, &no_env()).unwrap_err());
+        assert!(keys.contains(&"listen".to_string()), "{keys:?}");
+        assert!(keys.contains(&"identity.trusted_peers[0]".to_string()), "{keys:?}");
+        assert!(keys.contains(&"pkb.base_url".to_string()), "{keys:?}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = minimal().replace("[pkb]", "[pkb]\nclient_sekret = \"x\"");
+        let keys = keys_of(Config::parse(&text, &no_env()).unwrap_err());
+        assert_eq!(keys, vec!["client_sekret".to_string()]);
+    }
+
+    #[test]
+    fn secrets_come_from_exactly_one_place() {
+        let text = minimal().replace("client_secret = \"s3cret\"", "");
+        let keys = keys_of(Config::parse(&text, &no_env()).unwrap_err());
+        assert_eq!(keys, vec!["pkb.client_secret".to_string()]);
+
+        let mut env = no_env();
+        env.insert(ENV_CLIENT_SECRET.into(), "from-env".into());
+        let c = Config::parse(&text, &env).unwrap();
+        assert_eq!(c.pkb.client_secret.expose(), "from-env");
+
+        let both = minimal().replace("client_secret = \"s3cret\"", "client_secret = \"a\"\nclient_secret_file = \"/x\"");
+        let keys = keys_of(Config::parse(&both, &no_env()).unwrap_err());
+        assert_eq!(keys, vec!["pkb.client_secret".to_string()]);
+    }
+
+    #[test]
+    fn keys_from_environment_and_bad_keys_named() {
+        let text = minimal().replace(&format!("keys = \"{KEY}\""), "");
+        let keys = keys_of(Config::parse(&text, &no_env()).unwrap_err());
+        assert_eq!(keys, vec!["store.keys_file".to_string()]);
+
+        let mut env = no_env();
+        env.insert(ENV_KEYS.into(), "k1:short".into());
+        let keys = keys_of(Config::parse(&text, &env).unwrap_err());
+        assert_eq!(keys, vec![ENV_KEYS.to_string()]);
+    }
+
+    #[test]
+    fn secrets_never_printed_in_debug() {
+        let c = Config::parse(&minimal(), &no_env()).unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"));
+        assert!(!shown.contains("AAECAwQF"));
+    }
+
+    #[test]
+    fn documented_example_is_valid() {
+        let text = include_str!("../conf/pkb-edge.toml");
+        let mut env = no_env();
+        env.insert(ENV_CLIENT_SECRET.into(), "x".into());
+        env.insert(ENV_KEYS.into(), KEY.into());
+        // The example's secret files do not exist on a build machine; replace them with the env.
+        let text = text
+            .lines()
+            .filter(|l| !l.starts_with("client_secret_file") && !l.starts_with("keys_file"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if let Err(e) = Config::parse(&text, &env) {
+            panic!("conf/pkb-edge.toml does not validate:\n{e}");
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Who is asking: the user id from the trusted identity header, and which header copies must never
+//! reach the upstream.
+//!
+//! `header` mode trusts the header only from `identity.trusted_peers` (the hospital's
+//! authentication layer). Like River's CIDR filter, the check fails closed: a peer whose address is
+//! unknown (a Unix socket, say) is untrusted. (`jwt` mode will verify a signature here instead of
+//! the peer address; the resolver's callers do not change.)
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName};
+use ipnet::IpNet;
+
+use crate::config::IdentitySettings;
+
+/// Longest user id accepted, in bytes.
+const MAX_USER_ID_LEN: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct IdentityResolver {
+    header: HeaderName,
+    trusted_peers: Vec<IpNet>,
+}
+
+impl IdentityResolver {
+    pub fn new(settings: &IdentitySettings) -> Self {
+        match settings {
+            IdentitySettings::Header { header, trusted_peers } => IdentityResolver {
+                header: header.clone(),
+                trusted_peers: trusted_peers.clone(),
+            },
+        }
+    }
+
+    /// The identity header's name (lower case).
+    pub fn header(&self) -> &HeaderName {
+        &self.header
+    }
+
+    pub fn peer_is_trusted(&self, peer: Option<IpAddr>) -> bool {
+        let Some(peer) = peer else { return false };
+        let peer = peer.to_canonical();
+        self.trusted_peers.iter().any(|net| net.contains(&peer))
+    }
+
+    /// The user id, if the request carries exactly one well-formed identity header from a trusted
+    /// peer. Anything else is "nobody": never an error the client could probe.
+    pub fn resolve(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<String> {
+        if !self.peer_is_trusted(peer) {
+            return None;
+        }
+        let mut values = headers.get_all(&self.header).iter();
+        let value = values.next()?;
+        if values.next().is_some() {
+            tracing::warn!(header = %self.header, "identity header sent more than once; treated as absent");
+            return None;
+        }
+        let user = std::str::from_utf8(value.as_bytes()).ok()?.trim();
+        let well_formed = !user.is_empty() && user.len() <= MAX_USER_ID_LEN && !user.chars().any(char::is_control);
+        well_formed.then(|| user.to_string())
+    }
+}
+
+/// What to remove from a request before it goes upstream: the hop-by-hop headers a client named
+/// in `Connection:` (a client could otherwise name a header the proxy sets, and have the next hop
+/// drop it), plus `Connection`, `Keep-Alive` and `Proxy-Connection` themselves.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HopByHop {
+    pub remove: Vec<HeaderName>,
+    /// `Connection: upgrade` is put back for a protocol upgrade (WebSockets keep working).
+    pub keep_upgrade: bool,
+}
+
+pub fn hop_by_hop(headers: &HeaderMap) -> HopByHop {
+    let mut out = HopByHop::default();
+    let tokens = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase());
+    for token in tokens {
+        match token.as_str() {
+            "" | "keep-alive" | "close" => {}
+            "upgrade" => out.keep_upgrade = headers.contains_key(http::header::UPGRADE),
+            name => {
+                if let Ok(name) = HeaderName::try_from(name) {
+                    out.remove.push(name);
+                }
+            }
+        }
+    }
+    for name in ["connection", "keep-alive", "proxy-connection"] {
+        if headers.contains_key(name) {
+            out.remove.push(HeaderName::from_static(name));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolver() -> IdentityResolver {
+        IdentityResolver::new(&IdentitySettings::Header {
+            header: HeaderName::from_static("x-authenticated-user"),
+            trusted_peers: vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+        })
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::try_from(*k).unwrap(), v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn header_trusted_only_from_trusted_peers() {
+        let r = resolver();
+        let h = headers(&[("X-Authenticated-User", "dr.jones")]);
+        assert_eq!(r.resolve(Some("10.1.2.3".parse().unwrap()), &h).as_deref(), Some("dr.jones"));
+        assert_eq!(r.resolve(Some("::1".parse().unwrap()), &h).as_deref(), Some("dr.jones"));
+        assert_eq!(r.resolve(Some("::ffff:10.0.0.1".parse().unwrap()), &h).as_deref(), Some("dr.jones"));
+        assert_eq!(r.resolve(Some("192.168.1.1".parse().unwrap()), &h), None);
+        assert_eq!(r.resolve(None, &h), None, "unknown peer fails closed");
+    }
+
+    #[test]
+    fn malformed_or_repeated_identity_is_absent() {
+        let r = resolver();
+        let peer = Some("10.0.0.1".parse().unwrap());
+        assert_eq!(r.resolve(peer, &headers(&[])), None);
+        assert_eq!(r.resolve(peer, &headers(&[("x-authenticated-user", "  ")])), None);
+        assert_eq!(r.resolve(peer, &headers(&[("x-authenticated-user", "a"), ("x-authenticated-user", "b")])), None);
+        let long = "a".repeat(MAX_USER_ID_LEN + 1);
+        assert_eq!(r.resolve(peer, &headers(&[("x-authenticated-user", &long)])), None);
+    }
+
+    #[test]
+    fn connection_named_headers_are_removed() {
+        let h = headers(&[
+            ("connection", "keep-alive, X-Authenticated-User"),
+            ("connection", "x-other"),
+            ("x-authenticated-user", "evil"),
+            ("x-other", "1"),
+            ("x-kept", "1"),
+            ("keep-alive", "timeout=5"),
+        ]);
+        let hop = hop_by_hop(&h);
+        let names: Vec<&str> = hop.remove.iter().map(HeaderName::as_str).collect();
+        assert_eq!(names, vec!["x-authenticated-user", "x-other", "connection", "keep-alive"]);
+        assert!(!hop.keep_upgrade);
+
+        let ws = hop_by_hop(&headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]));
+        assert!(ws.keep_upgrade);
+        assert_eq!(ws.remove, vec![HeaderName::from_static("connection")]);
+    }
+}

@@ -1,0 +1,17 @@
+//! pkb-edge: an edge proxy that launches a hospital system's users into Patients Know Best.
+//! See `DESIGN.md` in the project's shared folder for the contract; README.md for how to run it.
+
+pub mod clock;
+pub mod config;
+pub mod identity;
+pub mod launch;
+pub mod pages;
+pub mod patient;
+pub mod pkb;
+pub mod proxy;
+pub mod relative_path;
+pub mod reply;
+pub mod secret;
+pub mod service;
+pub mod sim;
+pub mod store;

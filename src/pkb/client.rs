@@ -1,0 +1,237 @@
+//! The PKB API client (reqwest): token grants and the one-time password, with PKB's failures
+//! mapped to typed errors the use cases decide on.
+//!
+//! The reqwest client is built lazily, on first use, so it lives in the runtime of the service
+//! that uses it (a hyper pool driven from a runtime that is later dropped can hang).
+
+use std::sync::{Arc, OnceLock};
+
+use serde::Deserialize;
+
+use crate::config::{ClientAuth, PkbSettings};
+use crate::secret::{AccessToken, Otp, RefreshToken};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkbError {
+    /// PKB could not be reached, timed out, or answered 5xx/429: try again later.
+    #[error("PKB unavailable: {0}")]
+    Unavailable(String),
+    /// `invalid_grant`: the refresh token or code is dead; the pairing cannot be used again.
+    #[error("PKB rejected the grant (invalid_grant)")]
+    InvalidGrant,
+    /// PKB refused the access token (401/403 on an API call).
+    #[error("PKB rejected the access token")]
+    Unauthorized,
+    /// PKB refused pkb-edge's request for another reason (client credentials, configuration).
+    #[error("PKB refused the request: {0}")]
+    Refused(String),
+    /// PKB answered, but not in the documented shape.
+    #[error("unexpected answer from PKB: {0}")]
+    Protocol(String),
+}
+
+/// A token endpoint answer. `expires_in` is read, never assumed.
+#[derive(Debug, Clone)]
+pub struct TokenResponse {
+    pub access_token: AccessToken,
+    pub refresh_token: Option<RefreshToken>,
+    pub expires_in: i64,
+    pub scope: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawTokenResponse {
+    access_token: Option<String>,
+    token_type: Option<String>,
+    expires_in: Option<serde_json::Value>,
+    refresh_token: Option<String>,
+    scope: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct OAuthErrorBody {
+    error: String,
+}
+
+pub struct PkbClient {
+    settings: Arc<PkbSettings>,
+    http: OnceLock<Result<reqwest::Client, String>>,
+}
+
+impl PkbClient {
+    pub fn new(settings: Arc<PkbSettings>) -> Self {
+        PkbClient {
+            settings,
+            http: OnceLock::new(),
+        }
+    }
+
+    pub fn settings(&self) -> &PkbSettings {
+        &self.settings
+    }
+
+    fn http(&self) -> Result<&reqwest::Client, PkbError> {
+        self.http
+            .get_or_init(|| {
+                reqwest::Client::builder()
+                    .timeout(self.settings.timeout)
+                    .connect_timeout(self.settings.timeout)
+                    .redirect(reqwest::redirect::Policy::none())
+                    .pool_idle_timeout(std::time::Duration::from_secs(50))
+                    .pool_max_idle_per_host(256)
+                    .tcp_nodelay(true)
+                    .user_agent(concat!("pkb-edge/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| PkbError::Unavailable(format!("HTTP client: {e}")))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.settings.base_url.as_str().trim_end_matches('/'))
+    }
+
+    /// The refresh grant. PKB may rotate the refresh token; the answer then carries the new one.
+    pub async fn refresh(&self, refresh_token: &RefreshToken) -> Result<TokenResponse, PkbError> {
+        self.token_request(&[("grant_type", "refresh_token"), ("refresh_token", refresh_token.expose())])
+            .await
+    }
+
+    /// The authorization code grant, with the PKCE verifier and the registered redirect URI.
+    pub async fn exchange_code(&self, code: &str, code_verifier: &str) -> Result<TokenResponse, PkbError> {
+        self.token_request(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", &self.settings.redirect_uri),
+            ("code_verifier", code_verifier),
+        ])
+        .await
+    }
+
+    async fn token_request(&self, form: &[(&str, &str)]) -> Result<TokenResponse, PkbError> {
+        let s = &self.settings;
+        let mut body: Vec<(&str, &str)> = form.to_vec();
+        let mut request = self.http()?.post(self.url(&s.token_path));
+        match s.client_auth {
+            ClientAuth::Basic => {
+                // RFC 6749 §2.3.1: form-encode the id and secret before Basic encoding.
+                let id = form_urlencoded::byte_serialize(s.client_id.as_bytes()).collect::<String>();
+                let secret = form_urlencoded::byte_serialize(s.client_secret.expose().as_bytes()).collect::<String>();
+                request = request.basic_auth(id, Some(secret));
+            }
+            ClientAuth::Body => {
+                body.push(("client_id", &s.client_id));
+                body.push(("client_secret", s.client_secret.expose()));
+            }
+        }
+        let response = request
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(&body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(transport_error)?;
+        if status.is_success() {
+            return parse_token_response(&bytes);
+        }
+        if status.is_server_error() || status.as_u16() == 429 {
+            return Err(PkbError::Unavailable(format!("token endpoint answered {status}")));
+        }
+        match serde_json::from_slice::<OAuthErrorBody>(&bytes) {
+            Ok(e) if e.error == "invalid_grant" => Err(PkbError::InvalidGrant),
+            Ok(e) => Err(PkbError::Refused(format!("token endpoint: {}", sanitize(&e.error)))),
+            Err(_) => Err(PkbError::Refused(format!("token endpoint answered {status}"))),
+        }
+    }
+
+    /// Asks PKB for a one-time password for the user the access token belongs to.
+    pub async fn request_otp(&self, access_token: &AccessToken) -> Result<Otp, PkbError> {
+        let s = &self.settings;
+        let response = self
+            .http()?
+            .post(self.url(&s.otp_path))
+            .bearer_auth(access_token.expose())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status();
+        match status.as_u16() {
+            200..=299 => {}
+            401 | 403 => return Err(PkbError::Unauthorized),
+            429 | 500..=599 => return Err(PkbError::Unavailable(format!("OTP endpoint answered {status}"))),
+            _ => return Err(PkbError::Refused(format!("OTP endpoint answered {status}"))),
+        }
+        let bytes = response.bytes().await.map_err(transport_error)?;
+        let body: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|_| PkbError::Protocol("OTP answer is not JSON".into()))?;
+        match body.get(&s.otp_field).and_then(|v| v.as_str()) {
+            Some(otp) if !otp.is_empty() => Ok(Otp::new(otp)),
+            _ => Err(PkbError::Protocol(format!("OTP answer has no `{}` string", s.otp_field))),
+        }
+    }
+}
+
+fn transport_error(e: reqwest::Error) -> PkbError {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    PkbError::Unavailable(what.to_string())
+}
+
+/// PKB's error codes are short ASCII words; anything else is not echoed into our logs verbatim.
+fn sanitize(code: &str) -> String {
+    code.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect()
+}
+
+fn parse_token_response(bytes: &[u8]) -> Result<TokenResponse, PkbError> {
+    let raw: RawTokenResponse =
+        serde_json::from_slice(bytes).map_err(|_| PkbError::Protocol("token answer is not the documented JSON".into()))?;
+    let access_token = raw
+        .access_token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| PkbError::Protocol("token answer has no access_token".into()))?;
+    if let Some(t) = &raw.token_type {
+        if !t.eq_ignore_ascii_case("bearer") {
+            return Err(PkbError::Protocol(format!("token_type `{}` is not Bearer", sanitize(t))));
+        }
+    }
+    // Some servers send expires_in as a string; accept a whole number either way.
+    let expires_in = match &raw.expires_in {
+        Some(serde_json::Value::Number(n)) => n.as_i64(),
+        Some(serde_json::Value::String(s)) => s.parse().ok(),
+        _ => None,
+    }
+    .filter(|n| *n > 0)
+    .ok_or_else(|| PkbError::Protocol("token answer has no positive expires_in".into()))?;
+    Ok(TokenResponse {
+        access_token: AccessToken::new(access_token),
+        refresh_token: raw.refresh_token.filter(|t| !t.is_empty()).map(RefreshToken::new),
+        expires_in,
+        scope: raw.scope,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_answers() {
+        let ok = parse_token_response(br#"{"access_token":"a","token_type":"bearer","expires_in":600,"refresh_token":"r","scope":"CLINICIAN"}"#).unwrap();
+        assert_eq!(ok.expires_in, 600);
+        assert_eq!(ok.refresh_token.unwrap().expose(), "r");
+        let no_refresh = parse_token_response(br#"{"access_token":"a","token_type":"Bearer","expires_in":"1800"}"#).unwrap();
+        assert_eq!(no_refresh.expires_in, 1800);
+        assert!(no_refresh.refresh_token.is_none());
+        for bad in [&br#"{"token_type":"Bearer","expires_in":1}"#[..], br#"{"access_token":"a"}"#, br#"{"access_token":"a","expires_in":1,"token_type":"mac"}"#, b"<html>"] {
+            assert!(matches!(parse_token_response(bad), Err(PkbError::Protocol(_))));
+        }
+    }
+}

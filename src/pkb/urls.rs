@@ -1,0 +1,146 @@
+//! Builders for the URLs a browser is sent to in PKB. Pure functions: all the encoding decisions
+//! live here and are tested with tables.
+//!
+//! The landing path travels inside `redirect_uri`, so it is encoded twice over: context values are
+//! encoded as query values inside the landing path (an `@` may stay, as in PKB's documented
+//! example), then the whole landing path is encoded as one query value.
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+use crate::patient::PatientContext;
+use crate::secret::Otp;
+
+/// Everything but RFC 3986 unreserved characters: for a whole value placed in a query.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// For a value inside the landing path's own query: the characters that would end or split it.
+const INNER_VALUE: &AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'&')
+    .add(b'+')
+    .add(b'<')
+    .add(b'=')
+    .add(b'>')
+    .add(b'?')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
+/// PKB's parameter names for patient context.
+#[derive(Debug, Clone)]
+pub struct ContextParams {
+    pub national_id: String,
+    pub national_id_type: String,
+    pub email: String,
+}
+
+/// The landing path with the patient context added to its query, before any fragment.
+pub fn landing_with_context(path: &str, context: &PatientContext, names: &ContextParams) -> String {
+    let (before_fragment, fragment) = match path.split_once('#') {
+        Some((p, f)) => (p, Some(f)),
+        None => (path, None),
+    };
+    let mut out = String::with_capacity(path.len() + 64);
+    out.push_str(before_fragment);
+    let mut add = |name: &str, value: &str| {
+        out.push(if out.contains('?') { '&' } else { '?' });
+        out.push_str(name);
+        out.push('=');
+        out.extend(utf8_percent_encode(value, INNER_VALUE));
+    };
+    match context {
+        PatientContext::NationalId { id, id_type } => {
+            add(&names.national_id, id);
+            add(&names.national_id_type, id_type);
+        }
+        PatientContext::Email(email) => add(&names.email, email),
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
+/// `{base}{otp_login_path}?{otp_param}=OTP[&redirect_uri=LANDING]`.
+pub fn otp_login_url(base: &str, otp_login_path: &str, otp_param: &str, otp: &Otp, landing: Option<&str>) -> String {
+    let base = base.trim_end_matches('/');
+    let mut url = String::with_capacity(base.len() + otp_login_path.len() + 160);
+    url.push_str(base);
+    url.push_str(otp_login_path);
+    url.push(if otp_login_path.contains('?') { '&' } else { '?' });
+    url.push_str(otp_param);
+    url.push('=');
+    url.extend(utf8_percent_encode(otp.expose(), COMPONENT));
+    if let Some(landing) = landing {
+        url.push_str("&redirect_uri=");
+        url.extend(utf8_percent_encode(landing, COMPONENT));
+    }
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> ContextParams {
+        ContextParams {
+            national_id: "contextNationalId".into(),
+            national_id_type: "contextNationalIdType".into(),
+            email: "contextUserEmail".into(),
+        }
+    }
+
+    #[test]
+    fn matches_pkbs_documented_example() {
+        let landing = landing_with_context(
+            "/auth/patientSummary.action?tab=patientSummary",
+            &PatientContext::Email("patient@example.com".into()),
+            &names(),
+        );
+        let url = otp_login_url("https://sandbox.patientsknowbest.com/", "/otp.action", "otpToken", &Otp::new("abc"), Some(&landing));
+        assert_eq!(
+            url,
+            "https://sandbox.patientsknowbest.com/otp.action?otpToken=abc&redirect_uri=\
+             %2Fauth%2FpatientSummary.action%3Ftab%3DpatientSummary%26contextUserEmail%3Dpatient%40example.com"
+        );
+    }
+
+    #[test]
+    fn landing_table() {
+        let nhs = PatientContext::NationalId { id: "9434765919".into(), id_type: "NHS".into() };
+        let cases = [
+            ("/summary", &nhs, "/summary?contextNationalId=9434765919&contextNationalIdType=NHS"),
+            ("/s?tab=x", &nhs, "/s?tab=x&contextNationalId=9434765919&contextNationalIdType=NHS"),
+            ("/s?tab=x#top", &nhs, "/s?tab=x&contextNationalId=9434765919&contextNationalIdType=NHS#top"),
+        ];
+        for (path, ctx, want) in cases {
+            assert_eq!(landing_with_context(path, ctx, &names()), want);
+        }
+        let plus = PatientContext::Email("a+b&c=d@example.com".into());
+        assert_eq!(landing_with_context("/s", &plus, &names()), "/s?contextUserEmail=a%2Bb%26c%3Dd@example.com");
+    }
+
+    #[test]
+    fn no_landing_means_no_redirect_uri_and_otp_is_encoded() {
+        let url = otp_login_url("http://127.0.0.1:9", "/otp.action", "otpToken", &Otp::new("a/b+c"), None);
+        assert_eq!(url, "http://127.0.0.1:9/otp.action?otpToken=a%2Fb%2Bc");
+    }
+
+    #[test]
+    fn redirect_uri_round_trips() {
+        let nhs = PatientContext::NationalId { id: "9434765919".into(), id_type: "NHS".into() };
+        let landing = landing_with_context("/a?b=c%20d", &nhs, &names());
+        let url = url::Url::parse(&otp_login_url("https://pkb.example", "/otp.action", "otpToken", &Otp::new("x"), Some(&landing))).unwrap();
+        let got = url.query_pairs().find(|(k, _)| k == "redirect_uri").unwrap().1.into_owned();
+        assert_eq!(got, landing);
+    }
+}

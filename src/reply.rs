@@ -1,0 +1,254 @@
+//! Responses pkb-edge writes itself, and the one place errors become an HTTP status plus a page
+//! (or JSON, for clients that ask with `Accept: application/json`).
+
+use serde_json::json;
+
+use crate::launch::LaunchError;
+use crate::pages::MessagePage;
+use crate::store::StoreError;
+
+const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Html,
+    Json,
+}
+
+impl Format {
+    /// JSON only when the client prefers it over HTML; browsers get pages.
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        match accept {
+            Some(a) if a.contains("application/json") && !a.contains("text/html") => Format::Json,
+            _ => Format::Html,
+        }
+    }
+}
+
+impl Reply {
+    fn base(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: vec![
+                ("Cache-Control", "no-store".into()),
+                ("Referrer-Policy", "no-referrer".into()),
+                ("X-Content-Type-Options", "nosniff".into()),
+            ],
+            body: Vec::new(),
+        }
+    }
+
+    /// `302 Found`. The OTP in `location` must go nowhere else: no-store, no referrer.
+    pub fn redirect(location: String) -> Reply {
+        let mut r = Reply::base(302);
+        r.headers.push(("Location", location));
+        r
+    }
+
+    pub fn html(status: u16, html: String) -> Reply {
+        let mut r = Reply::base(status);
+        r.headers.push(("Content-Type", "text/html; charset=utf-8".into()));
+        r.headers.push(("Content-Security-Policy", CSP.into()));
+        r.body = html.into_bytes();
+        r
+    }
+
+    pub fn json(status: u16, value: serde_json::Value) -> Reply {
+        let mut r = Reply::base(status);
+        r.headers.push(("Content-Type", "application/json".into()));
+        r.body = value.to_string().into_bytes();
+        r
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// One reply for any refusal: a page with a title, an explanation and maybe one action.
+    fn refusal(status: u16, format: Format, code: &str, page: MessagePage<'_>) -> Reply {
+        match format {
+            Format::Json => {
+                let mut body = json!({ "error": code, "message": page.paragraphs.join(" ") });
+                if let Some((_, href)) = &page.action {
+                    body["action"] = json!(href);
+                }
+                Reply::json(status, body)
+            }
+            Format::Html => Reply::html(status, page.render()),
+        }
+    }
+
+    pub fn not_found(format: Format) -> Reply {
+        Reply::refusal(
+            404,
+            format,
+            "not_found",
+            MessagePage {
+                title: "Not found",
+                paragraphs: vec!["There is no such Patients Know Best page here.".into()],
+                action: None,
+                footnote: None,
+            },
+        )
+    }
+
+    pub fn method_not_allowed(format: Format, allow: &'static str) -> Reply {
+        Reply::refusal(
+            405,
+            format,
+            "method_not_allowed",
+            MessagePage {
+                title: "Method not allowed",
+                paragraphs: vec![format!("This address only answers {allow}.")],
+                action: None,
+                footnote: None,
+            },
+        )
+        .with_header("Allow", allow)
+    }
+}
+
+/// Where the user goes to link (or re-link) their PKB account, coming back to `return_to`.
+pub fn pair_href(prefix: &str, return_to: &str) -> String {
+    let encoded: String = form_urlencoded::byte_serialize(return_to.as_bytes()).collect();
+    format!("{prefix}/pair?return_to={encoded}")
+}
+
+/// The status and page for every way a launch can fail.
+pub fn launch_error(e: &LaunchError, format: Format, prefix: &str, this_url: &str) -> Reply {
+    let page = |title, text: &str, action| MessagePage {
+        title,
+        paragraphs: vec![text.to_string()],
+        action,
+        footnote: None,
+    };
+    match e {
+        LaunchError::NoIdentity => Reply::refusal(
+            401,
+            format,
+            "no_identity",
+            page("Sign-in required", "We could not tell who you are. Sign in to the hospital system again, then retry.", None),
+        ),
+        LaunchError::BadRequest(why) => Reply::refusal(
+            400,
+            format,
+            "bad_request",
+            MessagePage {
+                title: "This link is not valid",
+                paragraphs: vec!["The link that brought you here is not valid:".into(), why.clone()],
+                action: None,
+                footnote: Some("Tell the team that runs the system you came from.".into()),
+            },
+        ),
+        LaunchError::NotPaired => Reply::refusal(
+            404,
+            format,
+            "not_paired",
+            page(
+                "Link your Patients Know Best account",
+                "To open Patients Know Best from here, link your PKB account once. You will sign in to PKB and come straight back.",
+                Some(("Link your PKB account", pair_href(prefix, this_url))),
+            ),
+        ),
+        LaunchError::RelinkNeeded => Reply::refusal(
+            409,
+            format,
+            "relink_needed",
+            page(
+                "Link your Patients Know Best account again",
+                "Patients Know Best no longer accepts the link to your account (it may have been revoked or expired). Link it again to continue.",
+                Some(("Link your PKB account again", pair_href(prefix, this_url))),
+            ),
+        ),
+        LaunchError::PkbUnavailable(_) => Reply::refusal(
+            503,
+            format,
+            "pkb_unavailable",
+            page(
+                "Patients Know Best is not responding",
+                "Patients Know Best did not answer in time. Please try again in a moment.",
+                Some(("Try again", this_url.to_string())),
+            ),
+        )
+        .with_header("Retry-After", "5"),
+        LaunchError::PkbRefused(_) => Reply::refusal(
+            502,
+            format,
+            "pkb_refused",
+            page(
+                "Patients Know Best refused the request",
+                "Patients Know Best refused this service's request. This needs the team that runs it; please tell them.",
+                None,
+            ),
+        ),
+        LaunchError::Store(StoreError::Sealing(_) | StoreError::Keys(_) | StoreError::Config(_)) => Reply::refusal(
+            500,
+            format,
+            "store_error",
+            page(
+                "Your PKB link cannot be read",
+                "The stored link to your PKB account cannot be read. It has been kept for the team that runs this service to look at; please tell them.",
+                None,
+            ),
+        ),
+        LaunchError::Store(StoreError::Unavailable(_)) => Reply::refusal(
+            503,
+            format,
+            "store_unavailable",
+            page(
+                "Temporarily unavailable",
+                "This service cannot read its records right now. Please try again in a moment.",
+                Some(("Try again", this_url.to_string())),
+            ),
+        )
+        .with_header("Retry-After", "5"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_for_launch_errors() {
+        let cases = [
+            (LaunchError::NoIdentity, 401),
+            (LaunchError::BadRequest("x".into()), 400),
+            (LaunchError::NotPaired, 404),
+            (LaunchError::RelinkNeeded, 409),
+            (LaunchError::PkbUnavailable("t".into()), 503),
+            (LaunchError::PkbRefused("r".into()), 502),
+            (LaunchError::Store(StoreError::Unavailable("db".into())), 503),
+        ];
+        for (e, status) in cases {
+            for format in [Format::Html, Format::Json] {
+                let r = launch_error(&e, format, "/_pkb", "/_pkb/launch");
+                assert_eq!(r.status, status, "{e:?}");
+                assert_eq!(r.header("Cache-Control"), Some("no-store"));
+            }
+        }
+        let r = launch_error(&LaunchError::NotPaired, Format::Json, "/_pkb", "/_pkb/launch?a=1&b=2");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["error"], "not_paired");
+        assert_eq!(v["action"], "/_pkb/pair?return_to=%2F_pkb%2Flaunch%3Fa%3D1%26b%3D2");
+    }
+
+    #[test]
+    fn accept_header() {
+        assert_eq!(Format::from_accept(Some("application/json")), Format::Json);
+        assert_eq!(Format::from_accept(Some("text/html,application/xhtml+xml,application/json;q=0.9")), Format::Html);
+        assert_eq!(Format::from_accept(None), Format::Html);
+    }
+}

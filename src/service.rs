@@ -1,0 +1,66 @@
+//! Assembles the running service from a validated config: opens the store (checking the keys),
+//! builds the use cases and the Pingora server. `main` and the tests call this.
+
+use std::sync::Arc;
+
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::identity::IdentityResolver;
+use crate::launch::LaunchService;
+use crate::pkb::PkbClient;
+use crate::proxy::EdgeProxy;
+use crate::store::crypto::Keyring;
+use crate::store::{open_backend, Pairings, StoreError};
+
+/// Opens the token store named by the config, with its keys checked.
+pub async fn open_pairings(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<Pairings>, StoreError> {
+    let keyring = Keyring::parse(config.store.keys.expose())
+        .map_err(|e| StoreError::Keys(format!("{}: {e}", config.store.keys_source)))?;
+    let backend = open_backend(&config.store.url).await?;
+    Ok(Arc::new(
+        Pairings::open(backend, keyring, config.store.cache_capacity, config.store.cache_ttl, clock).await?,
+    ))
+}
+
+/// Builds the Pingora server for `config`. Opening the store happens here, on a short-lived
+/// runtime; nothing built on it (no HTTP client, no pool) outlives it.
+pub fn build_server(config: &Config) -> Result<Server, StoreError> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let setup = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let pairings = setup.block_on(open_pairings(config, clock.clone()))?;
+    drop(setup);
+
+    let pkb = Arc::new(PkbClient::new(Arc::new(config.pkb.clone())));
+    let launch = Arc::new(LaunchService::new(pairings, pkb, clock));
+    let identity = IdentityResolver::new(&config.identity);
+    let proxy = EdgeProxy {
+        upstream: config.upstream.clone(),
+        prefix: config.prefix.clone(),
+        identity,
+        launch,
+        proxy_set_headers: Vec::new(),
+    };
+
+    let port = config.listen.port();
+    let conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_seconds),
+        upstream_keepalive_pool_size: config.server.upstream_keepalive_pool_size,
+        pid_file: format!("/tmp/pkb-edge-{port}.pid"),
+        upgrade_sock: format!("/tmp/pkb-edge-{port}-upgrade.sock"),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut service = pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "pkb-edge proxy");
+    service.add_tcp(&config.listen.to_string());
+    server.add_service(service);
+    Ok(server)
+}

@@ -1,0 +1,448 @@
+//! `Pairings`: sealing, the memory cache and the one-refresh-per-user rule, over a backend.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use moka::future::Cache;
+
+use super::crypto::{Keyring, SealError};
+use super::{PairingStore, SealedPairing, StoreError};
+use crate::clock::Clock;
+use crate::secret::{AccessToken, RefreshToken};
+
+/// The plaintext these check values carry; a key that opens it is the key that sealed it.
+const KEY_CHECK_PLAINTEXT: &[u8] = b"pkb-edge key check v1";
+const KEY_CHECK_AAD: &[u8] = b"key-check";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSet {
+    pub access_token: AccessToken,
+    pub refresh_token: Option<RefreshToken>,
+    /// Unix seconds.
+    pub access_expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pairing {
+    pub user_id: String,
+    pub tokens: TokenSet,
+    pub created_at: i64,
+    pub refreshed_at: i64,
+    pub version: i64,
+}
+
+/// What a refresh closure reports when it fails.
+#[derive(Debug)]
+pub enum RefreshFailure<E> {
+    /// The grant is dead (`invalid_grant`): the pairing must go, if nobody replaced it meanwhile.
+    GrantRejected,
+    /// Anything else (PKB unreachable…): the pairing is kept.
+    Other(E),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FreshError<E> {
+    #[error("not paired")]
+    NotPaired,
+    /// The pairing was deleted because its grant is dead; the user must link again.
+    #[error("pairing revoked")]
+    Revoked,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("refresh failed")]
+    Refresh(E),
+}
+
+pub struct Pairings {
+    backend: Arc<dyn PairingStore>,
+    keyring: Keyring,
+    cache: Cache<String, Arc<Pairing>>,
+    locks: UserLocks,
+    clock: Arc<dyn Clock>,
+}
+
+impl Pairings {
+    /// Checks the keys against the store before anything else: a store sealed with a key that is
+    /// not configured, or with different material under the same id, is a start-up error.
+    pub async fn open(
+        backend: Arc<dyn PairingStore>,
+        keyring: Keyring,
+        cache_capacity: u64,
+        cache_ttl: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Pairings, StoreError> {
+        for (key_id, check) in backend.key_checks().await? {
+            if keyring.has(&key_id) {
+                if keyring.open(&key_id, &check, KEY_CHECK_AAD).is_err() {
+                    return Err(StoreError::Keys(format!(
+                        "key `{key_id}` is configured with different material than the key that sealed this store's pairings; restore the original key"
+                    )));
+                }
+            } else if backend.key_in_use(&key_id).await? {
+                return Err(StoreError::Keys(format!(
+                    "pairings in the store are sealed with key `{key_id}`, which is not configured (configured: {}); add it back to the keys",
+                    keyring.ids().join(", ")
+                )));
+            }
+        }
+        let check = keyring.seal(KEY_CHECK_PLAINTEXT, KEY_CHECK_AAD);
+        backend.add_key_check(keyring.primary_id(), check).await?;
+        Ok(Pairings {
+            backend,
+            keyring,
+            cache: Cache::builder()
+                .max_capacity(cache_capacity)
+                .time_to_live(cache_ttl)
+                .build(),
+            locks: UserLocks::default(),
+            clock,
+        })
+    }
+
+    /// The user's pairing, from the cache or the store.
+    pub async fn get(&self, user_id: &str) -> Result<Option<Arc<Pairing>>, StoreError> {
+        if let Some(p) = self.cache.get(user_id).await {
+            return Ok(Some(p));
+        }
+        self.load(user_id).await
+    }
+
+    /// Reads the store, bypassing (and then refilling) the cache.
+    async fn load(&self, user_id: &str) -> Result<Option<Arc<Pairing>>, StoreError> {
+        match self.backend.get(user_id).await? {
+            Some(row) => Ok(Some(self.remember(self.unseal(row)?).await)),
+            None => {
+                self.cache.invalidate(user_id).await;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn remember(&self, pairing: Pairing) -> Arc<Pairing> {
+        let pairing = Arc::new(pairing);
+        self.cache.insert(pairing.user_id.clone(), pairing.clone()).await;
+        pairing
+    }
+
+    /// Stores a new pairing, replacing any old one for the user whole.
+    pub async fn save(&self, user_id: &str, tokens: TokenSet) -> Result<Arc<Pairing>, StoreError> {
+        let now = self.clock.now();
+        let row = self.seal(user_id, &tokens, now, now, 0);
+        let stored = self.backend.put(row).await?;
+        Ok(self.remember(self.unseal(stored)?).await)
+    }
+
+    pub async fn remove(&self, user_id: &str) -> Result<bool, StoreError> {
+        let removed = self.backend.delete(user_id).await;
+        self.cache.invalidate(user_id).await;
+        removed
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.backend.ping().await
+    }
+
+    /// The user's pairing with an access token valid for at least `skew_secs` more, refreshing it
+    /// with `refresh` when needed. `stale_version`: the caller saw PKB reject the access token of
+    /// that version, so refresh it even if its clock says it is still valid.
+    ///
+    /// At most one refresh per user runs at a time in this process: concurrent callers wait on a
+    /// per-user lock and then find the refreshed tokens. A refresh token is spent once; the result
+    /// is written compare-and-swap on the row version, and a rejected grant deletes the row only
+    /// if it is still the version that was refreshed.
+    ///
+    /// The refresh runs in a task of its own: if the caller goes away (the browser disconnects, a
+    /// deadline passes) after PKB has rotated the refresh token, the new one is still stored.
+    pub async fn fresh<E, F, Fut>(
+        self: &Arc<Self>,
+        user_id: &str,
+        skew_secs: i64,
+        stale_version: Option<i64>,
+        refresh: F,
+    ) -> Result<Arc<Pairing>, FreshError<E>>
+    where
+        E: Send + 'static,
+        F: FnOnce(TokenSet) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<TokenSet, RefreshFailure<E>>> + Send + 'static,
+    {
+        let pairing = self.get(user_id).await?.ok_or(FreshError::NotPaired)?;
+        if !needs_refresh(&pairing, self.clock.now(), skew_secs, stale_version) {
+            return Ok(pairing);
+        }
+        let this = self.clone();
+        let user_id = user_id.to_string();
+        tokio::spawn(async move { this.refresh_serialized(&user_id, skew_secs, stale_version, refresh).await })
+            .await
+            .map_err(|e| FreshError::Store(StoreError::Unavailable(format!("refresh task failed: {e}"))))?
+    }
+
+    async fn refresh_serialized<E, F, Fut>(
+        &self,
+        user_id: &str,
+        skew_secs: i64,
+        stale_version: Option<i64>,
+        refresh: F,
+    ) -> Result<Arc<Pairing>, FreshError<E>>
+    where
+        F: FnOnce(TokenSet) -> Fut,
+        Fut: Future<Output = Result<TokenSet, RefreshFailure<E>>>,
+    {
+        let lock = self.locks.for_user(user_id);
+        let _held = lock.lock().await;
+        // Whoever held the lock before us may have refreshed already: the store is the truth.
+        let pairing = self.load(user_id).await?.ok_or(FreshError::NotPaired)?;
+        let now = self.clock.now();
+        if !needs_refresh(&pairing, now, skew_secs, stale_version) {
+            return Ok(pairing);
+        }
+        if pairing.tokens.refresh_token.is_none() {
+            return self.drop_dead(&pairing).await;
+        }
+        match refresh(pairing.tokens.clone()).await {
+            Ok(tokens) => {
+                let row = self.seal(user_id, &tokens, pairing.created_at, now, pairing.version);
+                match self.backend.replace_if_version(row, pairing.version).await? {
+                    Some(stored) => Ok(self.remember(self.unseal(stored)?).await),
+                    // Re-paired or unpaired while we refreshed: that newer decision stands.
+                    None => self.load(user_id).await?.ok_or(FreshError::NotPaired),
+                }
+            }
+            Err(RefreshFailure::GrantRejected) => self.drop_dead(&pairing).await,
+            Err(RefreshFailure::Other(e)) => Err(FreshError::Refresh(e)),
+        }
+    }
+
+    async fn drop_dead<E>(&self, pairing: &Pairing) -> Result<Arc<Pairing>, FreshError<E>> {
+        self.backend.delete_if_version(&pairing.user_id, pairing.version).await?;
+        self.cache.invalidate(&pairing.user_id).await;
+        Err(FreshError::Revoked)
+    }
+
+    fn seal(&self, user_id: &str, tokens: &TokenSet, created_at: i64, refreshed_at: i64, version: i64) -> SealedPairing {
+        SealedPairing {
+            user_id: user_id.to_string(),
+            key_id: self.keyring.primary_id().to_string(),
+            access_token: self.keyring.seal(tokens.access_token.expose().as_bytes(), &aad(user_id, "access")),
+            refresh_token: tokens
+                .refresh_token
+                .as_ref()
+                .map(|t| self.keyring.seal(t.expose().as_bytes(), &aad(user_id, "refresh"))),
+            access_expires_at: tokens.access_expires_at,
+            created_at,
+            refreshed_at,
+            version,
+        }
+    }
+
+    fn unseal(&self, row: SealedPairing) -> Result<Pairing, StoreError> {
+        let open = |sealed: &[u8], field: &str| -> Result<String, StoreError> {
+            let plain = self.keyring.open(&row.key_id, sealed, &aad(&row.user_id, field))?;
+            String::from_utf8(plain).map_err(|_| StoreError::Sealing(SealError::Corrupt(row.key_id.clone())))
+        };
+        let access_token = AccessToken::new(open(&row.access_token, "access")?);
+        let refresh_token = match &row.refresh_token {
+            Some(sealed) => Some(RefreshToken::new(open(sealed, "refresh")?)),
+            None => None,
+        };
+        Ok(Pairing {
+            tokens: TokenSet {
+                access_token,
+                refresh_token,
+                access_expires_at: row.access_expires_at,
+            },
+            user_id: row.user_id,
+            created_at: row.created_at,
+            refreshed_at: row.refreshed_at,
+            version: row.version,
+        })
+    }
+}
+
+fn needs_refresh(p: &Pairing, now: i64, skew_secs: i64, stale_version: Option<i64>) -> bool {
+    p.tokens.access_expires_at - skew_secs <= now || stale_version == Some(p.version)
+}
+
+fn aad(user_id: &str, field: &str) -> Vec<u8> {
+    format!("pkb-edge|{user_id}|{field}").into_bytes()
+}
+
+/// One async mutex per user with a refresh in flight. Entries are weak, so users who are not
+/// refreshing cost nothing; dead entries are swept when the map grows.
+#[derive(Default)]
+struct UserLocks {
+    map: parking_lot::Mutex<(HashMap<String, Weak<tokio::sync::Mutex<()>>>, usize)>,
+}
+
+impl UserLocks {
+    fn for_user(&self, user_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut guard = self.map.lock();
+        let (map, sweep_at) = &mut *guard;
+        if let Some(lock) = map.get(user_id).and_then(Weak::upgrade) {
+            return lock;
+        }
+        if map.len() >= (*sweep_at).max(64) {
+            map.retain(|_, w| w.strong_count() > 0);
+            *sweep_at = map.len() * 2;
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        map.insert(user_id.to_string(), Arc::downgrade(&lock));
+        lock
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::sqlite::SqlitePairingStore;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const NOW: i64 = 1_800_000_000;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        path: String,
+        clock: Arc<ManualClock>,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("p.db").to_string_lossy().into_owned();
+            Fixture { _dir: dir, path, clock: Arc::new(ManualClock::at(NOW)) }
+        }
+
+        async fn open(&self, keys: &str) -> Result<Pairings, StoreError> {
+            let backend = Arc::new(SqlitePairingStore::open(&self.path).await?);
+            Pairings::open(backend, Keyring::parse(keys).unwrap(), 100, Duration::from_secs(60), self.clock.clone()).await
+        }
+    }
+
+    fn tokens(access: &str, refresh: Option<&str>, expires_at: i64) -> TokenSet {
+        TokenSet {
+            access_token: AccessToken::new(access),
+            refresh_token: refresh.map(RefreshToken::new),
+            access_expires_at: expires_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn save_get_survives_reopen_and_key_rotation() {
+        let f = Fixture::new();
+        let k1 = Keyring::generate_line("k1");
+        let k2 = Keyring::generate_line("k2");
+        let p = f.open(&k1).await.unwrap();
+        p.save("alice", tokens("at-1", Some("rt-1"), NOW + 1800)).await.unwrap();
+        drop(p);
+        let p = f.open(&format!("{k2}\n{k1}")).await.unwrap();
+        let got = p.get("alice").await.unwrap().unwrap();
+        assert_eq!(got.tokens, tokens("at-1", Some("rt-1"), NOW + 1800));
+        assert_eq!(got.version, 1);
+    }
+
+    #[tokio::test]
+    async fn missing_or_wrong_key_is_a_startup_error() {
+        let f = Fixture::new();
+        let k1 = Keyring::generate_line("k1");
+        f.open(&k1).await.unwrap().save("alice", tokens("a", None, NOW)).await.unwrap();
+
+        let other = Keyring::generate_line("k2");
+        let err = f.open(&other).await.err().unwrap().to_string();
+        assert!(err.contains("`k1`") && err.contains("not configured"), "{err}");
+
+        let impostor = Keyring::generate_line("k1");
+        let err = f.open(&impostor).await.err().unwrap().to_string();
+        assert!(err.contains("different material"), "{err}");
+
+        // The pairing is still there for the right key.
+        assert!(f.open(&k1).await.unwrap().get("alice").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn concurrent_expired_callers_refresh_once() {
+        let f = Fixture::new();
+        let p = Arc::new(f.open(&Keyring::generate_line("k")).await.unwrap());
+        p.save("alice", tokens("old", Some("rt-old"), NOW - 1)).await.unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let (p, calls) = (p.clone(), calls.clone());
+            tasks.push(tokio::spawn(async move {
+                p.fresh("alice", 60, None, move |old| {
+                    let calls = calls.clone();
+                    async move {
+                        assert_eq!(old.refresh_token.unwrap().expose(), "rt-old");
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        Ok::<_, RefreshFailure<()>>(tokens("new", Some("rt-new"), NOW + 1800))
+                    }
+                })
+                .await
+                .map(|p| p.tokens.access_token.expose().to_string())
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), "new");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let stored = p.load("alice").await.unwrap().unwrap();
+        assert_eq!(stored.tokens.refresh_token.as_ref().unwrap().expose(), "rt-new");
+        assert_eq!(stored.version, 2);
+    }
+
+    #[tokio::test]
+    async fn rejected_grant_deletes_only_the_refreshed_version() {
+        let f = Fixture::new();
+        let p = Arc::new(f.open(&Keyring::generate_line("k")).await.unwrap());
+        p.save("alice", tokens("old", Some("rt"), NOW - 1)).await.unwrap();
+        let r = p.fresh("alice", 60, None, |_| async { Err::<TokenSet, _>(RefreshFailure::<()>::GrantRejected) }).await;
+        assert!(matches!(r, Err(FreshError::Revoked)));
+        assert!(p.get("alice").await.unwrap().is_none());
+
+        // A re-pairing that lands while a refresh is failing is kept.
+        p.save("bob", tokens("old", Some("rt"), NOW - 1)).await.unwrap();
+        let during = p.clone();
+        let r = p
+            .fresh("bob", 60, None, move |_| async move {
+                during.save("bob", tokens("repaired", Some("rt2"), NOW + 1800)).await.unwrap();
+                Err::<TokenSet, _>(RefreshFailure::<()>::GrantRejected)
+            })
+            .await;
+        assert!(matches!(r, Err(FreshError::Revoked)));
+        let kept = p.get("bob").await.unwrap().unwrap();
+        assert_eq!(kept.tokens.access_token.expose(), "repaired");
+    }
+
+    #[tokio::test]
+    async fn other_failures_keep_the_pairing_and_missing_refresh_token_is_dead() {
+        let f = Fixture::new();
+        let p = Arc::new(f.open(&Keyring::generate_line("k")).await.unwrap());
+        p.save("alice", tokens("old", Some("rt"), NOW - 1)).await.unwrap();
+        let r = p.fresh("alice", 60, None, |_| async { Err::<TokenSet, _>(RefreshFailure::Other("down")) }).await;
+        assert!(matches!(r, Err(FreshError::Refresh("down"))));
+        assert!(p.get("alice").await.unwrap().is_some());
+
+        p.save("carol", tokens("old", None, NOW - 1)).await.unwrap();
+        let r = p.fresh("carol", 60, None, |_| async { Ok::<_, RefreshFailure<()>>(tokens("x", None, 0)) }).await;
+        assert!(matches!(r, Err(FreshError::Revoked)));
+        assert!(p.get("carol").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn skew_and_stale_version_force_refresh() {
+        let f = Fixture::new();
+        let p = Arc::new(f.open(&Keyring::generate_line("k")).await.unwrap());
+        let saved = p.save("alice", tokens("a1", Some("r1"), NOW + 100)).await.unwrap();
+        let fresh = |at: &'static str| move |_| async move { Ok::<_, RefreshFailure<()>>(tokens(at, Some("r"), NOW + 1800)) };
+        // 100 s left, skew 60: still good.
+        assert_eq!(p.fresh("alice", 60, None, fresh("a2")).await.unwrap().tokens.access_token.expose(), "a1");
+        f.clock.advance(50);
+        // 50 s left, inside the skew: refreshed.
+        assert_eq!(p.fresh("alice", 60, None, fresh("a2")).await.unwrap().tokens.access_token.expose(), "a2");
+        // PKB rejected version 2's token: refreshed although not expired; an older stale version is ignored.
+        assert_eq!(p.fresh("alice", 60, Some(saved.version), fresh("a3")).await.unwrap().tokens.access_token.expose(), "a2");
+        assert_eq!(p.fresh("alice", 60, Some(2), fresh("a3")).await.unwrap().tokens.access_token.expose(), "a3");
+    }
+}

@@ -1,0 +1,211 @@
+//! The embedded SQLite backend: one file, created on first start, schema versioned with
+//! `PRAGMA user_version`. WAL mode, so the admin CLI can read while the proxy runs.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{PairingStore, SealedPairing, StoreError};
+
+/// Each entry upgrades the schema by one version; never edit one that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: pairings and key checks.
+    "CREATE TABLE pairings (
+        user_id TEXT PRIMARY KEY NOT NULL,
+        key_id TEXT NOT NULL,
+        access_token BLOB NOT NULL,
+        refresh_token BLOB,
+        access_expires_at INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        refreshed_at INTEGER NOT NULL,
+        version INTEGER NOT NULL
+    );
+    CREATE INDEX pairings_by_key ON pairings(key_id);
+    CREATE TABLE key_checks (
+        key_id TEXT PRIMARY KEY NOT NULL,
+        check_value BLOB NOT NULL
+    );",
+];
+
+pub struct SqlitePairingStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+impl SqlitePairingStore {
+    pub async fn open(path: &str) -> Result<Self, StoreError> {
+        let path = path.to_string();
+        let conn = tokio::task::spawn_blocking(move || Self::open_blocking(Path::new(&path)))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+        Ok(SqlitePairingStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn open_blocking(path: &Path) -> Result<Connection, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.is_dir() {
+                return Err(StoreError::Config(format!(
+                    "store.url: directory {} does not exist",
+                    dir.display()
+                )));
+            }
+        }
+        let mut conn = Connection::open(path)
+            .map_err(|e| StoreError::Config(format!("store.url: cannot open {}: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        migrate(&mut conn)?;
+        Ok(conn)
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || f(&mut conn.lock()))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if current as usize > MIGRATIONS.len() {
+        return Err(StoreError::Config(format!(
+            "store.url: the database is at schema version {current}, newer than this pkb-edge knows ({}); use a newer pkb-edge",
+            MIGRATIONS.len()
+        )));
+    }
+    for (n, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (n + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+const COLUMNS: &str = "user_id, key_id, access_token, refresh_token, access_expires_at, created_at, refreshed_at, version";
+
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SealedPairing> {
+    Ok(SealedPairing {
+        user_id: r.get(0)?,
+        key_id: r.get(1)?,
+        access_token: r.get(2)?,
+        refresh_token: r.get(3)?,
+        access_expires_at: r.get(4)?,
+        created_at: r.get(5)?,
+        refreshed_at: r.get(6)?,
+        version: r.get(7)?,
+    })
+}
+
+fn select(conn: &Connection, user_id: &str) -> Result<Option<SealedPairing>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM pairings WHERE user_id = ?1"))?;
+    Ok(stmt.query_row([user_id], read_row).optional()?)
+}
+
+#[async_trait]
+impl PairingStore for SqlitePairingStore {
+    async fn get(&self, user_id: &str) -> Result<Option<SealedPairing>, StoreError> {
+        let user_id = user_id.to_string();
+        self.with(move |c| select(c, &user_id)).await
+    }
+
+    async fn put(&self, row: SealedPairing) -> Result<SealedPairing, StoreError> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO pairings (user_id, key_id, access_token, refresh_token, access_expires_at, created_at, refreshed_at, version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1)
+                 ON CONFLICT(user_id) DO UPDATE SET
+                    key_id = excluded.key_id, access_token = excluded.access_token,
+                    refresh_token = excluded.refresh_token, access_expires_at = excluded.access_expires_at,
+                    refreshed_at = excluded.refreshed_at, version = pairings.version + 1",
+                params![row.user_id, row.key_id, row.access_token, row.refresh_token, row.access_expires_at, row.created_at, row.refreshed_at],
+            )?;
+            let stored = select(&tx, &row.user_id)?
+                .ok_or_else(|| StoreError::Unavailable("row vanished inside its transaction".into()))?;
+            tx.commit()?;
+            Ok(stored)
+        })
+        .await
+    }
+
+    async fn replace_if_version(&self, row: SealedPairing, expected_version: i64) -> Result<Option<SealedPairing>, StoreError> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let changed = tx.execute(
+                "UPDATE pairings SET key_id = ?2, access_token = ?3, refresh_token = ?4,
+                    access_expires_at = ?5, refreshed_at = ?6, version = version + 1
+                 WHERE user_id = ?1 AND version = ?7",
+                params![row.user_id, row.key_id, row.access_token, row.refresh_token, row.access_expires_at, row.refreshed_at, expected_version],
+            )?;
+            let stored = if changed == 1 { select(&tx, &row.user_id)? } else { None };
+            tx.commit()?;
+            Ok(stored)
+        })
+        .await
+    }
+
+    async fn delete(&self, user_id: &str) -> Result<bool, StoreError> {
+        let user_id = user_id.to_string();
+        self.with(move |c| Ok(c.execute("DELETE FROM pairings WHERE user_id = ?1", [user_id])? == 1))
+            .await
+    }
+
+    async fn delete_if_version(&self, user_id: &str, version: i64) -> Result<bool, StoreError> {
+        let user_id = user_id.to_string();
+        self.with(move |c| {
+            Ok(c.execute("DELETE FROM pairings WHERE user_id = ?1 AND version = ?2", params![user_id, version])? == 1)
+        })
+        .await
+    }
+
+    async fn key_checks(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT key_id, check_value FROM key_checks")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn add_key_check(&self, key_id: &str, check: Vec<u8>) -> Result<(), StoreError> {
+        let key_id = key_id.to_string();
+        self.with(move |c| {
+            c.execute("INSERT OR IGNORE INTO key_checks (key_id, check_value) VALUES (?1, ?2)", params![key_id, check])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn key_in_use(&self, key_id: &str) -> Result<bool, StoreError> {
+        let key_id = key_id.to_string();
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached("SELECT 1 FROM pairings WHERE key_id = ?1 LIMIT 1")?;
+            Ok(stmt.exists([key_id])?)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
+}
