@@ -126,13 +126,10 @@ fn check_escapes(part: &[u8], in_path: bool) -> Result<(), PathRefusal> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    /// Values attackers and confused integrators send. Each must be refused.
-    pub const HOSTILE: &[&str] = &[
+/// Values attackers and confused integrators send; each must be refused. Shared by the unit
+/// tests here and the integration tests that send them through the proxy.
+#[doc(hidden)]
+pub const HOSTILE_EXAMPLES: &[&str] = &[
         "",
         "//evil.example",
         "//evil.example/path",
@@ -185,10 +182,16 @@ mod tests {
         "#x",
     ];
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
     #[test]
     fn hostile_values_are_refused() {
-        assert!(HOSTILE.len() >= 30);
-        for value in HOSTILE {
+        assert!(HOSTILE_EXAMPLES.len() >= 30);
+        for value in HOSTILE_EXAMPLES {
             assert!(parse(value).is_err(), "accepted hostile value {value:?}");
         }
         assert_eq!(parse(&format!("/{}", "a".repeat(MAX_LEN))), Err(PathRefusal::TooLong));
