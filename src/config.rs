@@ -124,7 +124,11 @@ pub struct KeyProblem {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "the configuration has {} problem(s):", self.problems.len())?;
+        writeln!(
+            f,
+            "the configuration has {} problem(s):",
+            self.problems.len()
+        )?;
         for p in &self.problems {
             writeln!(f, "  - {}: {}", p.key, p.message)?;
         }
@@ -413,7 +417,10 @@ impl Validator {
         match s.parse() {
             Ok(a) => Some(a),
             Err(_) => {
-                self.problem(key, format!("`{s}` is not an IP address and port, e.g. 0.0.0.0:8080"));
+                self.problem(
+                    key,
+                    format!("`{s}` is not an IP address and port, e.g. 0.0.0.0:8080"),
+                );
                 None
             }
         }
@@ -424,7 +431,10 @@ impl Validator {
         let url = match Url::parse(s) {
             Ok(u) => u,
             Err(e) => {
-                self.problem(key, format!("`{s}` is not a URL ({e}); e.g. http://127.0.0.1:3000"));
+                self.problem(
+                    key,
+                    format!("`{s}` is not a URL ({e}); e.g. http://127.0.0.1:3000"),
+                );
                 return None;
             }
         };
@@ -437,7 +447,10 @@ impl Validator {
             }
         };
         if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
-            self.problem(key, "must be a scheme, host and port only (requests keep their own paths)");
+            self.problem(
+                key,
+                "must be a scheme, host and port only (requests keep their own paths)",
+            );
             return None;
         }
         let host = url.host_str().unwrap_or_default().to_string();
@@ -456,9 +469,14 @@ impl Validator {
         let ok = p.len() > 1
             && p.starts_with('/')
             && !p.ends_with('/')
-            && p[1..]
-                .split('/')
-                .all(|seg| !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) && seg != "." && seg != "..");
+            && p[1..].split('/').all(|seg| {
+                !seg.is_empty()
+                    && seg
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                    && seg != "."
+                    && seg != ".."
+            });
         if ok {
             Some(p.to_string())
         } else {
@@ -469,7 +487,15 @@ impl Validator {
 
     fn base_url(&mut self, key: &str, s: &str) -> Option<Url> {
         match Url::parse(s) {
-            Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host().is_some() && u.query().is_none() && u.fragment().is_none() && u.username().is_empty() => Some(u),
+            Ok(u)
+                if (u.scheme() == "https" || u.scheme() == "http")
+                    && u.host().is_some()
+                    && u.query().is_none()
+                    && u.fragment().is_none()
+                    && u.username().is_empty() =>
+            {
+                Some(u)
+            }
             Ok(_) => {
                 self.problem(key, format!("`{s}` must be an absolute http(s) URL with no query, fragment or user info"));
                 None
@@ -502,7 +528,10 @@ impl Validator {
         let header = match HeaderName::try_from(i.header.as_str()) {
             Ok(h) => Some(h),
             Err(_) => {
-                self.problem("identity.header", format!("`{}` is not a valid header name", i.header));
+                self.problem(
+                    "identity.header",
+                    format!("`{}` is not a valid header name", i.header),
+                );
                 None
             }
         };
@@ -530,30 +559,63 @@ impl Validator {
                 })
             }
             "jwt" | "nhs_login" => {
-                self.problem("identity.mode", format!("`{}` is not available in this version; use `header`", i.mode));
+                self.problem(
+                    "identity.mode",
+                    format!(
+                        "`{}` is not available in this version; use `header`",
+                        i.mode
+                    ),
+                );
                 None
             }
             other => {
-                self.problem("identity.mode", format!("`{other}` is not one of header, jwt, nhs_login"));
+                self.problem(
+                    "identity.mode",
+                    format!("`{other}` is not one of header, jwt, nhs_login"),
+                );
                 None
             }
         }
     }
 
-    fn pkb(&mut self, p: RawPkb, callback: Option<String>, env: &dyn Environment) -> Option<PkbSettings> {
+    fn pkb(
+        &mut self,
+        p: RawPkb,
+        callback: Option<String>,
+        env: &dyn Environment,
+    ) -> Option<PkbSettings> {
         let names = p.names();
         for (name, value) in &names {
             let key = format!("pkb.{name}");
             let is_path = name.ends_with("_path");
             if is_path && (!value.starts_with('/') || value.starts_with("//")) {
-                self.problem(&key, format!("`{value}` must be a path starting with a single /"));
+                self.problem(
+                    &key,
+                    format!("`{value}` must be a path starting with a single /"),
+                );
             }
-            if !is_path && (value.is_empty() || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))) {
-                self.problem(&key, format!("`{value}` must be a non-empty name of letters, digits, _ - ."));
+            if !is_path
+                && (value.is_empty()
+                    || !value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)))
+            {
+                self.problem(
+                    &key,
+                    format!("`{value}` must be a non-empty name of letters, digits, _ - ."),
+                );
             }
         }
-        let name = |n: &str| names.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone()).unwrap_or_default();
-        let base_url = self.required("pkb.base_url", p.base_url).and_then(|s| self.base_url("pkb.base_url", &s));
+        let name = |n: &str| {
+            names
+                .iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let base_url = self
+            .required("pkb.base_url", p.base_url)
+            .and_then(|s| self.base_url("pkb.base_url", &s));
         let client_id = self.required("pkb.client_id", p.client_id.filter(|c| !c.is_empty()));
         let client_secret = self.secret(
             "pkb.client_secret",
@@ -564,7 +626,10 @@ impl Validator {
             env,
         );
         if !["PATIENT", "CLINICIAN", "TEAMCOORD"].contains(&p.scope.as_str()) {
-            self.problem("pkb.scope", format!("`{}` is not one of PATIENT, CLINICIAN, TEAMCOORD", p.scope));
+            self.problem(
+                "pkb.scope",
+                format!("`{}` is not one of PATIENT, CLINICIAN, TEAMCOORD", p.scope),
+            );
         }
         if !(100..=60_000).contains(&p.timeout_ms) {
             self.problem("pkb.timeout_ms", "must be between 100 and 60000");
@@ -617,7 +682,10 @@ impl Validator {
             (None, Some(path), _) => match std::fs::read_to_string(&path) {
                 Ok(k) => ("store.keys_file".to_string(), Some(SecretText::new(k))),
                 Err(e) => {
-                    self.problem("store.keys_file", format!("cannot read {}: {e}", path.display()));
+                    self.problem(
+                        "store.keys_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    );
                     (String::new(), None)
                 }
             },
@@ -681,13 +749,15 @@ impl Validator {
                     None
                 }
             },
-            (None, None) => match env.var(env_name) {
-                Some(s) => Some(SecretText::new(s)),
-                None => {
-                    self.problem(key, format!("missing: set {key}, {file_key} or the environment variable {env_name}"));
-                    None
+            (None, None) => {
+                match env.var(env_name) {
+                    Some(s) => Some(SecretText::new(s)),
+                    None => {
+                        self.problem(key, format!("missing: set {key}, {file_key} or the environment variable {env_name}"));
+                        None
+                    }
                 }
-            },
+            }
         }
     }
 }
@@ -736,12 +806,18 @@ keys = "{KEY}"
     fn minimal_config_gets_documented_defaults() {
         let c = Config::parse(&minimal(), &no_env()).unwrap();
         assert_eq!(c.prefix, "/_pkb");
-        assert_eq!(c.pkb.redirect_uri, "https://ehr.example.nhs.uk/_pkb/callback");
+        assert_eq!(
+            c.pkb.redirect_uri,
+            "https://ehr.example.nhs.uk/_pkb/callback"
+        );
         assert_eq!(c.pkb.otp_login_path, "/otp.action");
         assert_eq!(c.pkb.otp_param, "otpToken");
         assert_eq!(c.pkb.token_path, "/apiToken.action");
         assert_eq!(c.pkb.authorize_path, "/apiAuthorize.action");
-        assert_eq!(c.pkb.patient_landing_path, "/auth/patientSummary.action?tab=patientSummary");
+        assert_eq!(
+            c.pkb.patient_landing_path,
+            "/auth/patientSummary.action?tab=patientSummary"
+        );
         assert_eq!(c.pkb.scope, "CLINICIAN");
         assert_eq!(c.pkb.client_auth, ClientAuth::Basic);
         assert_eq!(c.identity.header().as_str(), "x-authenticated-user");
@@ -754,11 +830,17 @@ keys = "{KEY}"
         let text = minimal()
             .replace("127.0.0.1:8080", "not-an-address")
             .replace("\"CLINICIAN\"", "\"x\"")
-            .replace("trusted_peers = [\"127.0.0.1/32\", \"::1\"]", "trusted_peers = [\"10.0.0.0/33\"]")
+            .replace(
+                "trusted_peers = [\"127.0.0.1/32\", \"::1\"]",
+                "trusted_peers = [\"10.0.0.0/33\"]",
+            )
             .replace("https://sandbox.patientsknowbest.com", "ftp://x");
         let keys = keys_of(Config::parse(&text, &no_env()).unwrap_err());
         assert!(keys.contains(&"listen".to_string()), "{keys:?}");
-        assert!(keys.contains(&"identity.trusted_peers[0]".to_string()), "{keys:?}");
+        assert!(
+            keys.contains(&"identity.trusted_peers[0]".to_string()),
+            "{keys:?}"
+        );
         assert!(keys.contains(&"pkb.base_url".to_string()), "{keys:?}");
     }
 
@@ -780,7 +862,10 @@ keys = "{KEY}"
         let c = Config::parse(&text, &env).unwrap();
         assert_eq!(c.pkb.client_secret.expose(), "from-env");
 
-        let both = minimal().replace("client_secret = \"s3cret\"", "client_secret = \"a\"\nclient_secret_file = \"/x\"");
+        let both = minimal().replace(
+            "client_secret = \"s3cret\"",
+            "client_secret = \"a\"\nclient_secret_file = \"/x\"",
+        );
         let keys = keys_of(Config::parse(&both, &no_env()).unwrap_err());
         assert_eq!(keys, vec!["pkb.client_secret".to_string()]);
     }

@@ -25,7 +25,10 @@ pub struct IdentityResolver {
 impl IdentityResolver {
     pub fn new(settings: &IdentitySettings) -> Self {
         match settings {
-            IdentitySettings::Header { header, trusted_peers } => IdentityResolver {
+            IdentitySettings::Header {
+                header,
+                trusted_peers,
+            } => IdentityResolver {
                 header: header.clone(),
                 trusted_peers: trusted_peers.clone(),
             },
@@ -56,7 +59,9 @@ impl IdentityResolver {
             return None;
         }
         let user = std::str::from_utf8(value.as_bytes()).ok()?.trim();
-        let well_formed = !user.is_empty() && user.len() <= MAX_USER_ID_LEN && !user.chars().any(char::is_control);
+        let well_formed = !user.is_empty()
+            && user.len() <= MAX_USER_ID_LEN
+            && !user.chars().any(char::is_control);
         well_formed.then(|| user.to_string())
     }
 }
@@ -121,9 +126,19 @@ mod tests {
     fn header_trusted_only_from_trusted_peers() {
         let r = resolver();
         let h = headers(&[("X-Authenticated-User", "dr.jones")]);
-        assert_eq!(r.resolve(Some("10.1.2.3".parse().unwrap()), &h).as_deref(), Some("dr.jones"));
-        assert_eq!(r.resolve(Some("::1".parse().unwrap()), &h).as_deref(), Some("dr.jones"));
-        assert_eq!(r.resolve(Some("::ffff:10.0.0.1".parse().unwrap()), &h).as_deref(), Some("dr.jones"));
+        assert_eq!(
+            r.resolve(Some("10.1.2.3".parse().unwrap()), &h).as_deref(),
+            Some("dr.jones")
+        );
+        assert_eq!(
+            r.resolve(Some("::1".parse().unwrap()), &h).as_deref(),
+            Some("dr.jones")
+        );
+        assert_eq!(
+            r.resolve(Some("::ffff:10.0.0.1".parse().unwrap()), &h)
+                .as_deref(),
+            Some("dr.jones")
+        );
         assert_eq!(r.resolve(Some("192.168.1.1".parse().unwrap()), &h), None);
         assert_eq!(r.resolve(None, &h), None, "unknown peer fails closed");
     }
@@ -133,10 +148,22 @@ mod tests {
         let r = resolver();
         let peer = Some("10.0.0.1".parse().unwrap());
         assert_eq!(r.resolve(peer, &headers(&[])), None);
-        assert_eq!(r.resolve(peer, &headers(&[("x-authenticated-user", "  ")])), None);
-        assert_eq!(r.resolve(peer, &headers(&[("x-authenticated-user", "a"), ("x-authenticated-user", "b")])), None);
+        assert_eq!(
+            r.resolve(peer, &headers(&[("x-authenticated-user", "  ")])),
+            None
+        );
+        assert_eq!(
+            r.resolve(
+                peer,
+                &headers(&[("x-authenticated-user", "a"), ("x-authenticated-user", "b")])
+            ),
+            None
+        );
         let long = "a".repeat(MAX_USER_ID_LEN + 1);
-        assert_eq!(r.resolve(peer, &headers(&[("x-authenticated-user", &long)])), None);
+        assert_eq!(
+            r.resolve(peer, &headers(&[("x-authenticated-user", &long)])),
+            None
+        );
     }
 
     #[test]
@@ -151,10 +178,21 @@ mod tests {
         ]);
         let hop = hop_by_hop(&h);
         let names: Vec<&str> = hop.remove.iter().map(HeaderName::as_str).collect();
-        assert_eq!(names, vec!["x-authenticated-user", "x-other", "connection", "keep-alive"]);
+        assert_eq!(
+            names,
+            vec![
+                "x-authenticated-user",
+                "x-other",
+                "connection",
+                "keep-alive"
+            ]
+        );
         assert!(!hop.keep_upgrade);
 
-        let ws = hop_by_hop(&headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]));
+        let ws = hop_by_hop(&headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+        ]));
         assert!(ws.keep_upgrade);
         assert_eq!(ws.remove, vec![HeaderName::from_static("connection")]);
     }

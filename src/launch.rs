@@ -68,9 +68,16 @@ impl LaunchParams {
         }
         let redirect_uri = match redirect_uri {
             Some(r) => {
-                let path = relative_path::parse(&r).map_err(|e| bad(format!("`redirect_uri` {e}")))?;
-                let hides_context = form_urlencoded::parse(path.query().unwrap_or_default().as_bytes())
-                    .any(|(k, _)| k == names.national_id.as_str() || k == names.national_id_type.as_str() || k == names.email.as_str());
+                let path =
+                    relative_path::parse(&r).map_err(|e| bad(format!("`redirect_uri` {e}")))?;
+                let hides_context = form_urlencoded::parse(
+                    path.query().unwrap_or_default().as_bytes(),
+                )
+                .any(|(k, _)| {
+                    k == names.national_id.as_str()
+                        || k == names.national_id_type.as_str()
+                        || k == names.email.as_str()
+                });
                 if hides_context {
                     return Err(bad("`redirect_uri` must not carry patient context; pass it as launch parameters".into()));
                 }
@@ -80,17 +87,44 @@ impl LaunchParams {
         };
         let context = match (national_id, national_id_type, email) {
             (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
-                return Err(bad(format!("give `{}` or `{}`, never both", names.national_id, names.email)))
+                return Err(bad(format!(
+                    "give `{}` or `{}`, never both",
+                    names.national_id, names.email
+                )))
             }
-            (Some(id), Some(id_type), None) => Some(PatientContext::national_id(&id, &id_type).map_err(|(on_id, e)| {
-                bad(format!("`{}` {e}", if on_id { &names.national_id } else { &names.national_id_type }))
-            })?),
-            (Some(_), None, None) => return Err(bad(format!("`{}` needs `{}` (e.g. NHS)", names.national_id, names.national_id_type))),
-            (None, Some(_), None) => return Err(bad(format!("`{}` needs `{}`", names.national_id_type, names.national_id))),
-            (None, None, Some(e)) => Some(PatientContext::email(&e).map_err(|e| bad(format!("`{}` {e}", names.email)))?),
+            (Some(id), Some(id_type), None) => Some(
+                PatientContext::national_id(&id, &id_type).map_err(|(on_id, e)| {
+                    bad(format!(
+                        "`{}` {e}",
+                        if on_id {
+                            &names.national_id
+                        } else {
+                            &names.national_id_type
+                        }
+                    ))
+                })?,
+            ),
+            (Some(_), None, None) => {
+                return Err(bad(format!(
+                    "`{}` needs `{}` (e.g. NHS)",
+                    names.national_id, names.national_id_type
+                )))
+            }
+            (None, Some(_), None) => {
+                return Err(bad(format!(
+                    "`{}` needs `{}`",
+                    names.national_id_type, names.national_id
+                )))
+            }
+            (None, None, Some(e)) => {
+                Some(PatientContext::email(&e).map_err(|e| bad(format!("`{}` {e}", names.email)))?)
+            }
             (None, None, None) => None,
         };
-        Ok(LaunchParams { redirect_uri, context })
+        Ok(LaunchParams {
+            redirect_uri,
+            context,
+        })
     }
 }
 
@@ -134,7 +168,11 @@ impl LaunchService {
     }
 
     /// The URL to send the browser to: PKB's OTP login with a fresh OTP.
-    pub async fn launch(&self, user_id: Option<&str>, query: Option<&str>) -> Result<String, LaunchError> {
+    pub async fn launch(
+        &self,
+        user_id: Option<&str>,
+        query: Option<&str>,
+    ) -> Result<String, LaunchError> {
         let user_id = user_id.ok_or(LaunchError::NoIdentity)?;
         let params = LaunchParams::parse(query, &self.names)?;
         let otp = tokio::time::timeout(self.deadline, self.otp_for(user_id))
@@ -152,7 +190,9 @@ impl LaunchService {
     fn landing(&self, params: &LaunchParams) -> Option<String> {
         match (&params.redirect_uri, &params.context) {
             (path, Some(context)) => {
-                let path = path.as_ref().map_or(self.patient_landing_path.as_str(), RelativePath::as_str);
+                let path = path
+                    .as_ref()
+                    .map_or(self.patient_landing_path.as_str(), RelativePath::as_str);
                 Some(urls::landing_with_context(path, context, &self.names))
             }
             (Some(path), None) => Some(path.as_str().to_string()),
@@ -168,13 +208,20 @@ impl LaunchService {
             // refresh that version once and try again.
             Err(PkbError::Unauthorized) => {
                 let pairing = self.tokens(user_id, Some(pairing.version)).await?;
-                self.pkb.request_otp(&pairing.tokens.access_token).await.map_err(pkb_error)
+                self.pkb
+                    .request_otp(&pairing.tokens.access_token)
+                    .await
+                    .map_err(pkb_error)
             }
             Err(e) => Err(pkb_error(e)),
         }
     }
 
-    async fn tokens(&self, user_id: &str, stale_version: Option<i64>) -> Result<Arc<Pairing>, LaunchError> {
+    async fn tokens(
+        &self,
+        user_id: &str,
+        stale_version: Option<i64>,
+    ) -> Result<Arc<Pairing>, LaunchError> {
         let pkb = self.pkb.clone();
         let clock = self.clock.clone();
         let refresh = move |old: TokenSet| async move {
@@ -209,7 +256,9 @@ fn pkb_error(e: PkbError) -> LaunchError {
     match e {
         PkbError::Unavailable(why) => LaunchError::PkbUnavailable(why),
         // A grant PKB rejects outside a refresh (an OTP after a fresh refresh still refused).
-        PkbError::InvalidGrant | PkbError::Unauthorized => LaunchError::PkbRefused("PKB refused a freshly refreshed token".into()),
+        PkbError::InvalidGrant | PkbError::Unauthorized => {
+            LaunchError::PkbRefused("PKB refused a freshly refreshed token".into())
+        }
         PkbError::Refused(why) | PkbError::Protocol(why) => LaunchError::PkbRefused(why),
     }
 }
@@ -232,11 +281,21 @@ mod tests {
 
     #[test]
     fn launch_queries() {
-        assert_eq!(parse("").unwrap(), LaunchParams { redirect_uri: None, context: None });
-        let p = parse("contextNationalId=9434765919&contextNationalIdType=NHS&redirect_uri=%2Fx").unwrap();
+        assert_eq!(
+            parse("").unwrap(),
+            LaunchParams {
+                redirect_uri: None,
+                context: None
+            }
+        );
+        let p = parse("contextNationalId=9434765919&contextNationalIdType=NHS&redirect_uri=%2Fx")
+            .unwrap();
         assert_eq!(p.redirect_uri.unwrap().as_str(), "/x");
         assert!(matches!(p.context, Some(PatientContext::NationalId { .. })));
-        assert!(matches!(parse("contextUserEmail=a%40b.example").unwrap().context, Some(PatientContext::Email(_))));
+        assert!(matches!(
+            parse("contextUserEmail=a%40b.example").unwrap().context,
+            Some(PatientContext::Email(_))
+        ));
         assert!(parse("unrelated=1&_=123").is_ok());
     }
 

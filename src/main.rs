@@ -10,7 +10,11 @@ use pkb_edge::sim::{SimConfig, Simulator};
 use pkb_edge::store::crypto::Keyring;
 
 #[derive(Parser)]
-#[command(name = "pkb-edge", version, about = "Edge proxy that launches a hospital system's users into Patients Know Best")]
+#[command(
+    name = "pkb-edge",
+    version,
+    about = "Edge proxy that launches a hospital system's users into Patients Know Best"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,7 +54,10 @@ enum Command {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PKB_EDGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -81,7 +88,13 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => match load(&config) {
             Ok(c) => {
-                println!("{}: OK (listen {}, upstream {}, PKB {})", config.display(), c.listen, c.upstream.addr, c.pkb.base_url);
+                println!(
+                    "{}: OK (listen {}, upstream {}, PKB {})",
+                    config.display(),
+                    c.listen,
+                    c.upstream.addr,
+                    c.pkb.base_url
+                );
                 ExitCode::SUCCESS
             }
             Err(code) => code,
@@ -91,7 +104,12 @@ fn main() -> ExitCode {
             println!("{}", Keyring::generate_line(&id));
             ExitCode::SUCCESS
         }
-        Command::Sim { listen, client_id, client_secret, access_token_lifetime_secs } => {
+        Command::Sim {
+            listen,
+            client_id,
+            client_secret,
+            access_token_lifetime_secs,
+        } => {
             init_logging();
             let sim = Simulator::new(SimConfig {
                 client_id,

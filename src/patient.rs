@@ -27,7 +27,11 @@ pub fn nhs_number_is_valid(s: &str) -> bool {
     if s.len() != 10 || digits.len() != 10 {
         return false;
     }
-    let sum: u32 = digits[..9].iter().zip((2..=10).rev()).map(|(d, w)| d * w).sum();
+    let sum: u32 = digits[..9]
+        .iter()
+        .zip((2..=10).rev())
+        .map(|(d, w)| d * w)
+        .sum();
     let check = match 11 - sum % 11 {
         11 => 0,
         10 => return false,
@@ -40,7 +44,12 @@ impl PatientContext {
     /// A national id of `id_type`. NHS numbers get the check-digit test; other types (PKB knows
     /// several national schemes) only a shape check.
     pub fn national_id(id: &str, id_type: &str) -> Result<PatientContext, (bool, ContextError)> {
-        if id_type.is_empty() || id_type.len() > 16 || !id_type.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        if id_type.is_empty()
+            || id_type.len() > 16
+            || !id_type
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
             return Err((false, ContextError::BadIdType));
         }
         if id_type.eq_ignore_ascii_case("NHS") {
@@ -67,7 +76,9 @@ impl PatientContext {
                         && domain.contains('.')
                         && !domain.starts_with('.')
                         && !domain.ends_with('.')
-                        && domain.chars().all(|c| c.is_alphanumeric() || c == '.' || c == '-')
+                        && domain
+                            .chars()
+                            .all(|c| c.is_alphanumeric() || c == '.' || c == '-')
                 }
                 None => false,
             };
@@ -86,13 +97,19 @@ mod tests {
     #[test]
     fn nhs_numbers() {
         // Valid numbers (synthetic test range 999…, and well-known examples).
-        for n in ["9434765919", "9434765870", "4010232137", "9990000018", "9000000009"] {
+        for n in [
+            "9434765919",
+            "9434765870",
+            "4010232137",
+            "9990000018",
+            "9000000009",
+        ] {
             assert!(nhs_number_is_valid(n), "{n} should be valid");
         }
         for n in [
-            "9434765918", // wrong check digit
-            "943476591",  // 9 digits
-            "94347659190", // 11 digits
+            "9434765918",   // wrong check digit
+            "943476591",    // 9 digits
+            "94347659190",  // 11 digits
             "943 476 5919", // formatted: refused, never rewritten
             "943476591a",
             "",
@@ -105,13 +122,32 @@ mod tests {
     #[test]
     fn contexts() {
         assert!(PatientContext::national_id("9434765919", "NHS").is_ok());
-        assert_eq!(PatientContext::national_id("9434765918", "NHS"), Err((true, ContextError::BadNhsNumber)));
+        assert_eq!(
+            PatientContext::national_id("9434765918", "NHS"),
+            Err((true, ContextError::BadNhsNumber))
+        );
         assert!(PatientContext::national_id("1234567", "CHI").is_ok());
-        assert_eq!(PatientContext::national_id("12 34", "CHI"), Err((true, ContextError::BadNationalId)));
-        assert_eq!(PatientContext::national_id("9434765919", "N H S"), Err((false, ContextError::BadIdType)));
+        assert_eq!(
+            PatientContext::national_id("12 34", "CHI"),
+            Err((true, ContextError::BadNationalId))
+        );
+        assert_eq!(
+            PatientContext::national_id("9434765919", "N H S"),
+            Err((false, ContextError::BadIdType))
+        );
         assert!(PatientContext::email("patient@example.com").is_ok());
         assert!(PatientContext::email("first.last+tag@nhs.net").is_ok());
-        for bad in ["", "x", "@example.com", "a@", "a@b", "a b@example.com", "a@b@example.com", "a@exa mple.com", "a@.example.com"] {
+        for bad in [
+            "",
+            "x",
+            "@example.com",
+            "a@",
+            "a@b",
+            "a b@example.com",
+            "a@b@example.com",
+            "a@exa mple.com",
+            "a@.example.com",
+        ] {
             assert!(PatientContext::email(bad).is_err(), "{bad}");
         }
     }

@@ -53,15 +53,27 @@ impl EdgeProxy {
     }
 
     async fn serve(&self, route: Route, req: &RequestHeader, ctx: &RequestCtx) -> Reply {
-        let format = Format::from_accept(req.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()));
+        let format = Format::from_accept(
+            req.headers
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok()),
+        );
         match route {
             Route::Unknown => Reply::not_found(format),
             Route::Launch if req.method != Method::GET => Reply::method_not_allowed(format, "GET"),
             Route::Launch => {
                 let this_url = req.uri.path_and_query().map_or("", |p| p.as_str());
-                match self.launch.launch(ctx.user.as_deref(), req.uri.query()).await {
+                match self
+                    .launch
+                    .launch(ctx.user.as_deref(), req.uri.query())
+                    .await
+                {
                     Ok(location) => {
-                        tracing::info!(user = ctx.user.as_deref().unwrap_or(""), outcome = "redirect", "launch");
+                        tracing::info!(
+                            user = ctx.user.as_deref().unwrap_or(""),
+                            outcome = "redirect",
+                            "launch"
+                        );
                         Reply::redirect(location)
                     }
                     Err(e) => {
@@ -81,15 +93,22 @@ async fn write_reply(session: &mut Session, reply: Reply) -> Result<()> {
     }
     header.insert_header(http::header::CONTENT_LENGTH, reply.body.len().to_string())?;
     let empty = reply.body.is_empty();
-    session.write_response_header(Box::new(header), empty).await?;
+    session
+        .write_response_header(Box::new(header), empty)
+        .await?;
     if !empty {
-        session.write_response_body(Some(Bytes::from(reply.body)), true).await?;
+        session
+            .write_response_body(Some(Bytes::from(reply.body)), true)
+            .await?;
     }
     Ok(())
 }
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
-    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
 }
 
 #[async_trait]
@@ -108,7 +127,10 @@ impl ProxyHttp for EdgeProxy {
             return Ok(false);
         };
         // Reserved routes read no request body; don't leave one on a reused connection.
-        let has_body = session.req_header().headers.contains_key(http::header::TRANSFER_ENCODING)
+        let has_body = session
+            .req_header()
+            .headers
+            .contains_key(http::header::TRANSFER_ENCODING)
             || session
                 .req_header()
                 .headers
@@ -122,7 +144,11 @@ impl ProxyHttp for EdgeProxy {
         Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let u = &self.upstream;
         Ok(Box::new(HttpPeer::new(u.addr, u.tls, u.host.clone())))
     }

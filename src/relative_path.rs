@@ -96,7 +96,10 @@ pub fn parse(input: &str) -> Result<RelativePath, PathRefusal> {
     if bytes.iter().filter(|&&b| b == b'#').count() > 1 {
         return Err(PathRefusal::BadCharacter);
     }
-    let path_end = bytes.iter().position(|&b| b == b'?' || b == b'#').unwrap_or(bytes.len());
+    let path_end = bytes
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(bytes.len());
     check_escapes(&bytes[..path_end], true)?;
     check_escapes(&bytes[path_end..], false)?;
     let path = &input[..path_end];
@@ -113,7 +116,8 @@ fn check_escapes(part: &[u8], in_path: bool) -> Result<(), PathRefusal> {
             let hex = part.get(i + 1..i + 3).ok_or(PathRefusal::BadEscape)?;
             let hex = std::str::from_utf8(hex).map_err(|_| PathRefusal::BadEscape)?;
             let decoded = u8::from_str_radix(hex, 16).map_err(|_| PathRefusal::BadEscape)?;
-            let always_bad = decoded < 0x20 || decoded == 0x7f || decoded == b'%' || decoded == b'\\';
+            let always_bad =
+                decoded < 0x20 || decoded == 0x7f || decoded == b'%' || decoded == b'\\';
             let bad_in_path = decoded >= 0x80 || b" /.?#:@".contains(&decoded);
             if always_bad || (in_path && bad_in_path) {
                 return Err(PathRefusal::EncodedDelimiter);
@@ -130,58 +134,57 @@ fn check_escapes(part: &[u8], in_path: bool) -> Result<(), PathRefusal> {
 /// tests here and the integration tests that send them through the proxy.
 #[doc(hidden)]
 pub const HOSTILE_EXAMPLES: &[&str] = &[
-        "",
-        "//evil.example",
-        "//evil.example/path",
-        "///evil.example",
-        "/\\evil.example",
-        "\\\\evil.example",
-        "\\/evil.example",
-        "/\\/evil.example",
-        "https:evil.example",
-        "https://evil.example",
-        "http://evil.example/",
-        "HTTPS://evil.example",
-        "javascript:alert(1)",
-        "JaVaScRiPt:alert(1)",
-        "data:text/html,<script>alert(1)</script>",
-        "%2F%2Fevil.example",
-        "/%2F%2Fevil.example",
-        "/%2fevil.example",
-        "/%5Cevil.example",
-        "/%5cevil.example",
-        "/%252F%252Fevil.example",
-        "/%25",
-        "/\t/evil.example",
-        "/\n/evil.example",
-        "/\r\n/evil.example",
-        "\t//evil.example",
-        " /x",
-        "/x y",
-        "/%09/evil.example",
-        "/%0d%0aSet-Cookie:x=1",
-        "/x?a=%0d%0a",
-        "/..//evil.example",
-        "/../x",
-        "/a/./b",
-        "/%2e%2e/x",
-        "/%2E/x",
-        "/\u{0}x",
-        "/\u{7f}x",
-        "/caf\u{e9}",
-        "/\u{ff0f}evil.example",
-        "/x#a#b",
-        "/<script>",
-        "/x\"onload=",
-        "/%",
-        "/%zz",
-        "/%2",
-        "evil.example",
-        "./x",
-        "?x=1",
-        "#x",
-    ];
-
+    "",
+    "//evil.example",
+    "//evil.example/path",
+    "///evil.example",
+    "/\\evil.example",
+    "\\\\evil.example",
+    "\\/evil.example",
+    "/\\/evil.example",
+    "https:evil.example",
+    "https://evil.example",
+    "http://evil.example/",
+    "HTTPS://evil.example",
+    "javascript:alert(1)",
+    "JaVaScRiPt:alert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    "%2F%2Fevil.example",
+    "/%2F%2Fevil.example",
+    "/%2fevil.example",
+    "/%5Cevil.example",
+    "/%5cevil.example",
+    "/%252F%252Fevil.example",
+    "/%25",
+    "/\t/evil.example",
+    "/\n/evil.example",
+    "/\r\n/evil.example",
+    "\t//evil.example",
+    " /x",
+    "/x y",
+    "/%09/evil.example",
+    "/%0d%0aSet-Cookie:x=1",
+    "/x?a=%0d%0a",
+    "/..//evil.example",
+    "/../x",
+    "/a/./b",
+    "/%2e%2e/x",
+    "/%2E/x",
+    "/\u{0}x",
+    "/\u{7f}x",
+    "/caf\u{e9}",
+    "/\u{ff0f}evil.example",
+    "/x#a#b",
+    "/<script>",
+    "/x\"onload=",
+    "/%",
+    "/%zz",
+    "/%2",
+    "evil.example",
+    "./x",
+    "?x=1",
+    "#x",
+];
 
 #[cfg(test)]
 mod tests {
@@ -194,7 +197,10 @@ mod tests {
         for value in HOSTILE_EXAMPLES {
             assert!(parse(value).is_err(), "accepted hostile value {value:?}");
         }
-        assert_eq!(parse(&format!("/{}", "a".repeat(MAX_LEN))), Err(PathRefusal::TooLong));
+        assert_eq!(
+            parse(&format!("/{}", "a".repeat(MAX_LEN))),
+            Err(PathRefusal::TooLong)
+        );
     }
 
     #[test]
@@ -207,7 +213,10 @@ mod tests {
             "/path;param=1/x~y",
             "/messages?filter=unread%20first",
         ] {
-            assert_eq!(parse(value).map(|p| p.as_str().to_string()), Ok(value.to_string()));
+            assert_eq!(
+                parse(value).map(|p| p.as_str().to_string()),
+                Ok(value.to_string())
+            );
         }
         assert_eq!(parse("/a?b=1#c").unwrap().query(), Some("b=1"));
         assert_eq!(parse("/a#c?d").unwrap().query(), None);

@@ -54,7 +54,8 @@ impl Reply {
 
     pub fn html(status: u16, html: String) -> Reply {
         let mut r = Reply::base(status);
-        r.headers.push(("Content-Type", "text/html; charset=utf-8".into()));
+        r.headers
+            .push(("Content-Type", "text/html; charset=utf-8".into()));
         r.headers.push(("Content-Security-Policy", CSP.into()));
         r.body = html.into_bytes();
         r
@@ -73,7 +74,10 @@ impl Reply {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// One reply for any refusal: a page with a title, an explanation and maybe one action.
@@ -230,7 +234,10 @@ mod tests {
             (LaunchError::RelinkNeeded, 409),
             (LaunchError::PkbUnavailable("t".into()), 503),
             (LaunchError::PkbRefused("r".into()), 502),
-            (LaunchError::Store(StoreError::Unavailable("db".into())), 503),
+            (
+                LaunchError::Store(StoreError::Unavailable("db".into())),
+                503,
+            ),
         ];
         for (e, status) in cases {
             for format in [Format::Html, Format::Json] {
@@ -239,16 +246,29 @@ mod tests {
                 assert_eq!(r.header("Cache-Control"), Some("no-store"));
             }
         }
-        let r = launch_error(&LaunchError::NotPaired, Format::Json, "/_pkb", "/_pkb/launch?a=1&b=2");
+        let r = launch_error(
+            &LaunchError::NotPaired,
+            Format::Json,
+            "/_pkb",
+            "/_pkb/launch?a=1&b=2",
+        );
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["error"], "not_paired");
-        assert_eq!(v["action"], "/_pkb/pair?return_to=%2F_pkb%2Flaunch%3Fa%3D1%26b%3D2");
+        assert_eq!(
+            v["action"],
+            "/_pkb/pair?return_to=%2F_pkb%2Flaunch%3Fa%3D1%26b%3D2"
+        );
     }
 
     #[test]
     fn accept_header() {
         assert_eq!(Format::from_accept(Some("application/json")), Format::Json);
-        assert_eq!(Format::from_accept(Some("text/html,application/xhtml+xml,application/json;q=0.9")), Format::Html);
+        assert_eq!(
+            Format::from_accept(Some(
+                "text/html,application/xhtml+xml,application/json;q=0.9"
+            )),
+            Format::Html
+        );
         assert_eq!(Format::from_accept(None), Format::Html);
     }
 }

@@ -16,12 +16,22 @@ use crate::store::crypto::Keyring;
 use crate::store::{open_backend, Pairings, StoreError};
 
 /// Opens the token store named by the config, with its keys checked.
-pub async fn open_pairings(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<Pairings>, StoreError> {
+pub async fn open_pairings(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<Pairings>, StoreError> {
     let keyring = Keyring::parse(config.store.keys.expose())
         .map_err(|e| StoreError::Keys(format!("{}: {e}", config.store.keys_source)))?;
     let backend = open_backend(&config.store.url).await?;
     Ok(Arc::new(
-        Pairings::open(backend, keyring, config.store.cache_capacity, config.store.cache_ttl, clock).await?,
+        Pairings::open(
+            backend,
+            keyring,
+            config.store.cache_capacity,
+            config.store.cache_ttl,
+            clock,
+        )
+        .await?,
     ))
 }
 
@@ -59,7 +69,11 @@ pub fn build_server(config: &Config) -> Result<Server, StoreError> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut service = pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "pkb-edge proxy");
+    let mut service = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        proxy,
+        "pkb-edge proxy",
+    );
     service.add_tcp(&config.listen.to_string());
     server.add_service(service);
     Ok(server)

@@ -11,11 +11,20 @@ use pkb_edge::sim::LoginView;
 const NHS: &str = "9434765919";
 
 fn query_param(url: &str, name: &str) -> Option<String> {
-    url::Url::parse(url).unwrap().query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    url::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 async fn follow_as_browser(location: &str) -> reqwest::Response {
-    client().get(location).header("accept", "application/json").send().await.unwrap()
+    client()
+        .get(location)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
 }
 
 #[test]
@@ -77,16 +86,28 @@ fn refusals_have_the_documented_statuses_and_pages() {
     let w = World::start();
     rt().block_on(async {
         // No identity at all.
-        let r = client().get(w.proxy.url("/_pkb/launch")).send().await.unwrap();
+        let r = client()
+            .get(w.proxy.url("/_pkb/launch"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 401);
 
         // Not paired: a page offering to link, and JSON for API clients.
-        let r = w.get_as("nobody", "/_pkb/launch?contextNationalId=9434765919&contextNationalIdType=NHS").await;
+        let r = w
+            .get_as(
+                "nobody",
+                "/_pkb/launch?contextNationalId=9434765919&contextNationalIdType=NHS",
+            )
+            .await;
         assert_eq!(r.status(), 404);
         assert!(header(r.headers(), "content-type").starts_with("text/html"));
         let html = r.text().await.unwrap();
         assert!(html.contains("Link your PKB account"), "{html}");
-        assert!(html.contains("/_pkb/pair?return_to=%2F_pkb%2Flaunch%3FcontextNationalId%3D9434765919"), "{html}");
+        assert!(
+            html.contains("/_pkb/pair?return_to=%2F_pkb%2Flaunch%3FcontextNationalId%3D9434765919"),
+            "{html}"
+        );
         let r = client()
             .get(w.proxy.url("/_pkb/launch"))
             .header(USER_HEADER, "nobody")
@@ -99,7 +120,9 @@ fn refusals_have_the_documented_statuses_and_pages() {
         assert_eq!(body["error"], "not_paired");
 
         // Bad parameters are refused before PKB is asked anything.
-        w.config().pair(&w.sim, "dr.jones", "jones@pkb.example").await;
+        w.config()
+            .pair(&w.sim, "dr.jones", "jones@pkb.example")
+            .await;
         for q in [
             "contextNationalId=9434765918&contextNationalIdType=NHS",
             "contextNationalId=9434765919",
@@ -110,7 +133,12 @@ fn refusals_have_the_documented_statuses_and_pages() {
             assert_eq!(r.status(), 400, "{q}");
             assert!(r.text().await.unwrap().contains("not valid"));
         }
-        let r = client().post(w.proxy.url("/_pkb/launch")).header(USER_HEADER, "dr.jones").send().await.unwrap();
+        let r = client()
+            .post(w.proxy.url("/_pkb/launch"))
+            .header(USER_HEADER, "dr.jones")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 405);
         assert_eq!(w.get_as("dr.jones", "/_pkb/nope").await.status(), 404);
         assert_eq!(w.sim.count("otp"), 0);
@@ -121,16 +149,24 @@ fn refusals_have_the_documented_statuses_and_pages() {
 fn hostile_redirect_uris_are_all_refused() {
     let w = World::start();
     rt().block_on(async {
-        w.config().pair(&w.sim, "dr.jones", "jones@pkb.example").await;
+        w.config()
+            .pair(&w.sim, "dr.jones", "jones@pkb.example")
+            .await;
         let examples = pkb_edge::relative_path::HOSTILE_EXAMPLES;
         assert!(examples.len() >= 30);
         for value in examples {
             let encoded: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
-            let r = w.get_as("dr.jones", &format!("/_pkb/launch?redirect_uri={encoded}")).await;
+            let r = w
+                .get_as("dr.jones", &format!("/_pkb/launch?redirect_uri={encoded}"))
+                .await;
             assert_eq!(r.status(), 400, "redirect_uri {value:?} was not refused");
             assert!(r.headers().get("location").is_none());
         }
-        assert_eq!(w.sim.count("otp"), 0, "no OTP was issued for a hostile redirect");
+        assert_eq!(
+            w.sim.count("otp"),
+            0,
+            "no OTP was issued for a hostile redirect"
+        );
     });
 }
 
@@ -164,18 +200,30 @@ fn rotated_refresh_tokens_are_stored_and_the_old_one_is_dead() {
     // Tokens live 30 s at PKB but the proxy refreshes anything within 60 s: every launch refreshes.
     let w = World::start();
     rt().block_on(async {
-        w.sim.knobs(serde_json::json!({ "access_token_lifetime_secs": 30 }));
-        let seeded = w.config().pair(&w.sim, "dr.jones", "jones@pkb.example").await;
+        w.sim
+            .knobs(serde_json::json!({ "access_token_lifetime_secs": 30 }));
+        let seeded = w
+            .config()
+            .pair(&w.sim, "dr.jones", "jones@pkb.example")
+            .await;
         let first_refresh = seeded.tokens.refresh_token.clone().unwrap();
 
         assert_eq!(w.get_as("dr.jones", "/_pkb/launch").await.status(), 302);
         let after_one = w.config().stored("dr.jones").await.unwrap();
-        assert_ne!(after_one.tokens.refresh_token.as_ref(), Some(&first_refresh), "rotated token stored");
+        assert_ne!(
+            after_one.tokens.refresh_token.as_ref(),
+            Some(&first_refresh),
+            "rotated token stored"
+        );
 
         // The second launch can only succeed with the rotated token.
         assert_eq!(w.get_as("dr.jones", "/_pkb/launch").await.status(), 302);
         assert_eq!(w.sim.count("token_refresh"), 2);
-        assert_eq!(w.sim.spend_refresh_token(first_refresh.expose()).await, 400, "the old refresh token is dead");
+        assert_eq!(
+            w.sim.spend_refresh_token(first_refresh.expose()).await,
+            400,
+            "the old refresh token is dead"
+        );
     });
 }
 
@@ -183,15 +231,27 @@ fn rotated_refresh_tokens_are_stored_and_the_old_one_is_dead() {
 fn a_rejected_grant_removes_the_pairing_and_offers_relinking() {
     let w = World::start();
     rt().block_on(async {
-        w.sim.knobs(serde_json::json!({ "access_token_lifetime_secs": 1 }));
-        let seeded = w.config().pair(&w.sim, "dr.jones", "jones@pkb.example").await;
+        w.sim
+            .knobs(serde_json::json!({ "access_token_lifetime_secs": 1 }));
+        let seeded = w
+            .config()
+            .pair(&w.sim, "dr.jones", "jones@pkb.example")
+            .await;
         // Someone else spends the refresh token: the proxy's copy is now dead at PKB.
-        assert_eq!(w.sim.spend_refresh_token(seeded.tokens.refresh_token.as_ref().unwrap().expose()).await, 200);
+        assert_eq!(
+            w.sim
+                .spend_refresh_token(seeded.tokens.refresh_token.as_ref().unwrap().expose())
+                .await,
+            200
+        );
 
         let r = w.get_as("dr.jones", "/_pkb/launch").await;
         assert_eq!(r.status(), 409);
         assert!(r.text().await.unwrap().contains("/_pkb/pair?return_to="));
-        assert!(w.config().stored("dr.jones").await.is_none(), "the dead pairing is deleted");
+        assert!(
+            w.config().stored("dr.jones").await.is_none(),
+            "the dead pairing is deleted"
+        );
         assert_eq!(w.get_as("dr.jones", "/_pkb/launch").await.status(), 404);
     });
 }
@@ -219,7 +279,12 @@ fn pkb_slow_or_down_gives_503_within_the_timeout() {
     let w = World::start_with(|c| c.pkb_base = format!("http://127.0.0.1:{dead}"));
     rt().block_on(async {
         let tokens = w.sim.tokens_for("jones@pkb.example").await;
-        w.config().pairings().await.save("dr.jones", tokens).await.unwrap();
+        w.config()
+            .pairings()
+            .await
+            .save("dr.jones", tokens)
+            .await
+            .unwrap();
         assert_eq!(w.get_as("dr.jones", "/_pkb/launch").await.status(), 503);
     });
 }
@@ -228,12 +293,18 @@ fn pkb_slow_or_down_gives_503_within_the_timeout() {
 fn tokens_are_encrypted_at_rest_and_pairings_survive_a_restart() {
     let mut w = World::start();
     let seeded = rt().block_on(w.config().pair(&w.sim, "dr.jones", "jones@pkb.example"));
-    assert_eq!(rt().block_on(w.get_as("dr.jones", "/_pkb/launch")).status(), 302);
+    assert_eq!(
+        rt().block_on(w.get_as("dr.jones", "/_pkb/launch")).status(),
+        302
+    );
 
     let status = w.proxy.terminate();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
     w.proxy = Proxy::start(&w.dir, &w.config().clone());
-    assert_eq!(rt().block_on(w.get_as("dr.jones", "/_pkb/launch")).status(), 302);
+    assert_eq!(
+        rt().block_on(w.get_as("dr.jones", "/_pkb/launch")).status(),
+        302
+    );
 
     let mut raw = Vec::new();
     for entry in std::fs::read_dir(w.dir.path()).unwrap() {
@@ -245,10 +316,19 @@ fn tokens_are_encrypted_at_rest_and_pairings_survive_a_restart() {
     assert!(raw.len() > 4096, "the store files were found");
     let secrets = [
         seeded.tokens.access_token.expose().to_string(),
-        seeded.tokens.refresh_token.as_ref().unwrap().expose().to_string(),
+        seeded
+            .tokens
+            .refresh_token
+            .as_ref()
+            .unwrap()
+            .expose()
+            .to_string(),
     ];
     for secret in &secrets {
-        assert!(!raw.windows(secret.len()).any(|w| w == secret.as_bytes()), "a token is stored in the clear");
+        assert!(
+            !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "a token is stored in the clear"
+        );
     }
 }
 
@@ -261,10 +341,17 @@ fn a_missing_or_wrong_key_stops_start_up_with_a_clear_error() {
 
     other.port = free_port();
     other.keys = pkb_edge::store::crypto::Keyring::generate_line("k2");
-    let log = Proxy::try_start(&w.dir, &other).err().expect("must not start without key k1");
-    assert!(log.contains("`k1`") && log.contains("not configured"), "{log}");
+    let log = Proxy::try_start(&w.dir, &other)
+        .err()
+        .expect("must not start without key k1");
+    assert!(
+        log.contains("`k1`") && log.contains("not configured"),
+        "{log}"
+    );
 
     other.keys = pkb_edge::store::crypto::Keyring::generate_line("k1");
-    let log = Proxy::try_start(&w.dir, &other).err().expect("must not start with the wrong k1");
+    let log = Proxy::try_start(&w.dir, &other)
+        .err()
+        .expect("must not start with the wrong k1");
     assert!(log.contains("different material"), "{log}");
 }

@@ -46,14 +46,26 @@ fn methods_statuses_headers_and_paths_pass_unchanged() {
         assert_eq!(echo["body_len"], 14);
 
         for status in [204u16, 302, 404, 500, 503] {
-            let r = client().get(w.proxy.url(&format!("/x?status={status}"))).send().await.unwrap();
+            let r = client()
+                .get(w.proxy.url(&format!("/x?status={status}")))
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), status);
             if status == 302 {
-                assert_eq!(header(r.headers(), "location"), "/elsewhere", "upstream redirects are not followed");
+                assert_eq!(
+                    header(r.headers(), "location"),
+                    "/elsewhere",
+                    "upstream redirects are not followed"
+                );
             }
         }
         // Paths that merely start like the prefix belong to the upstream.
-        let r = client().get(w.proxy.url("/_pkbx/launch")).send().await.unwrap();
+        let r = client()
+            .get(w.proxy.url("/_pkbx/launch"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(echo_of(r).await["uri"], "/_pkbx/launch");
     });
 }
@@ -63,14 +75,19 @@ fn several_megabytes_stream_both_ways() {
     let w = World::start();
     rt().block_on(async {
         let len = 8 * 1024 * 1024;
-        let r = client().get(w.proxy.url(&format!("/big?bytes={len}"))).send().await.unwrap();
+        let r = client()
+            .get(w.proxy.url(&format!("/big?bytes={len}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         let body = r.bytes().await.unwrap();
         assert_eq!(body.len(), len);
         assert_eq!(&body[..], &pattern(len)[..]);
 
         let upload = pattern(6 * 1024 * 1024);
-        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = upload.chunks(100_000).map(|c| Ok(c.to_vec())).collect();
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+            upload.chunks(100_000).map(|c| Ok(c.to_vec())).collect();
         let stream = tokio_stream::iter(chunks);
         let r = client()
             .post(w.proxy.url("/upload"))
@@ -81,7 +98,11 @@ fn several_megabytes_stream_both_ways() {
         let echo = echo_of(r).await;
         assert_eq!(echo["body_len"], upload.len());
         assert_eq!(echo["body_sha256"], hex(&Sha256::digest(&upload)));
-        assert_eq!(request_header(&echo, "transfer-encoding"), vec!["chunked"], "streamed, not buffered");
+        assert_eq!(
+            request_header(&echo, "transfer-encoding"),
+            vec!["chunked"],
+            "streamed, not buffered"
+        );
     });
 }
 
@@ -89,13 +110,18 @@ fn several_megabytes_stream_both_ways() {
 fn keep_alive_connections_are_reused() {
     let w = World::start();
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", w.config().port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     for n in 0..3 {
         write!(stream, "GET /ka/{n} HTTP/1.1\r\nHost: ehr.test\r\n\r\n").unwrap();
         let mut status = String::new();
         reader.read_line(&mut status).unwrap();
-        assert!(status.starts_with("HTTP/1.1 200"), "request {n} on one connection: {status}");
+        assert!(
+            status.starts_with("HTTP/1.1 200"),
+            "request {n} on one connection: {status}"
+        );
         let mut length = 0;
         loop {
             let mut line = String::new();
@@ -129,8 +155,14 @@ fn identity_headers_from_untrusted_peers_are_stripped() {
             .await
             .unwrap();
         let echo = echo_of(spoofed).await;
-        assert!(request_header(&echo, USER_HEADER).is_empty(), "spoofed identity reached the upstream");
-        assert!(request_header(&echo, "x-hop").is_empty(), "a header named in Connection reached the upstream");
+        assert!(
+            request_header(&echo, USER_HEADER).is_empty(),
+            "spoofed identity reached the upstream"
+        );
+        assert!(
+            request_header(&echo, "x-hop").is_empty(),
+            "a header named in Connection reached the upstream"
+        );
 
         let r = client_from("127.0.0.1")
             .get(w.proxy.url("/_pkb/launch"))
@@ -140,9 +172,22 @@ fn identity_headers_from_untrusted_peers_are_stripped() {
             .unwrap();
         assert_eq!(r.status(), 401, "a spoofed identity does not launch");
 
-        let trusted = client_from("127.0.0.2").get(w.proxy.url("/page")).header(USER_HEADER, "admin").send().await.unwrap();
-        assert_eq!(request_header(&echo_of(trusted).await, USER_HEADER), vec!["admin"]);
-        let r = client_from("127.0.0.2").get(w.proxy.url("/_pkb/launch")).header(USER_HEADER, "admin").send().await.unwrap();
+        let trusted = client_from("127.0.0.2")
+            .get(w.proxy.url("/page"))
+            .header(USER_HEADER, "admin")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            request_header(&echo_of(trusted).await, USER_HEADER),
+            vec!["admin"]
+        );
+        let r = client_from("127.0.0.2")
+            .get(w.proxy.url("/_pkb/launch"))
+            .header(USER_HEADER, "admin")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 302);
     });
 }
@@ -156,6 +201,9 @@ fn sigterm_lets_in_flight_requests_finish() {
     std::thread::sleep(Duration::from_millis(300));
     let status = w.proxy.terminate();
     assert!(status.success(), "{status:?}");
-    let answered = rt().block_on(in_flight).unwrap().expect("in-flight request answered");
+    let answered = rt()
+        .block_on(in_flight)
+        .unwrap()
+        .expect("in-flight request answered");
     assert_eq!(answered, 200);
 }

@@ -48,7 +48,12 @@ impl MessagePage<'_> {
             let _ = write!(html, "<p>{}</p>", escape(p));
         }
         if let Some((label, href)) = &self.action {
-            let _ = write!(html, "<p><a class=\"button\" href=\"{}\">{}</a></p>", escape(href), escape(label));
+            let _ = write!(
+                html,
+                "<p><a class=\"button\" href=\"{}\">{}</a></p>",
+                escape(href),
+                escape(label)
+            );
         }
         if let Some(note) = &self.footnote {
             let _ = write!(html, "<p class=\"muted\">{}</p>", escape(note));

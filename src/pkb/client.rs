@@ -89,17 +89,27 @@ impl PkbClient {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.settings.base_url.as_str().trim_end_matches('/'))
+        format!(
+            "{}{path}",
+            self.settings.base_url.as_str().trim_end_matches('/')
+        )
     }
 
     /// The refresh grant. PKB may rotate the refresh token; the answer then carries the new one.
     pub async fn refresh(&self, refresh_token: &RefreshToken) -> Result<TokenResponse, PkbError> {
-        self.token_request(&[("grant_type", "refresh_token"), ("refresh_token", refresh_token.expose())])
-            .await
+        self.token_request(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose()),
+        ])
+        .await
     }
 
     /// The authorization code grant, with the PKCE verifier and the registered redirect URI.
-    pub async fn exchange_code(&self, code: &str, code_verifier: &str) -> Result<TokenResponse, PkbError> {
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        code_verifier: &str,
+    ) -> Result<TokenResponse, PkbError> {
         self.token_request(&[
             ("grant_type", "authorization_code"),
             ("code", code),
@@ -116,8 +126,10 @@ impl PkbClient {
         match s.client_auth {
             ClientAuth::Basic => {
                 // RFC 6749 §2.3.1: form-encode the id and secret before Basic encoding.
-                let id = form_urlencoded::byte_serialize(s.client_id.as_bytes()).collect::<String>();
-                let secret = form_urlencoded::byte_serialize(s.client_secret.expose().as_bytes()).collect::<String>();
+                let id =
+                    form_urlencoded::byte_serialize(s.client_id.as_bytes()).collect::<String>();
+                let secret = form_urlencoded::byte_serialize(s.client_secret.expose().as_bytes())
+                    .collect::<String>();
                 request = request.basic_auth(id, Some(secret));
             }
             ClientAuth::Body => {
@@ -137,12 +149,19 @@ impl PkbClient {
             return parse_token_response(&bytes);
         }
         if status.is_server_error() || status.as_u16() == 429 {
-            return Err(PkbError::Unavailable(format!("token endpoint answered {status}")));
+            return Err(PkbError::Unavailable(format!(
+                "token endpoint answered {status}"
+            )));
         }
         match serde_json::from_slice::<OAuthErrorBody>(&bytes) {
             Ok(e) if e.error == "invalid_grant" => Err(PkbError::InvalidGrant),
-            Ok(e) => Err(PkbError::Refused(format!("token endpoint: {}", sanitize(&e.error)))),
-            Err(_) => Err(PkbError::Refused(format!("token endpoint answered {status}"))),
+            Ok(e) => Err(PkbError::Refused(format!(
+                "token endpoint: {}",
+                sanitize(&e.error)
+            ))),
+            Err(_) => Err(PkbError::Refused(format!(
+                "token endpoint answered {status}"
+            ))),
         }
     }
 
@@ -161,15 +180,22 @@ impl PkbClient {
         match status.as_u16() {
             200..=299 => {}
             401 | 403 => return Err(PkbError::Unauthorized),
-            429 | 500..=599 => return Err(PkbError::Unavailable(format!("OTP endpoint answered {status}"))),
+            429 | 500..=599 => {
+                return Err(PkbError::Unavailable(format!(
+                    "OTP endpoint answered {status}"
+                )))
+            }
             _ => return Err(PkbError::Refused(format!("OTP endpoint answered {status}"))),
         }
         let bytes = response.bytes().await.map_err(transport_error)?;
-        let body: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|_| PkbError::Protocol("OTP answer is not JSON".into()))?;
+        let body: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|_| PkbError::Protocol("OTP answer is not JSON".into()))?;
         match body.get(&s.otp_field).and_then(|v| v.as_str()) {
             Some(otp) if !otp.is_empty() => Ok(Otp::new(otp)),
-            _ => Err(PkbError::Protocol(format!("OTP answer has no `{}` string", s.otp_field))),
+            _ => Err(PkbError::Protocol(format!(
+                "OTP answer has no `{}` string",
+                s.otp_field
+            ))),
         }
     }
 }
@@ -187,19 +213,25 @@ fn transport_error(e: reqwest::Error) -> PkbError {
 
 /// PKB's error codes are short ASCII words; anything else is not echoed into our logs verbatim.
 fn sanitize(code: &str) -> String {
-    code.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect()
+    code.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(64)
+        .collect()
 }
 
 fn parse_token_response(bytes: &[u8]) -> Result<TokenResponse, PkbError> {
-    let raw: RawTokenResponse =
-        serde_json::from_slice(bytes).map_err(|_| PkbError::Protocol("token answer is not the documented JSON".into()))?;
+    let raw: RawTokenResponse = serde_json::from_slice(bytes)
+        .map_err(|_| PkbError::Protocol("token answer is not the documented JSON".into()))?;
     let access_token = raw
         .access_token
         .filter(|t| !t.is_empty())
         .ok_or_else(|| PkbError::Protocol("token answer has no access_token".into()))?;
     if let Some(t) = &raw.token_type {
         if !t.eq_ignore_ascii_case("bearer") {
-            return Err(PkbError::Protocol(format!("token_type `{}` is not Bearer", sanitize(t))));
+            return Err(PkbError::Protocol(format!(
+                "token_type `{}` is not Bearer",
+                sanitize(t)
+            )));
         }
     }
     // Some servers send expires_in as a string; accept a whole number either way.
@@ -212,7 +244,10 @@ fn parse_token_response(bytes: &[u8]) -> Result<TokenResponse, PkbError> {
     .ok_or_else(|| PkbError::Protocol("token answer has no positive expires_in".into()))?;
     Ok(TokenResponse {
         access_token: AccessToken::new(access_token),
-        refresh_token: raw.refresh_token.filter(|t| !t.is_empty()).map(RefreshToken::new),
+        refresh_token: raw
+            .refresh_token
+            .filter(|t| !t.is_empty())
+            .map(RefreshToken::new),
         expires_in,
         scope: raw.scope,
     })
@@ -227,11 +262,22 @@ mod tests {
         let ok = parse_token_response(br#"{"access_token":"a","token_type":"bearer","expires_in":600,"refresh_token":"r","scope":"CLINICIAN"}"#).unwrap();
         assert_eq!(ok.expires_in, 600);
         assert_eq!(ok.refresh_token.unwrap().expose(), "r");
-        let no_refresh = parse_token_response(br#"{"access_token":"a","token_type":"Bearer","expires_in":"1800"}"#).unwrap();
+        let no_refresh = parse_token_response(
+            br#"{"access_token":"a","token_type":"Bearer","expires_in":"1800"}"#,
+        )
+        .unwrap();
         assert_eq!(no_refresh.expires_in, 1800);
         assert!(no_refresh.refresh_token.is_none());
-        for bad in [&br#"{"token_type":"Bearer","expires_in":1}"#[..], br#"{"access_token":"a"}"#, br#"{"access_token":"a","expires_in":1,"token_type":"mac"}"#, b"<html>"] {
-            assert!(matches!(parse_token_response(bad), Err(PkbError::Protocol(_))));
+        for bad in [
+            &br#"{"token_type":"Bearer","expires_in":1}"#[..],
+            br#"{"access_token":"a"}"#,
+            br#"{"access_token":"a","expires_in":1,"token_type":"mac"}"#,
+            b"<html>",
+        ] {
+            assert!(matches!(
+                parse_token_response(bad),
+                Err(PkbError::Protocol(_))
+            ));
         }
     }
 }

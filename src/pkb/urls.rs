@@ -11,7 +11,11 @@ use crate::patient::PatientContext;
 use crate::secret::Otp;
 
 /// Everything but RFC 3986 unreserved characters: for a whole value placed in a query.
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// For a value inside the landing path's own query: the characters that would end or split it.
 const INNER_VALUE: &AsciiSet = &percent_encoding::CONTROLS
@@ -71,12 +75,22 @@ pub fn landing_with_context(path: &str, context: &PatientContext, names: &Contex
 }
 
 /// `{base}{otp_login_path}?{otp_param}=OTP[&redirect_uri=LANDING]`.
-pub fn otp_login_url(base: &str, otp_login_path: &str, otp_param: &str, otp: &Otp, landing: Option<&str>) -> String {
+pub fn otp_login_url(
+    base: &str,
+    otp_login_path: &str,
+    otp_param: &str,
+    otp: &Otp,
+    landing: Option<&str>,
+) -> String {
     let base = base.trim_end_matches('/');
     let mut url = String::with_capacity(base.len() + otp_login_path.len() + 160);
     url.push_str(base);
     url.push_str(otp_login_path);
-    url.push(if otp_login_path.contains('?') { '&' } else { '?' });
+    url.push(if otp_login_path.contains('?') {
+        '&'
+    } else {
+        '?'
+    });
     url.push_str(otp_param);
     url.push('=');
     url.extend(utf8_percent_encode(otp.expose(), COMPONENT));
@@ -106,7 +120,13 @@ mod tests {
             &PatientContext::Email("patient@example.com".into()),
             &names(),
         );
-        let url = otp_login_url("https://sandbox.patientsknowbest.com/", "/otp.action", "otpToken", &Otp::new("abc"), Some(&landing));
+        let url = otp_login_url(
+            "https://sandbox.patientsknowbest.com/",
+            "/otp.action",
+            "otpToken",
+            &Otp::new("abc"),
+            Some(&landing),
+        );
         assert_eq!(
             url,
             "https://sandbox.patientsknowbest.com/otp.action?otpToken=abc&redirect_uri=\
@@ -116,31 +136,70 @@ mod tests {
 
     #[test]
     fn landing_table() {
-        let nhs = PatientContext::NationalId { id: "9434765919".into(), id_type: "NHS".into() };
+        let nhs = PatientContext::NationalId {
+            id: "9434765919".into(),
+            id_type: "NHS".into(),
+        };
         let cases = [
-            ("/summary", &nhs, "/summary?contextNationalId=9434765919&contextNationalIdType=NHS"),
-            ("/s?tab=x", &nhs, "/s?tab=x&contextNationalId=9434765919&contextNationalIdType=NHS"),
-            ("/s?tab=x#top", &nhs, "/s?tab=x&contextNationalId=9434765919&contextNationalIdType=NHS#top"),
+            (
+                "/summary",
+                &nhs,
+                "/summary?contextNationalId=9434765919&contextNationalIdType=NHS",
+            ),
+            (
+                "/s?tab=x",
+                &nhs,
+                "/s?tab=x&contextNationalId=9434765919&contextNationalIdType=NHS",
+            ),
+            (
+                "/s?tab=x#top",
+                &nhs,
+                "/s?tab=x&contextNationalId=9434765919&contextNationalIdType=NHS#top",
+            ),
         ];
         for (path, ctx, want) in cases {
             assert_eq!(landing_with_context(path, ctx, &names()), want);
         }
         let plus = PatientContext::Email("a+b&c=d@example.com".into());
-        assert_eq!(landing_with_context("/s", &plus, &names()), "/s?contextUserEmail=a%2Bb%26c%3Dd@example.com");
+        assert_eq!(
+            landing_with_context("/s", &plus, &names()),
+            "/s?contextUserEmail=a%2Bb%26c%3Dd@example.com"
+        );
     }
 
     #[test]
     fn no_landing_means_no_redirect_uri_and_otp_is_encoded() {
-        let url = otp_login_url("http://127.0.0.1:9", "/otp.action", "otpToken", &Otp::new("a/b+c"), None);
+        let url = otp_login_url(
+            "http://127.0.0.1:9",
+            "/otp.action",
+            "otpToken",
+            &Otp::new("a/b+c"),
+            None,
+        );
         assert_eq!(url, "http://127.0.0.1:9/otp.action?otpToken=a%2Fb%2Bc");
     }
 
     #[test]
     fn redirect_uri_round_trips() {
-        let nhs = PatientContext::NationalId { id: "9434765919".into(), id_type: "NHS".into() };
+        let nhs = PatientContext::NationalId {
+            id: "9434765919".into(),
+            id_type: "NHS".into(),
+        };
         let landing = landing_with_context("/a?b=c%20d", &nhs, &names());
-        let url = url::Url::parse(&otp_login_url("https://pkb.example", "/otp.action", "otpToken", &Otp::new("x"), Some(&landing))).unwrap();
-        let got = url.query_pairs().find(|(k, _)| k == "redirect_uri").unwrap().1.into_owned();
+        let url = url::Url::parse(&otp_login_url(
+            "https://pkb.example",
+            "/otp.action",
+            "otpToken",
+            &Otp::new("x"),
+            Some(&landing),
+        ))
+        .unwrap();
+        let got = url
+            .query_pairs()
+            .find(|(k, _)| k == "redirect_uri")
+            .unwrap()
+            .1
+            .into_owned();
         assert_eq!(got, landing);
     }
 }

@@ -217,7 +217,9 @@ impl Simulator {
     }
 
     pub fn count(&self, endpoint: &str) -> u64 {
-        self.counters.get(endpoint).map_or(0, |c| c.load(Ordering::SeqCst))
+        self.counters
+            .get(endpoint)
+            .map_or(0, |c| c.load(Ordering::SeqCst))
     }
 
     pub fn set_knobs(&self, knobs: Knobs) {
@@ -250,8 +252,13 @@ impl Simulator {
         }
         let fail = fail_rate > 0.0 && (rand::rng().next_u64() as f64 / u64::MAX as f64) < fail_rate;
         fail.then(|| {
-            let status = StatusCode::from_u16(fail_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            (status, Json(json!({ "error": "server_error", "error_description": "simulated failure" }))).into_response()
+            let status =
+                StatusCode::from_u16(fail_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            (
+                status,
+                Json(json!({ "error": "server_error", "error_description": "simulated failure" })),
+            )
+                .into_response()
         })
     }
 
@@ -292,7 +299,11 @@ impl Simulator {
 
     /// The user an `Authorization: Bearer` token belongs to, if it is live.
     fn bearer_user(&self, headers: &HeaderMap) -> Option<String> {
-        let token = headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ")?;
+        let token = headers
+            .get("authorization")?
+            .to_str()
+            .ok()?
+            .strip_prefix("Bearer ")?;
         let grants = self.grants.lock();
         let grant = grants.access.get(token)?;
         (grant.expires_at > self.clock.now()).then(|| grant.user.clone())
@@ -308,7 +319,11 @@ impl Simulator {
             .and_then(|b| String::from_utf8(b).ok())
             .and_then(|s| {
                 let (id, secret) = s.split_once(':')?;
-                let dec = |x: &str| percent_encoding::percent_decode_str(&x.replace('+', " ")).decode_utf8_lossy().into_owned();
+                let dec = |x: &str| {
+                    percent_encoding::percent_decode_str(&x.replace('+', " "))
+                        .decode_utf8_lossy()
+                        .into_owned()
+                };
                 Some((dec(id), dec(secret)))
             });
         let (id, secret) = match from_basic {
@@ -361,15 +376,26 @@ async fn authorize_decision(State(sim): Sim, Form(f): Form<HashMap<String, Strin
     let get = |k: &str| f.get(k).cloned().unwrap_or_default();
     let redirect_uri = get("redirect_uri");
     let Ok(mut target) = url::Url::parse(&redirect_uri) else {
-        return (StatusCode::BAD_REQUEST, Html(pages::authorize_error("redirect_uri is not a URL"))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Html(pages::authorize_error("redirect_uri is not a URL")),
+        )
+            .into_response();
     };
     if get("decision") != "allow" {
-        target.query_pairs_mut().append_pair("error", "access_denied").append_pair("state", &get("state"));
+        target
+            .query_pairs_mut()
+            .append_pair("error", "access_denied")
+            .append_pair("state", &get("state"));
         return Redirect::to(target.as_str()).into_response();
     }
     let user = get("pkb_user");
     if user.trim().is_empty() {
-        return (StatusCode::BAD_REQUEST, Html(pages::authorize_error("choose a PKB user"))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Html(pages::authorize_error("choose a PKB user")),
+        )
+            .into_response();
     }
     let code = random_token(18);
     sim.grants.lock().codes.insert(
@@ -383,13 +409,24 @@ async fn authorize_decision(State(sim): Sim, Form(f): Form<HashMap<String, Strin
             issued_at: sim.clock.now(),
         },
     );
-    target.query_pairs_mut().append_pair("code", &code).append_pair("state", &get("state"));
+    target
+        .query_pairs_mut()
+        .append_pair("code", &code)
+        .append_pair("state", &get("state"));
     Redirect::to(target.as_str()).into_response()
 }
 
-async fn token(State(sim): Sim, headers: HeaderMap, Form(f): Form<HashMap<String, String>>) -> Response {
+async fn token(
+    State(sim): Sim,
+    headers: HeaderMap,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
     let grant_type = f.get("grant_type").map(String::as_str).unwrap_or_default();
-    let endpoint = if grant_type == "refresh_token" { "token_refresh" } else { "token_authorization_code" };
+    let endpoint = if grant_type == "refresh_token" {
+        "token_refresh"
+    } else {
+        "token_authorization_code"
+    };
     if let Some(fail) = sim.enter(endpoint).await {
         return fail;
     }
@@ -456,7 +493,11 @@ pub struct LoginView {
     pub context: HashMap<String, String>,
 }
 
-async fn otp_login(State(sim): Sim, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn otp_login(
+    State(sim): Sim,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if let Some(fail) = sim.enter("otp_login").await {
         return fail;
     }
@@ -485,7 +526,11 @@ async fn otp_login(State(sim): Sim, headers: HeaderMap, Query(q): Query<HashMap<
                 .collect()
         })
         .unwrap_or_default();
-    let view = LoginView { user, landing, context };
+    let view = LoginView {
+        user,
+        landing,
+        context,
+    };
     let wants_json = headers
         .get("accept")
         .and_then(|v| v.to_str().ok())
@@ -501,7 +546,11 @@ async fn otp_login(State(sim): Sim, headers: HeaderMap, Query(q): Query<HashMap<
     }
 }
 
-async fn data_from_other_org(State(sim): Sim, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn data_from_other_org(
+    State(sim): Sim,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if let Some(fail) = sim.enter("data_from_other_org").await {
         return fail;
     }
@@ -510,15 +559,26 @@ async fn data_from_other_org(State(sim): Sim, headers: HeaderMap, Query(q): Quer
     }
     let id = q.get("nationalId").cloned().unwrap_or_default();
     let id_type = q.get("nationalIdType").cloned().unwrap_or_default();
-    match sim.config.patients.iter().find(|p| p.nhs_number == id && id_type == "NHS") {
+    match sim
+        .config
+        .patients
+        .iter()
+        .find(|p| p.nhs_number == id && id_type == "NHS")
+    {
         Some(p) => Json(json!({ "dataFromOtherOrg": p.data_from_other_org })).into_response(),
-        None => (StatusCode::NOT_FOUND, Json(json!({ "error": "patient_not_found" }))).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": "patient_not_found" })),
+        )
+            .into_response(),
     }
 }
 
 async fn stats(State(sim): Sim) -> Json<serde_json::Value> {
-    let counts: serde_json::Map<String, serde_json::Value> =
-        ENDPOINTS.iter().map(|e| (e.to_string(), json!(sim.count(e)))).collect();
+    let counts: serde_json::Map<String, serde_json::Value> = ENDPOINTS
+        .iter()
+        .map(|e| (e.to_string(), json!(sim.count(e))))
+        .collect();
     Json(serde_json::Value::Object(counts))
 }
 
@@ -546,7 +606,11 @@ mod tests {
     #[test]
     fn demo_patients_have_valid_nhs_numbers() {
         for p in demo_patients() {
-            assert!(crate::patient::nhs_number_is_valid(&p.nhs_number), "{}", p.nhs_number);
+            assert!(
+                crate::patient::nhs_number_is_valid(&p.nhs_number),
+                "{}",
+                p.nhs_number
+            );
         }
     }
 }

@@ -29,14 +29,27 @@ pub fn home() -> String {
 }
 
 pub fn authorize_error(problem: &str) -> String {
-    page("Authorization request refused", &format!("<p>{}</p>", escape(problem)))
+    page(
+        "Authorization request refused",
+        &format!("<p>{}</p>", escape(problem)),
+    )
 }
 
 pub fn consent(action: &str, q: &HashMap<String, String>) -> String {
     let mut hidden = String::new();
-    for key in ["client_id", "redirect_uri", "scope", "state", "code_challenge", "code_challenge_method"] {
+    for key in [
+        "client_id",
+        "redirect_uri",
+        "scope",
+        "state",
+        "code_challenge",
+        "code_challenge_method",
+    ] {
         let value = q.get(key).map(String::as_str).unwrap_or_default();
-        hidden.push_str(&format!("<input type=\"hidden\" name=\"{key}\" value=\"{}\">", escape(value)));
+        hidden.push_str(&format!(
+            "<input type=\"hidden\" name=\"{key}\" value=\"{}\">",
+            escape(value)
+        ));
     }
     let client = q.get("client_id").map(String::as_str).unwrap_or_default();
     page(
@@ -74,7 +87,12 @@ pub fn logged_in(view: &LoginView, patient: Option<&SimPatient>) -> String {
         ));
     }
     let patient = patient
-        .map(|p| format!("<p>Patient record: <strong id=\"patient-name\">{}</strong></p>", escape(&p.name)))
+        .map(|p| {
+            format!(
+                "<p>Patient record: <strong id=\"patient-name\">{}</strong></p>",
+                escape(&p.name)
+            )
+        })
         .unwrap_or_default();
     page(
         "You are signed in to PKB",

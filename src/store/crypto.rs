@@ -56,7 +56,12 @@ impl Keyring {
         for (n, entry) in entries.enumerate() {
             let (id, material) = entry.split_once(':').ok_or(KeyError::Malformed(n + 1))?;
             let (id, material) = (id.trim(), material.trim());
-            if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            if id.is_empty()
+                || id.len() > 64
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
                 return Err(KeyError::BadId(id.to_string()));
             }
             let bytes = B64
@@ -67,7 +72,8 @@ impl Keyring {
             if keys.iter().any(|(k, _)| k == id) {
                 return Err(KeyError::Duplicate(id.to_string()));
             }
-            let cipher = Aes256Gcm::new_from_slice(&bytes).map_err(|_| KeyError::BadMaterial(id.to_string()))?;
+            let cipher = Aes256Gcm::new_from_slice(&bytes)
+                .map_err(|_| KeyError::BadMaterial(id.to_string()))?;
             keys.push((id.to_string(), cipher));
         }
         if keys.is_empty() {
@@ -104,7 +110,13 @@ impl Keyring {
         let mut out = nonce.to_vec();
         // Encryption with a valid key and a 12-byte nonce cannot fail for inputs of this size.
         let ct = cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .unwrap_or_default();
         out.extend_from_slice(&ct);
         out
@@ -138,10 +150,19 @@ mod tests {
         let sealed = before.seal(b"token", b"alice|access");
         let after = Keyring::parse(&format!("{new}\n{old}")).unwrap();
         assert_eq!(after.primary_id(), "new");
-        assert_eq!(after.open("old", &sealed, b"alice|access").unwrap(), b"token");
+        assert_eq!(
+            after.open("old", &sealed, b"alice|access").unwrap(),
+            b"token"
+        );
         let resealed = after.seal(b"token", b"alice|access");
-        assert_eq!(after.open("new", &resealed, b"alice|access").unwrap(), b"token");
-        assert_eq!(before.open("new", &resealed, b"alice|access"), Err(SealError::UnknownKey("new".into())));
+        assert_eq!(
+            after.open("new", &resealed, b"alice|access").unwrap(),
+            b"token"
+        );
+        assert_eq!(
+            before.open("new", &resealed, b"alice|access"),
+            Err(SealError::UnknownKey("new".into()))
+        );
     }
 
     #[test]
@@ -158,18 +179,41 @@ mod tests {
         let a = Keyring::parse(&Keyring::generate_line("k")).unwrap();
         let b = Keyring::parse(&Keyring::generate_line("k")).unwrap();
         let sealed = a.seal(b"token", b"x");
-        assert_eq!(b.open("k", &sealed, b"x"), Err(SealError::Corrupt("k".into())));
-        assert_eq!(b.open("k", &sealed[..10], b"x"), Err(SealError::Corrupt("k".into())));
+        assert_eq!(
+            b.open("k", &sealed, b"x"),
+            Err(SealError::Corrupt("k".into()))
+        );
+        assert_eq!(
+            b.open("k", &sealed[..10], b"x"),
+            Err(SealError::Corrupt("k".into()))
+        );
     }
 
     #[test]
     fn malformed_key_text_is_refused() {
         assert_eq!(Keyring::parse("").unwrap_err(), KeyError::Empty);
-        assert_eq!(Keyring::parse("nocolon").unwrap_err(), KeyError::Malformed(1));
-        assert_eq!(Keyring::parse("k:c2hvcnQ=").unwrap_err(), KeyError::BadMaterial("k".into()));
-        assert_eq!(Keyring::parse("bad id:AAAA").unwrap_err(), KeyError::BadId("bad id".into()));
+        assert_eq!(
+            Keyring::parse("nocolon").unwrap_err(),
+            KeyError::Malformed(1)
+        );
+        assert_eq!(
+            Keyring::parse("k:c2hvcnQ=").unwrap_err(),
+            KeyError::BadMaterial("k".into())
+        );
+        assert_eq!(
+            Keyring::parse("bad id:AAAA").unwrap_err(),
+            KeyError::BadId("bad id".into())
+        );
         let line = Keyring::generate_line("k");
-        assert_eq!(Keyring::parse(&format!("{line},{line}")).unwrap_err(), KeyError::Duplicate("k".into()));
-        assert_eq!(Keyring::parse(&format!("# comment\n{line}\n")).unwrap().ids(), vec!["k"]);
+        assert_eq!(
+            Keyring::parse(&format!("{line},{line}")).unwrap_err(),
+            KeyError::Duplicate("k".into())
+        );
+        assert_eq!(
+            Keyring::parse(&format!("# comment\n{line}\n"))
+                .unwrap()
+                .ids(),
+            vec!["k"]
+        );
     }
 }

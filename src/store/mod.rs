@@ -51,7 +51,11 @@ pub trait PairingStore: Send + Sync + 'static {
     async fn put(&self, row: SealedPairing) -> Result<SealedPairing, StoreError>;
     /// Writes `row` only if the stored version is still `expected_version`; returns the row as
     /// stored, or `None` if the row changed or went away meanwhile.
-    async fn replace_if_version(&self, row: SealedPairing, expected_version: i64) -> Result<Option<SealedPairing>, StoreError>;
+    async fn replace_if_version(
+        &self,
+        row: SealedPairing,
+        expected_version: i64,
+    ) -> Result<Option<SealedPairing>, StoreError>;
     async fn delete(&self, user_id: &str) -> Result<bool, StoreError>;
     async fn delete_if_version(&self, user_id: &str, version: i64) -> Result<bool, StoreError>;
     /// Known-plaintext check values, one per key that ever sealed in this store.
@@ -65,7 +69,11 @@ pub trait PairingStore: Send + Sync + 'static {
 /// Opens the backend named by `store.url`.
 pub async fn open_backend(url: &str) -> Result<std::sync::Arc<dyn PairingStore>, StoreError> {
     match url.strip_prefix("sqlite://") {
-        Some(path) => Ok(std::sync::Arc::new(sqlite::SqlitePairingStore::open(path).await?)),
-        None => Err(StoreError::Config(format!("store.url: `{url}` is not a sqlite:// URL"))),
+        Some(path) => Ok(std::sync::Arc::new(
+            sqlite::SqlitePairingStore::open(path).await?,
+        )),
+        None => Err(StoreError::Config(format!(
+            "store.url: `{url}` is not a sqlite:// URL"
+        ))),
     }
 }

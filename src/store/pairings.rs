@@ -122,7 +122,9 @@ impl Pairings {
 
     async fn remember(&self, pairing: Pairing) -> Arc<Pairing> {
         let pairing = Arc::new(pairing);
-        self.cache.insert(pairing.user_id.clone(), pairing.clone()).await;
+        self.cache
+            .insert(pairing.user_id.clone(), pairing.clone())
+            .await;
         pairing
     }
 
@@ -173,9 +175,14 @@ impl Pairings {
         }
         let this = self.clone();
         let user_id = user_id.to_string();
-        tokio::spawn(async move { this.refresh_serialized(&user_id, skew_secs, stale_version, refresh).await })
-            .await
-            .map_err(|e| FreshError::Store(StoreError::Unavailable(format!("refresh task failed: {e}"))))?
+        tokio::spawn(async move {
+            this.refresh_serialized(&user_id, skew_secs, stale_version, refresh)
+                .await
+        })
+        .await
+        .map_err(|e| {
+            FreshError::Store(StoreError::Unavailable(format!("refresh task failed: {e}")))
+        })?
     }
 
     async fn refresh_serialized<E, F, Fut>(
@@ -203,7 +210,11 @@ impl Pairings {
         match refresh(pairing.tokens.clone()).await {
             Ok(tokens) => {
                 let row = self.seal(user_id, &tokens, pairing.created_at, now, pairing.version);
-                match self.backend.replace_if_version(row, pairing.version).await? {
+                match self
+                    .backend
+                    .replace_if_version(row, pairing.version)
+                    .await?
+                {
                     Some(stored) => Ok(self.remember(self.unseal(stored)?).await),
                     // Re-paired or unpaired while we refreshed: that newer decision stands.
                     None => self.load(user_id).await?.ok_or(FreshError::NotPaired),
@@ -215,20 +226,32 @@ impl Pairings {
     }
 
     async fn drop_dead<E>(&self, pairing: &Pairing) -> Result<Arc<Pairing>, FreshError<E>> {
-        self.backend.delete_if_version(&pairing.user_id, pairing.version).await?;
+        self.backend
+            .delete_if_version(&pairing.user_id, pairing.version)
+            .await?;
         self.cache.invalidate(&pairing.user_id).await;
         Err(FreshError::Revoked)
     }
 
-    fn seal(&self, user_id: &str, tokens: &TokenSet, created_at: i64, refreshed_at: i64, version: i64) -> SealedPairing {
+    fn seal(
+        &self,
+        user_id: &str,
+        tokens: &TokenSet,
+        created_at: i64,
+        refreshed_at: i64,
+        version: i64,
+    ) -> SealedPairing {
         SealedPairing {
             user_id: user_id.to_string(),
             key_id: self.keyring.primary_id().to_string(),
-            access_token: self.keyring.seal(tokens.access_token.expose().as_bytes(), &aad(user_id, "access")),
-            refresh_token: tokens
-                .refresh_token
-                .as_ref()
-                .map(|t| self.keyring.seal(t.expose().as_bytes(), &aad(user_id, "refresh"))),
+            access_token: self.keyring.seal(
+                tokens.access_token.expose().as_bytes(),
+                &aad(user_id, "access"),
+            ),
+            refresh_token: tokens.refresh_token.as_ref().map(|t| {
+                self.keyring
+                    .seal(t.expose().as_bytes(), &aad(user_id, "refresh"))
+            }),
             access_expires_at: tokens.access_expires_at,
             created_at,
             refreshed_at,
@@ -238,8 +261,11 @@ impl Pairings {
 
     fn unseal(&self, row: SealedPairing) -> Result<Pairing, StoreError> {
         let open = |sealed: &[u8], field: &str| -> Result<String, StoreError> {
-            let plain = self.keyring.open(&row.key_id, sealed, &aad(&row.user_id, field))?;
-            String::from_utf8(plain).map_err(|_| StoreError::Sealing(SealError::Corrupt(row.key_id.clone())))
+            let plain = self
+                .keyring
+                .open(&row.key_id, sealed, &aad(&row.user_id, field))?;
+            String::from_utf8(plain)
+                .map_err(|_| StoreError::Sealing(SealError::Corrupt(row.key_id.clone())))
         };
         let access_token = AccessToken::new(open(&row.access_token, "access")?);
         let refresh_token = match &row.refresh_token {
@@ -272,22 +298,28 @@ fn aad(user_id: &str, field: &str) -> Vec<u8> {
 /// refreshing cost nothing; dead entries are swept when the map grows.
 #[derive(Default)]
 struct UserLocks {
-    map: parking_lot::Mutex<(HashMap<String, Weak<tokio::sync::Mutex<()>>>, usize)>,
+    inner: parking_lot::Mutex<LockMap>,
+}
+
+#[derive(Default)]
+struct LockMap {
+    entries: HashMap<String, Weak<tokio::sync::Mutex<()>>>,
+    /// Sweep dead entries when the map reaches this size.
+    sweep_at: usize,
 }
 
 impl UserLocks {
     fn for_user(&self, user_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut guard = self.map.lock();
-        let (map, sweep_at) = &mut *guard;
-        if let Some(lock) = map.get(user_id).and_then(Weak::upgrade) {
+        let mut map = self.inner.lock();
+        if let Some(lock) = map.entries.get(user_id).and_then(Weak::upgrade) {
             return lock;
         }
-        if map.len() >= (*sweep_at).max(64) {
-            map.retain(|_, w| w.strong_count() > 0);
-            *sweep_at = map.len() * 2;
+        if map.entries.len() >= map.sweep_at.max(64) {
+            map.entries.retain(|_, w| w.strong_count() > 0);
+            map.sweep_at = map.entries.len() * 2;
         }
         let lock = Arc::new(tokio::sync::Mutex::new(()));
-        map.insert(user_id.to_string(), Arc::downgrade(&lock));
+        map.entries.insert(user_id.to_string(), Arc::downgrade(&lock));
         lock
     }
 }
@@ -311,12 +343,23 @@ mod tests {
         fn new() -> Self {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("p.db").to_string_lossy().into_owned();
-            Fixture { _dir: dir, path, clock: Arc::new(ManualClock::at(NOW)) }
+            Fixture {
+                _dir: dir,
+                path,
+                clock: Arc::new(ManualClock::at(NOW)),
+            }
         }
 
         async fn open(&self, keys: &str) -> Result<Pairings, StoreError> {
             let backend = Arc::new(SqlitePairingStore::open(&self.path).await?);
-            Pairings::open(backend, Keyring::parse(keys).unwrap(), 100, Duration::from_secs(60), self.clock.clone()).await
+            Pairings::open(
+                backend,
+                Keyring::parse(keys).unwrap(),
+                100,
+                Duration::from_secs(60),
+                self.clock.clone(),
+            )
+            .await
         }
     }
 
@@ -334,7 +377,9 @@ mod tests {
         let k1 = Keyring::generate_line("k1");
         let k2 = Keyring::generate_line("k2");
         let p = f.open(&k1).await.unwrap();
-        p.save("alice", tokens("at-1", Some("rt-1"), NOW + 1800)).await.unwrap();
+        p.save("alice", tokens("at-1", Some("rt-1"), NOW + 1800))
+            .await
+            .unwrap();
         drop(p);
         let p = f.open(&format!("{k2}\n{k1}")).await.unwrap();
         let got = p.get("alice").await.unwrap().unwrap();
@@ -346,25 +391,42 @@ mod tests {
     async fn missing_or_wrong_key_is_a_startup_error() {
         let f = Fixture::new();
         let k1 = Keyring::generate_line("k1");
-        f.open(&k1).await.unwrap().save("alice", tokens("a", None, NOW)).await.unwrap();
+        f.open(&k1)
+            .await
+            .unwrap()
+            .save("alice", tokens("a", None, NOW))
+            .await
+            .unwrap();
 
         let other = Keyring::generate_line("k2");
         let err = f.open(&other).await.err().unwrap().to_string();
-        assert!(err.contains("`k1`") && err.contains("not configured"), "{err}");
+        assert!(
+            err.contains("`k1`") && err.contains("not configured"),
+            "{err}"
+        );
 
         let impostor = Keyring::generate_line("k1");
         let err = f.open(&impostor).await.err().unwrap().to_string();
         assert!(err.contains("different material"), "{err}");
 
         // The pairing is still there for the right key.
-        assert!(f.open(&k1).await.unwrap().get("alice").await.unwrap().is_some());
+        assert!(f
+            .open(&k1)
+            .await
+            .unwrap()
+            .get("alice")
+            .await
+            .unwrap()
+            .is_some());
     }
 
     #[tokio::test]
     async fn concurrent_expired_callers_refresh_once() {
         let f = Fixture::new();
         let p = Arc::new(f.open(&Keyring::generate_line("k")).await.unwrap());
-        p.save("alice", tokens("old", Some("rt-old"), NOW - 1)).await.unwrap();
+        p.save("alice", tokens("old", Some("rt-old"), NOW - 1))
+            .await
+            .unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for _ in 0..20 {
@@ -388,7 +450,10 @@ mod tests {
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         let stored = p.load("alice").await.unwrap().unwrap();
-        assert_eq!(stored.tokens.refresh_token.as_ref().unwrap().expose(), "rt-new");
+        assert_eq!(
+            stored.tokens.refresh_token.as_ref().unwrap().expose(),
+            "rt-new"
+        );
         assert_eq!(stored.version, 2);
     }
 
@@ -396,17 +461,28 @@ mod tests {
     async fn rejected_grant_deletes_only_the_refreshed_version() {
         let f = Fixture::new();
         let p = Arc::new(f.open(&Keyring::generate_line("k")).await.unwrap());
-        p.save("alice", tokens("old", Some("rt"), NOW - 1)).await.unwrap();
-        let r = p.fresh("alice", 60, None, |_| async { Err::<TokenSet, _>(RefreshFailure::<()>::GrantRejected) }).await;
+        p.save("alice", tokens("old", Some("rt"), NOW - 1))
+            .await
+            .unwrap();
+        let r = p
+            .fresh("alice", 60, None, |_| async {
+                Err::<TokenSet, _>(RefreshFailure::<()>::GrantRejected)
+            })
+            .await;
         assert!(matches!(r, Err(FreshError::Revoked)));
         assert!(p.get("alice").await.unwrap().is_none());
 
         // A re-pairing that lands while a refresh is failing is kept.
-        p.save("bob", tokens("old", Some("rt"), NOW - 1)).await.unwrap();
+        p.save("bob", tokens("old", Some("rt"), NOW - 1))
+            .await
+            .unwrap();
         let during = p.clone();
         let r = p
             .fresh("bob", 60, None, move |_| async move {
-                during.save("bob", tokens("repaired", Some("rt2"), NOW + 1800)).await.unwrap();
+                during
+                    .save("bob", tokens("repaired", Some("rt2"), NOW + 1800))
+                    .await
+                    .unwrap();
                 Err::<TokenSet, _>(RefreshFailure::<()>::GrantRejected)
             })
             .await;
@@ -419,13 +495,23 @@ mod tests {
     async fn other_failures_keep_the_pairing_and_missing_refresh_token_is_dead() {
         let f = Fixture::new();
         let p = Arc::new(f.open(&Keyring::generate_line("k")).await.unwrap());
-        p.save("alice", tokens("old", Some("rt"), NOW - 1)).await.unwrap();
-        let r = p.fresh("alice", 60, None, |_| async { Err::<TokenSet, _>(RefreshFailure::Other("down")) }).await;
+        p.save("alice", tokens("old", Some("rt"), NOW - 1))
+            .await
+            .unwrap();
+        let r = p
+            .fresh("alice", 60, None, |_| async {
+                Err::<TokenSet, _>(RefreshFailure::Other("down"))
+            })
+            .await;
         assert!(matches!(r, Err(FreshError::Refresh("down"))));
         assert!(p.get("alice").await.unwrap().is_some());
 
         p.save("carol", tokens("old", None, NOW - 1)).await.unwrap();
-        let r = p.fresh("carol", 60, None, |_| async { Ok::<_, RefreshFailure<()>>(tokens("x", None, 0)) }).await;
+        let r = p
+            .fresh("carol", 60, None, |_| async {
+                Ok::<_, RefreshFailure<()>>(tokens("x", None, 0))
+            })
+            .await;
         assert!(matches!(r, Err(FreshError::Revoked)));
         assert!(p.get("carol").await.unwrap().is_none());
     }
@@ -434,15 +520,52 @@ mod tests {
     async fn skew_and_stale_version_force_refresh() {
         let f = Fixture::new();
         let p = Arc::new(f.open(&Keyring::generate_line("k")).await.unwrap());
-        let saved = p.save("alice", tokens("a1", Some("r1"), NOW + 100)).await.unwrap();
-        let fresh = |at: &'static str| move |_| async move { Ok::<_, RefreshFailure<()>>(tokens(at, Some("r"), NOW + 1800)) };
+        let saved = p
+            .save("alice", tokens("a1", Some("r1"), NOW + 100))
+            .await
+            .unwrap();
+        let fresh = |at: &'static str| {
+            move |_| async move { Ok::<_, RefreshFailure<()>>(tokens(at, Some("r"), NOW + 1800)) }
+        };
         // 100 s left, skew 60: still good.
-        assert_eq!(p.fresh("alice", 60, None, fresh("a2")).await.unwrap().tokens.access_token.expose(), "a1");
+        assert_eq!(
+            p.fresh("alice", 60, None, fresh("a2"))
+                .await
+                .unwrap()
+                .tokens
+                .access_token
+                .expose(),
+            "a1"
+        );
         f.clock.advance(50);
         // 50 s left, inside the skew: refreshed.
-        assert_eq!(p.fresh("alice", 60, None, fresh("a2")).await.unwrap().tokens.access_token.expose(), "a2");
+        assert_eq!(
+            p.fresh("alice", 60, None, fresh("a2"))
+                .await
+                .unwrap()
+                .tokens
+                .access_token
+                .expose(),
+            "a2"
+        );
         // PKB rejected version 2's token: refreshed although not expired; an older stale version is ignored.
-        assert_eq!(p.fresh("alice", 60, Some(saved.version), fresh("a3")).await.unwrap().tokens.access_token.expose(), "a2");
-        assert_eq!(p.fresh("alice", 60, Some(2), fresh("a3")).await.unwrap().tokens.access_token.expose(), "a3");
+        assert_eq!(
+            p.fresh("alice", 60, Some(saved.version), fresh("a3"))
+                .await
+                .unwrap()
+                .tokens
+                .access_token
+                .expose(),
+            "a2"
+        );
+        assert_eq!(
+            p.fresh("alice", 60, Some(2), fresh("a3"))
+                .await
+                .unwrap()
+                .tokens
+                .access_token
+                .expose(),
+            "a3"
+        );
     }
 }

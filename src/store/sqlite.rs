@@ -60,8 +60,9 @@ impl SqlitePairingStore {
                 )));
             }
         }
-        let mut conn = Connection::open(path)
-            .map_err(|e| StoreError::Config(format!("store.url: cannot open {}: {e}", path.display())))?;
+        let mut conn = Connection::open(path).map_err(|e| {
+            StoreError::Config(format!("store.url: cannot open {}: {e}", path.display()))
+        })?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -113,7 +114,9 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SealedPairing> {
 }
 
 fn select(conn: &Connection, user_id: &str) -> Result<Option<SealedPairing>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM pairings WHERE user_id = ?1"))?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM pairings WHERE user_id = ?1"
+    ))?;
     Ok(stmt.query_row([user_id], read_row).optional()?)
 }
 
@@ -144,16 +147,32 @@ impl PairingStore for SqlitePairingStore {
         .await
     }
 
-    async fn replace_if_version(&self, row: SealedPairing, expected_version: i64) -> Result<Option<SealedPairing>, StoreError> {
+    async fn replace_if_version(
+        &self,
+        row: SealedPairing,
+        expected_version: i64,
+    ) -> Result<Option<SealedPairing>, StoreError> {
         self.with(move |c| {
             let tx = c.transaction()?;
             let changed = tx.execute(
                 "UPDATE pairings SET key_id = ?2, access_token = ?3, refresh_token = ?4,
                     access_expires_at = ?5, refreshed_at = ?6, version = version + 1
                  WHERE user_id = ?1 AND version = ?7",
-                params![row.user_id, row.key_id, row.access_token, row.refresh_token, row.access_expires_at, row.refreshed_at, expected_version],
+                params![
+                    row.user_id,
+                    row.key_id,
+                    row.access_token,
+                    row.refresh_token,
+                    row.access_expires_at,
+                    row.refreshed_at,
+                    expected_version
+                ],
             )?;
-            let stored = if changed == 1 { select(&tx, &row.user_id)? } else { None };
+            let stored = if changed == 1 {
+                select(&tx, &row.user_id)?
+            } else {
+                None
+            };
             tx.commit()?;
             Ok(stored)
         })
@@ -162,14 +181,19 @@ impl PairingStore for SqlitePairingStore {
 
     async fn delete(&self, user_id: &str) -> Result<bool, StoreError> {
         let user_id = user_id.to_string();
-        self.with(move |c| Ok(c.execute("DELETE FROM pairings WHERE user_id = ?1", [user_id])? == 1))
-            .await
+        self.with(move |c| {
+            Ok(c.execute("DELETE FROM pairings WHERE user_id = ?1", [user_id])? == 1)
+        })
+        .await
     }
 
     async fn delete_if_version(&self, user_id: &str, version: i64) -> Result<bool, StoreError> {
         let user_id = user_id.to_string();
         self.with(move |c| {
-            Ok(c.execute("DELETE FROM pairings WHERE user_id = ?1 AND version = ?2", params![user_id, version])? == 1)
+            Ok(c.execute(
+                "DELETE FROM pairings WHERE user_id = ?1 AND version = ?2",
+                params![user_id, version],
+            )? == 1)
         })
         .await
     }
@@ -186,7 +210,10 @@ impl PairingStore for SqlitePairingStore {
     async fn add_key_check(&self, key_id: &str, check: Vec<u8>) -> Result<(), StoreError> {
         let key_id = key_id.to_string();
         self.with(move |c| {
-            c.execute("INSERT OR IGNORE INTO key_checks (key_id, check_value) VALUES (?1, ?2)", params![key_id, check])?;
+            c.execute(
+                "INSERT OR IGNORE INTO key_checks (key_id, check_value) VALUES (?1, ?2)",
+                params![key_id, check],
+            )?;
             Ok(())
         })
         .await

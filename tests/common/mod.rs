@@ -40,7 +40,11 @@ pub fn rt() -> &'static tokio::runtime::Runtime {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running simulator.
@@ -52,7 +56,9 @@ pub struct Sim {
 impl Sim {
     pub fn start() -> Sim {
         let sim = Simulator::new(SimConfig::default());
-        let listener = rt().block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let listener = rt()
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         rt().spawn(sim.clone().serve(listener));
         Sim { sim, addr }
@@ -118,8 +124,12 @@ impl Sim {
             .unwrap();
         let now = pkb_edge::clock::Clock::now(&SystemClock);
         TokenSet {
-            access_token: pkb_edge::secret::AccessToken::new(answer["access_token"].as_str().unwrap()),
-            refresh_token: answer["refresh_token"].as_str().map(pkb_edge::secret::RefreshToken::new),
+            access_token: pkb_edge::secret::AccessToken::new(
+                answer["access_token"].as_str().unwrap(),
+            ),
+            refresh_token: answer["refresh_token"]
+                .as_str()
+                .map(pkb_edge::secret::RefreshToken::new),
             access_expires_at: now + answer["expires_in"].as_i64().unwrap(),
         }
     }
@@ -129,7 +139,10 @@ impl Sim {
         let r = client()
             .post(format!("{}/apiToken.action", self.url()))
             .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
-            .form(&[("grant_type", "refresh_token"), ("refresh_token", refresh_token)])
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+            ])
             .send()
             .await
             .unwrap();
@@ -144,11 +157,18 @@ pub struct Upstream {
 
 async fn echo(Query(q): Query<Vec<(String, String)>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
-        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let status = q
         .iter()
@@ -181,8 +201,10 @@ pub fn pattern(len: usize) -> Vec<u8> {
 async fn big(Query(q): Query<std::collections::HashMap<String, usize>>) -> Response {
     let len = q.get("bytes").copied().unwrap_or(1 << 20);
     let data = pattern(len);
-    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> =
-        data.chunks(64 * 1024).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = data
+        .chunks(64 * 1024)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
     Body::from_stream(futures_stream(chunks)).into_response()
 }
 
@@ -203,7 +225,9 @@ impl Upstream {
             .route("/big", get(big))
             .route("/slow", get(slow))
             .fallback(any(echo));
-        let listener = rt().block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let listener = rt()
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         rt().spawn(async move { axum::serve(listener, app).await });
         Upstream { addr }
@@ -244,7 +268,11 @@ impl ProxyConfig {
     }
 
     pub fn toml(&self) -> String {
-        let peers: Vec<String> = self.trusted_peers.iter().map(|p| format!("\"{p}\"")).collect();
+        let peers: Vec<String> = self
+            .trusted_peers
+            .iter()
+            .map(|p| format!("\"{p}\""))
+            .collect();
         format!(
             r#"
 listen = "127.0.0.1:{port}"
@@ -286,12 +314,20 @@ keys = "{keys}"
 
     /// The store as the proxy sees it, opened from the test process.
     pub async fn pairings(&self) -> Arc<Pairings> {
-        let backend = open_backend(&format!("sqlite://{}", self.db_path.display())).await.unwrap();
+        let backend = open_backend(&format!("sqlite://{}", self.db_path.display()))
+            .await
+            .unwrap();
         let keyring = Keyring::parse(&self.keys).unwrap();
         Arc::new(
-            Pairings::open(backend, keyring, 10, Duration::from_secs(1), Arc::new(SystemClock))
-                .await
-                .unwrap(),
+            Pairings::open(
+                backend,
+                keyring,
+                10,
+                Duration::from_secs(1),
+                Arc::new(SystemClock),
+            )
+            .await
+            .unwrap(),
         )
     }
 
@@ -338,7 +374,11 @@ impl Proxy {
                 return Err(read_log(&log));
             }
             if std::net::TcpStream::connect(("127.0.0.1", config.port)).is_ok() {
-                return Ok(Proxy { child: Some(child), config: config.clone(), log });
+                return Ok(Proxy {
+                    child: Some(child),
+                    config: config.clone(),
+                    log,
+                });
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
@@ -359,7 +399,10 @@ impl Proxy {
     /// SIGTERM, then wait for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -428,7 +471,12 @@ impl World {
         let mut config = ProxyConfig::new(&dir, &upstream, &sim);
         adjust(&mut config);
         let proxy = Proxy::start(&dir, &config);
-        World { sim, upstream, dir, proxy }
+        World {
+            sim,
+            upstream,
+            dir,
+            proxy,
+        }
     }
 
     pub fn config(&self) -> &ProxyConfig {
@@ -437,11 +485,19 @@ impl World {
 
     /// GET a proxy path as `user` (from a trusted peer).
     pub async fn get_as(&self, user: &str, path: &str) -> reqwest::Response {
-        client().get(self.proxy.url(path)).header(USER_HEADER, user).send().await.unwrap()
+        client()
+            .get(self.proxy.url(path))
+            .header(USER_HEADER, user)
+            .send()
+            .await
+            .unwrap()
     }
 }
 
 /// A header's value as text.
 pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
-    headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
 }
