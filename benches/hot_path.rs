@@ -34,29 +34,56 @@ fn pure(c: &mut Criterion) {
     c.bench_function("redirect_uri validation", |b| {
         b.iter(|| relative_path::parse(black_box("/auth/patientSummary.action?tab=patientSummary")))
     });
-    let context = PatientContext::NationalId { id: "9434765919".into(), id_type: "NHS".into() };
+    let context = PatientContext::NationalId {
+        id: "9434765919".into(),
+        id_type: "NHS".into(),
+    };
     let otp = Otp::new("Q2hhbmdlIG1lIHRvIGEgcmVhbCBPVFA");
     c.bench_function("otp login URL with patient context", |b| {
         b.iter(|| {
-            let landing = landing_with_context("/auth/patientSummary.action?tab=patientSummary", &context, &names);
-            otp_login_url("https://sandbox.patientsknowbest.com", "/otp.action", "otpToken", &otp, Some(&landing))
+            let landing = landing_with_context(
+                "/auth/patientSummary.action?tab=patientSummary",
+                &context,
+                &names,
+            );
+            otp_login_url(
+                "https://sandbox.patientsknowbest.com",
+                "/otp.action",
+                "otpToken",
+                &otp,
+                Some(&landing),
+            )
         })
     });
     let keyring = Keyring::parse(&Keyring::generate_line("k1")).unwrap();
-    let sealed = keyring.seal(b"an-access-token-of-typical-length-0123456789", b"pkb-edge|user|access");
+    let sealed = keyring.seal(
+        b"an-access-token-of-typical-length-0123456789",
+        b"pkb-edge|user|access",
+    );
     c.bench_function("token decryption (AES-256-GCM)", |b| {
         b.iter(|| keyring.open("k1", black_box(&sealed), b"pkb-edge|user|access"))
     });
 }
 
 fn cache(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bench.db").to_string_lossy().into_owned();
     let pairings = rt.block_on(async {
         let backend = Arc::new(SqlitePairingStore::open(&path).await.unwrap());
         let keyring = Keyring::parse(&Keyring::generate_line("k1")).unwrap();
-        let p = Pairings::open(backend, keyring, 1000, Duration::from_secs(300), Arc::new(SystemClock)).await.unwrap();
+        let p = Pairings::open(
+            backend,
+            keyring,
+            1000,
+            Duration::from_secs(300),
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap();
         p.save(
             "dr.jones",
             TokenSet {
@@ -69,7 +96,9 @@ fn cache(c: &mut Criterion) {
         .unwrap();
         p
     });
-    c.bench_function("pairing cache hit", |b| b.iter(|| rt.block_on(pairings.get(black_box("dr.jones")))));
+    c.bench_function("pairing cache hit", |b| {
+        b.iter(|| rt.block_on(pairings.get(black_box("dr.jones"))))
+    });
 }
 
 criterion_group!(benches, pure, cache);

@@ -84,6 +84,8 @@ pub struct PkbSettings {
     pub scope: String,
     pub timeout: Duration,
     pub refresh_skew_secs: i64,
+    /// How long a pairing may take from `/pair` to `/callback`.
+    pub state_ttl_secs: i64,
     /// The registered pairing callback, `{public_url}{prefix}/callback` unless set.
     pub redirect_uri: String,
     pub authorize_path: String,
@@ -226,6 +228,8 @@ macro_rules! pkb_defaults {
             timeout_ms: u64,
             #[serde(default = "default_refresh_skew")]
             refresh_skew_secs: i64,
+            #[serde(default = "default_state_ttl")]
+            state_ttl_secs: i64,
             redirect_uri: Option<String>,
             $(#[serde(default)] $field: Option<String>,)*
         }
@@ -270,6 +274,9 @@ fn default_timeout_ms() -> u64 {
 }
 fn default_refresh_skew() -> i64 {
     60
+}
+fn default_state_ttl() -> i64 {
+    600
 }
 
 #[derive(Deserialize)]
@@ -637,6 +644,9 @@ impl Validator {
         if !(0..=3600).contains(&p.refresh_skew_secs) {
             self.problem("pkb.refresh_skew_secs", "must be between 0 and 3600");
         }
+        if !(1..=3600).contains(&p.state_ttl_secs) {
+            self.problem("pkb.state_ttl_secs", "must be between 1 and 3600");
+        }
         let redirect_uri = match p.redirect_uri {
             Some(r) => self.base_url("pkb.redirect_uri", &r).map(|u| u.to_string()),
             None => callback,
@@ -649,6 +659,7 @@ impl Validator {
             scope: p.scope,
             timeout: Duration::from_millis(p.timeout_ms),
             refresh_skew_secs: p.refresh_skew_secs,
+            state_ttl_secs: p.state_ttl_secs,
             redirect_uri: redirect_uri?,
             authorize_path: name("authorize_path"),
             token_path: name("token_path"),

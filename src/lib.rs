@@ -6,6 +6,7 @@ pub mod config;
 pub mod identity;
 pub mod launch;
 pub mod pages;
+pub mod pairing;
 pub mod patient;
 pub mod pkb;
 pub mod proxy;

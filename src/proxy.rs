@@ -15,6 +15,7 @@ use pingora::upstreams::peer::HttpPeer;
 use crate::config::Upstream;
 use crate::identity::{hop_by_hop, IdentityResolver};
 use crate::launch::LaunchService;
+use crate::pairing::{same_origin, PairingService};
 use crate::reply::{self, Format, Reply};
 
 pub struct EdgeProxy {
@@ -22,6 +23,9 @@ pub struct EdgeProxy {
     pub prefix: String,
     pub identity: IdentityResolver,
     pub launch: Arc<LaunchService>,
+    pub pairing: Arc<PairingService>,
+    /// `public_url`'s origin, for the same-origin check on state-changing POSTs.
+    pub public_origin: String,
     /// Headers only pkb-edge may set towards the upstream: client copies are always removed.
     pub proxy_set_headers: Vec<HeaderName>,
 }
@@ -37,6 +41,10 @@ pub struct RequestCtx {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
     Launch,
+    Pair,
+    Callback,
+    Unpair,
+    Status,
     Unknown,
 }
 
@@ -48,40 +56,79 @@ impl EdgeProxy {
         }
         Some(match rest {
             "/launch" => Route::Launch,
+            "/pair" => Route::Pair,
+            "/callback" => Route::Callback,
+            "/unpair" => Route::Unpair,
+            "/status" => Route::Status,
             _ => Route::Unknown,
         })
     }
 
     async fn serve(&self, route: Route, req: &RequestHeader, ctx: &RequestCtx) -> Reply {
-        let format = Format::from_accept(
-            req.headers
-                .get(http::header::ACCEPT)
-                .and_then(|v| v.to_str().ok()),
-        );
+        let header = |name: http::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
+        let format = Format::from_accept(header(http::header::ACCEPT));
+        let user = ctx.user.as_deref();
+        let query = req.uri.query();
+        let this_url = req.uri.path_and_query().map_or("", |p| p.as_str());
+        let restart_pairing = format!("{}/pair", self.prefix);
+        let (method, log_user) = (&req.method, user.unwrap_or(""));
         match route {
             Route::Unknown => Reply::not_found(format),
-            Route::Launch if req.method != Method::GET => Reply::method_not_allowed(format, "GET"),
-            Route::Launch => {
-                let this_url = req.uri.path_and_query().map_or("", |p| p.as_str());
-                match self
-                    .launch
-                    .launch(ctx.user.as_deref(), req.uri.query())
-                    .await
-                {
-                    Ok(location) => {
-                        tracing::info!(
-                            user = ctx.user.as_deref().unwrap_or(""),
-                            outcome = "redirect",
-                            "launch"
-                        );
-                        Reply::redirect(location)
-                    }
-                    Err(e) => {
-                        tracing::info!(user = ctx.user.as_deref().unwrap_or(""), outcome = %e, "launch refused");
-                        reply::launch_error(&e, format, &self.prefix, this_url)
+            Route::Unpair if method != Method::POST => Reply::method_not_allowed(format, "POST"),
+            Route::Launch | Route::Pair | Route::Callback | Route::Status
+                if method != Method::GET =>
+            {
+                Reply::method_not_allowed(format, "GET")
+            }
+            Route::Launch => match self.launch.launch(user, query).await {
+                Ok(location) => {
+                    tracing::info!(user = log_user, outcome = "redirect", "launch");
+                    Reply::redirect(location)
+                }
+                Err(e) => {
+                    tracing::info!(user = log_user, outcome = %e, "launch refused");
+                    reply::launch_error(&e, format, &self.prefix, this_url)
+                }
+            },
+            Route::Pair => match self.pairing.start(user, query).await {
+                Ok(authorize_url) => Reply::redirect(authorize_url),
+                Err(e) => {
+                    tracing::info!(user = log_user, outcome = %e, "pairing refused");
+                    reply::pairing_error(&e, format, &restart_pairing)
+                }
+            },
+            Route::Callback => match self.pairing.callback(user, query).await {
+                Ok(return_to) => {
+                    tracing::info!(user = log_user, outcome = "paired", "pairing");
+                    match return_to {
+                        Some(path) => Reply::redirect(path.to_string()),
+                        None => Reply::linked(format, &self.prefix),
                     }
                 }
+                Err(e) => {
+                    tracing::info!(user = log_user, outcome = %e, "pairing refused");
+                    reply::pairing_error(&e, format, &restart_pairing)
+                }
+            },
+            Route::Unpair => {
+                let origin = header(http::header::ORIGIN);
+                let site = header(http::HeaderName::from_static("sec-fetch-site"));
+                if !same_origin(&self.public_origin, origin, site) {
+                    tracing::info!(user = log_user, outcome = "cross-site", "unpair refused");
+                    return Reply::cross_site(format);
+                }
+                match self.pairing.unpair(user).await {
+                    Ok(was_paired) => {
+                        tracing::info!(user = log_user, was_paired, "unpaired");
+                        Reply::unlinked(format, &self.prefix, was_paired)
+                    }
+                    Err(e) => reply::pairing_error(&e, format, &restart_pairing),
+                }
             }
+            Route::Status => match self.pairing.is_paired(user).await {
+                Ok(paired) => Reply::status(paired),
+                Err(e) => reply::pairing_error(&e, Format::Json, &restart_pairing),
+            },
         }
     }
 }

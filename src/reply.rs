@@ -5,6 +5,7 @@ use serde_json::json;
 
 use crate::launch::LaunchError;
 use crate::pages::MessagePage;
+use crate::pairing::{PairingError, StateProblem};
 use crate::store::StoreError;
 
 const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
@@ -32,6 +33,17 @@ impl Format {
     }
 }
 
+/// A page: title, explanation, and at most one link and one POST button.
+fn page<'a>(title: &'a str, text: &str, action: Option<(&'a str, String)>) -> MessagePage<'a> {
+    MessagePage {
+        title,
+        paragraphs: vec![text.to_string()],
+        action,
+        form: None,
+        footnote: None,
+    }
+}
+
 impl Reply {
     fn base(status: u16) -> Reply {
         Reply {
@@ -45,7 +57,7 @@ impl Reply {
         }
     }
 
-    /// `302 Found`. The OTP in `location` must go nowhere else: no-store, no referrer.
+    /// `302 Found`. An OTP in `location` must go nowhere else: no-store, no referrer.
     pub fn redirect(location: String) -> Reply {
         let mut r = Reply::base(302);
         r.headers.push(("Location", location));
@@ -80,8 +92,8 @@ impl Reply {
             .map(|(_, v)| v.as_str())
     }
 
-    /// One reply for any refusal: a page with a title, an explanation and maybe one action.
-    fn refusal(status: u16, format: Format, code: &str, page: MessagePage<'_>) -> Reply {
+    /// A page for people, or `{"error", "message", "action"?}` for API clients.
+    fn message(status: u16, format: Format, code: &str, page: MessagePage<'_>) -> Reply {
         match format {
             Format::Json => {
                 let mut body = json!({ "error": code, "message": page.paragraphs.join(" ") });
@@ -95,32 +107,169 @@ impl Reply {
     }
 
     pub fn not_found(format: Format) -> Reply {
-        Reply::refusal(
+        Reply::message(
             404,
             format,
             "not_found",
-            MessagePage {
-                title: "Not found",
-                paragraphs: vec!["There is no such Patients Know Best page here.".into()],
-                action: None,
-                footnote: None,
-            },
+            page(
+                "Not found",
+                "There is no such Patients Know Best page here.",
+                None,
+            ),
         )
     }
 
     pub fn method_not_allowed(format: Format, allow: &'static str) -> Reply {
-        Reply::refusal(
+        Reply::message(
             405,
             format,
             "method_not_allowed",
-            MessagePage {
-                title: "Method not allowed",
-                paragraphs: vec![format!("This address only answers {allow}.")],
-                action: None,
-                footnote: None,
-            },
+            page(
+                "Method not allowed",
+                &format!("This address only answers {allow}."),
+                None,
+            ),
         )
         .with_header("Allow", allow)
+    }
+
+    fn no_identity(format: Format) -> Reply {
+        Reply::message(
+            401,
+            format,
+            "no_identity",
+            page(
+                "Sign-in required",
+                "We could not tell who you are. Sign in to the hospital system again, then retry.",
+                None,
+            ),
+        )
+    }
+
+    fn bad_request(format: Format, why: &str) -> Reply {
+        Reply::message(
+            400,
+            format,
+            "bad_request",
+            MessagePage {
+                title: "This link is not valid",
+                paragraphs: vec![
+                    "The link that brought you here is not valid:".into(),
+                    why.to_string(),
+                ],
+                action: None,
+                form: None,
+                footnote: Some("Tell the team that runs the system you came from.".into()),
+            },
+        )
+    }
+
+    fn pkb_unavailable(format: Format, retry: &str) -> Reply {
+        Reply::message(
+            503,
+            format,
+            "pkb_unavailable",
+            page(
+                "Patients Know Best is not responding",
+                "Patients Know Best did not answer in time. Please try again in a moment.",
+                Some(("Try again", retry.to_string())),
+            ),
+        )
+        .with_header("Retry-After", "5")
+    }
+
+    fn pkb_refused(format: Format) -> Reply {
+        Reply::message(
+            502,
+            format,
+            "pkb_refused",
+            page(
+                "Patients Know Best refused the request",
+                "Patients Know Best refused this service's request. This needs the team that runs it; please tell them.",
+                None,
+            ),
+        )
+    }
+
+    fn store_error(format: Format, e: &StoreError, retry: &str) -> Reply {
+        match e {
+            StoreError::Unavailable(_) => Reply::message(
+                503,
+                format,
+                "store_unavailable",
+                page(
+                    "Temporarily unavailable",
+                    "This service cannot read its records right now. Please try again in a moment.",
+                    Some(("Try again", retry.to_string())),
+                ),
+            )
+            .with_header("Retry-After", "5"),
+            StoreError::Sealing(_) | StoreError::Keys(_) | StoreError::Config(_) => Reply::message(
+                500,
+                format,
+                "store_error",
+                page(
+                    "Your PKB link cannot be read",
+                    "The stored link to your PKB account cannot be read. It has been kept for the team that runs this service to look at; please tell them.",
+                    None,
+                ),
+            ),
+        }
+    }
+
+    /// After a successful pairing with nowhere to return to.
+    pub fn linked(format: Format, prefix: &str) -> Reply {
+        match format {
+            Format::Json => Reply::json(200, json!({ "paired": true })),
+            Format::Html => Reply::html(
+                200,
+                MessagePage {
+                    title: "Your PKB account is linked",
+                    paragraphs: vec!["You can now open Patients Know Best from this system without signing in again.".into()],
+                    action: Some(("Back to the system", "/".into())),
+                    form: Some(("Unlink my PKB account", format!("{prefix}/unpair"))),
+                    footnote: None,
+                }
+                .render(),
+            ),
+        }
+    }
+
+    pub fn unlinked(format: Format, prefix: &str, was_paired: bool) -> Reply {
+        let text = if was_paired {
+            "Your PKB account is no longer linked to this system. PKB will ask you to sign in next time."
+        } else {
+            "There was no linked PKB account to remove."
+        };
+        match format {
+            Format::Json => Reply::json(200, json!({ "paired": false })),
+            Format::Html => Reply::html(
+                200,
+                page(
+                    "PKB account unlinked",
+                    text,
+                    Some(("Link your PKB account", format!("{prefix}/pair"))),
+                )
+                .render(),
+            ),
+        }
+    }
+
+    pub fn status(paired: bool) -> Reply {
+        Reply::json(200, json!({ "paired": paired }))
+    }
+
+    pub fn cross_site(format: Format) -> Reply {
+        Reply::message(
+            403,
+            format,
+            "cross_site",
+            page(
+                "Request refused",
+                "This request did not come from this site's own pages, so it was refused.",
+                None,
+            ),
+        )
     }
 }
 
@@ -132,31 +281,10 @@ pub fn pair_href(prefix: &str, return_to: &str) -> String {
 
 /// The status and page for every way a launch can fail.
 pub fn launch_error(e: &LaunchError, format: Format, prefix: &str, this_url: &str) -> Reply {
-    let page = |title, text: &str, action| MessagePage {
-        title,
-        paragraphs: vec![text.to_string()],
-        action,
-        footnote: None,
-    };
     match e {
-        LaunchError::NoIdentity => Reply::refusal(
-            401,
-            format,
-            "no_identity",
-            page("Sign-in required", "We could not tell who you are. Sign in to the hospital system again, then retry.", None),
-        ),
-        LaunchError::BadRequest(why) => Reply::refusal(
-            400,
-            format,
-            "bad_request",
-            MessagePage {
-                title: "This link is not valid",
-                paragraphs: vec!["The link that brought you here is not valid:".into(), why.clone()],
-                action: None,
-                footnote: Some("Tell the team that runs the system you came from.".into()),
-            },
-        ),
-        LaunchError::NotPaired => Reply::refusal(
+        LaunchError::NoIdentity => Reply::no_identity(format),
+        LaunchError::BadRequest(why) => Reply::bad_request(format, why),
+        LaunchError::NotPaired => Reply::message(
             404,
             format,
             "not_paired",
@@ -166,7 +294,7 @@ pub fn launch_error(e: &LaunchError, format: Format, prefix: &str, this_url: &st
                 Some(("Link your PKB account", pair_href(prefix, this_url))),
             ),
         ),
-        LaunchError::RelinkNeeded => Reply::refusal(
+        LaunchError::RelinkNeeded => Reply::message(
             409,
             format,
             "relink_needed",
@@ -176,48 +304,49 @@ pub fn launch_error(e: &LaunchError, format: Format, prefix: &str, this_url: &st
                 Some(("Link your PKB account again", pair_href(prefix, this_url))),
             ),
         ),
-        LaunchError::PkbUnavailable(_) => Reply::refusal(
-            503,
+        LaunchError::PkbUnavailable(_) => Reply::pkb_unavailable(format, this_url),
+        LaunchError::PkbRefused(_) => Reply::pkb_refused(format),
+        LaunchError::Store(e) => Reply::store_error(format, e, this_url),
+    }
+}
+
+/// The status and page for every way pairing can fail. `retry` starts pairing again.
+pub fn pairing_error(e: &PairingError, format: Format, retry: &str) -> Reply {
+    let start_again = || Some(("Start linking again", retry.to_string()));
+    match e {
+        PairingError::NoIdentity => Reply::no_identity(format),
+        PairingError::BadRequest(why) => Reply::bad_request(format, why),
+        PairingError::StateRefused(problem) => {
+            let (status, text) = match problem {
+                StateProblem::UnknownOrUsed => (400, "This linking link has already been used, or was not issued here. Links work once."),
+                StateProblem::Expired => (400, "This linking link has expired. Linking must be finished within a few minutes."),
+                StateProblem::OtherUser => (403, "This linking link was started by a different user. Each person links their own account."),
+            };
+            Reply::message(status, format, "state_refused", page("This link cannot be used", text, start_again()))
+        }
+        PairingError::PkbDenied(code) if code == "access_denied" => Reply::message(
+            403,
             format,
-            "pkb_unavailable",
+            "access_denied",
             page(
-                "Patients Know Best is not responding",
-                "Patients Know Best did not answer in time. Please try again in a moment.",
-                Some(("Try again", this_url.to_string())),
-            ),
-        )
-        .with_header("Retry-After", "5"),
-        LaunchError::PkbRefused(_) => Reply::refusal(
-            502,
-            format,
-            "pkb_refused",
-            page(
-                "Patients Know Best refused the request",
-                "Patients Know Best refused this service's request. This needs the team that runs it; please tell them.",
-                None,
+                "Your PKB account was not linked",
+                "You chose not to allow access at Patients Know Best, so nothing was linked.",
+                start_again(),
             ),
         ),
-        LaunchError::Store(StoreError::Sealing(_) | StoreError::Keys(_) | StoreError::Config(_)) => Reply::refusal(
-            500,
+        PairingError::PkbDenied(_) => Reply::message(
+            400,
             format,
-            "store_error",
+            "pkb_denied",
             page(
-                "Your PKB link cannot be read",
-                "The stored link to your PKB account cannot be read. It has been kept for the team that runs this service to look at; please tell them.",
-                None,
+                "Your PKB account was not linked",
+                "Patients Know Best did not complete the link (the request may have expired). Nothing was stored.",
+                start_again(),
             ),
         ),
-        LaunchError::Store(StoreError::Unavailable(_)) => Reply::refusal(
-            503,
-            format,
-            "store_unavailable",
-            page(
-                "Temporarily unavailable",
-                "This service cannot read its records right now. Please try again in a moment.",
-                Some(("Try again", this_url.to_string())),
-            ),
-        )
-        .with_header("Retry-After", "5"),
+        PairingError::PkbUnavailable(_) => Reply::pkb_unavailable(format, retry),
+        PairingError::PkbRefused(_) => Reply::pkb_refused(format),
+        PairingError::Store(e) => Reply::store_error(format, e, retry),
     }
 }
 
@@ -258,6 +387,25 @@ mod tests {
             v["action"],
             "/_pkb/pair?return_to=%2F_pkb%2Flaunch%3Fa%3D1%26b%3D2"
         );
+    }
+
+    #[test]
+    fn statuses_for_pairing_errors() {
+        let cases = [
+            (PairingError::StateRefused(StateProblem::UnknownOrUsed), 400),
+            (PairingError::StateRefused(StateProblem::Expired), 400),
+            (PairingError::StateRefused(StateProblem::OtherUser), 403),
+            (PairingError::PkbDenied("access_denied".into()), 403),
+            (PairingError::PkbDenied("invalid_grant".into()), 400),
+            (PairingError::PkbUnavailable("x".into()), 503),
+        ];
+        for (e, status) in cases {
+            assert_eq!(
+                pairing_error(&e, Format::Html, "/_pkb/pair").status,
+                status,
+                "{e:?}"
+            );
+        }
     }
 
     #[test]

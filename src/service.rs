@@ -10,6 +10,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::identity::IdentityResolver;
 use crate::launch::LaunchService;
+use crate::pairing::PairingService;
 use crate::pkb::PkbClient;
 use crate::proxy::EdgeProxy;
 use crate::store::crypto::Keyring;
@@ -47,6 +48,12 @@ pub fn build_server(config: &Config) -> Result<Server, StoreError> {
     drop(setup);
 
     let pkb = Arc::new(PkbClient::new(Arc::new(config.pkb.clone())));
+    let pairing = Arc::new(PairingService::new(
+        pairings.clone(),
+        pkb.clone(),
+        clock.clone(),
+        config.pkb.state_ttl_secs,
+    ));
     let launch = Arc::new(LaunchService::new(pairings, pkb, clock));
     let identity = IdentityResolver::new(&config.identity);
     let proxy = EdgeProxy {
@@ -54,6 +61,8 @@ pub fn build_server(config: &Config) -> Result<Server, StoreError> {
         prefix: config.prefix.clone(),
         identity,
         launch,
+        pairing,
+        public_origin: config.public_url.origin().ascii_serialization(),
         proxy_set_headers: Vec::new(),
     };
 

@@ -3,8 +3,17 @@
 use std::process::Command;
 
 fn pkb_edge(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pkb-edge")).args(args).env_remove("PKB_EDGE_KEYS").env_remove("PKB_EDGE_CLIENT_SECRET").output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_pkb-edge"))
+        .args(args)
+        .env_remove("PKB_EDGE_KEYS")
+        .env_remove("PKB_EDGE_CLIENT_SECRET")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -33,7 +42,14 @@ keys = "k1:tooshort"
     .unwrap();
     let (code, text) = pkb_edge(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 2, "{text}");
-    for key in ["listen:", "upstream:", "identity.trusted_peers:", "pkb.scope:", "store.url:", "store.keys:"] {
+    for key in [
+        "listen:",
+        "upstream:",
+        "identity.trusted_peers:",
+        "pkb.scope:",
+        "store.url:",
+        "store.keys:",
+    ] {
         assert!(text.contains(key), "{key} not named in:\n{text}");
     }
     assert!(!text.contains("super-secret-value"));

@@ -7,7 +7,7 @@ const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:0;background
 main{max-width:36rem;margin:4rem auto;padding:2rem;background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002}\
 h1{font-size:1.4rem;margin-top:0}.button{display:inline-block;padding:.6rem 1.2rem;background:#005eb8;color:#fff;\
 border-radius:4px;text-decoration:none;font-weight:600}.button:focus{outline:3px solid #ffb81c}\
-code{background:#eef;padding:0 .2rem}.muted{color:#555;font-size:.9rem}";
+button.button{border:0;font-size:1rem;cursor:pointer}code{background:#eef;padding:0 .2rem}.muted{color:#555;font-size:.9rem}";
 
 /// HTML-escapes text for element content and quoted attribute values.
 pub fn escape(text: &str) -> String {
@@ -30,6 +30,8 @@ pub struct MessagePage<'a> {
     pub title: &'a str,
     pub paragraphs: Vec<String>,
     pub action: Option<(&'a str, String)>,
+    /// A button that POSTs to an address (label, action): for state-changing requests.
+    pub form: Option<(&'a str, String)>,
     pub footnote: Option<String>,
 }
 
@@ -55,6 +57,14 @@ impl MessagePage<'_> {
                 escape(label)
             );
         }
+        if let Some((label, action)) = &self.form {
+            let _ = write!(
+                html,
+                "<form method=\"post\" action=\"{}\"><button class=\"button\" type=\"submit\">{}</button></form>",
+                escape(action),
+                escape(label)
+            );
+        }
         if let Some(note) = &self.footnote {
             let _ = write!(html, "<p class=\"muted\">{}</p>", escape(note));
         }
@@ -73,11 +83,14 @@ mod tests {
             title: "<t>",
             paragraphs: vec!["a <script>alert(1)</script> & \"b\"".into()],
             action: Some(("go", "/x?a=1&b=\"><script>".into())),
+            form: Some(("<b>", "/y\"".into())),
             footnote: None,
         }
         .render();
         assert!(!html.contains("<script>"));
         assert!(html.contains("&lt;script&gt;"));
         assert!(html.contains("href=\"/x?a=1&amp;b=&quot;&gt;&lt;script&gt;\""));
+        assert!(html.contains("action=\"/y&quot;\""));
+        assert!(!html.contains("<b>"));
     }
 }

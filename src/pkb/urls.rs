@@ -101,6 +101,39 @@ pub fn otp_login_url(
     url
 }
 
+/// PKB's authorize endpoint, for the browser: code flow with PKCE S256.
+pub struct AuthorizeRequest<'a> {
+    pub base: &'a str,
+    pub authorize_path: &'a str,
+    pub client_id: &'a str,
+    pub redirect_uri: &'a str,
+    pub scope: &'a str,
+    pub state: &'a str,
+    pub code_challenge: &'a str,
+}
+
+pub fn authorize_url(r: &AuthorizeRequest<'_>) -> String {
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("response_type", "code")
+        .append_pair("client_id", r.client_id)
+        .append_pair("redirect_uri", r.redirect_uri)
+        .append_pair("scope", r.scope)
+        .append_pair("state", r.state)
+        .append_pair("code_challenge", r.code_challenge)
+        .append_pair("code_challenge_method", "S256")
+        .finish();
+    let sep = if r.authorize_path.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    format!(
+        "{}{}{sep}{query}",
+        r.base.trim_end_matches('/'),
+        r.authorize_path
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +210,25 @@ mod tests {
             None,
         );
         assert_eq!(url, "http://127.0.0.1:9/otp.action?otpToken=a%2Fb%2Bc");
+    }
+
+    #[test]
+    fn authorize_url_carries_every_parameter() {
+        let url = authorize_url(&AuthorizeRequest {
+            base: "https://sandbox.patientsknowbest.com/",
+            authorize_path: "/apiAuthorize.action",
+            client_id: "pkb-edge",
+            redirect_uri: "https://ehr.example.nhs.uk/_pkb/callback",
+            scope: "CLINICIAN",
+            state: "st",
+            code_challenge: "ch",
+        });
+        assert_eq!(
+            url,
+            "https://sandbox.patientsknowbest.com/apiAuthorize.action?response_type=code&client_id=pkb-edge\
+             &redirect_uri=https%3A%2F%2Fehr.example.nhs.uk%2F_pkb%2Fcallback&scope=CLINICIAN&state=st\
+             &code_challenge=ch&code_challenge_method=S256"
+        );
     }
 
     #[test]

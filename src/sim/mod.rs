@@ -24,7 +24,6 @@ use parking_lot::Mutex;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::pkb_default;
@@ -172,10 +171,7 @@ fn random_token(bytes: usize) -> String {
     B64URL.encode(b)
 }
 
-/// RFC 7636 S256: BASE64URL(SHA256(verifier)).
-pub fn pkce_challenge(verifier: &str) -> String {
-    B64URL.encode(Sha256::digest(verifier.as_bytes()))
-}
+pub use crate::pairing::pkce_challenge;
 
 fn oauth_error(status: StatusCode, error: &str) -> Response {
     (status, Json(json!({ "error": error }))).into_response()
@@ -594,14 +590,6 @@ async fn get_knobs(State(sim): Sim) -> Json<Knobs> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc7636_appendix_b_vector() {
-        assert_eq!(
-            pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
-        );
-    }
 
     #[test]
     fn demo_patients_have_valid_nhs_numbers() {

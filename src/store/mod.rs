@@ -11,7 +11,9 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 
-pub use pairings::{FreshError, Pairing, Pairings, RefreshFailure, TokenSet};
+pub use pairings::{
+    FreshError, PairState, Pairing, Pairings, RefreshFailure, TakenState, TokenSet,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -43,6 +45,18 @@ pub struct SealedPairing {
     pub version: i64,
 }
 
+/// A pairing in progress: the OAuth `state` (stored only as its SHA-256), the user who started it,
+/// the sealed PKCE verifier and where to go afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedPairState {
+    pub state_hash: Vec<u8>,
+    pub user_id: String,
+    pub key_id: String,
+    pub verifier: Vec<u8>,
+    pub return_to: Option<String>,
+    pub expires_at: i64,
+}
+
 #[async_trait]
 pub trait PairingStore: Send + Sync + 'static {
     async fn get(&self, user_id: &str) -> Result<Option<SealedPairing>, StoreError>;
@@ -64,6 +78,13 @@ pub trait PairingStore: Send + Sync + 'static {
     /// Whether any pairing is still sealed with `key_id` (an index look-up, not a scan).
     async fn key_in_use(&self, key_id: &str) -> Result<bool, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Records a pairing in progress, and forgets those that expired before `now`.
+    async fn put_pair_state(&self, state: SealedPairState, now: i64) -> Result<(), StoreError>;
+    /// Removes and returns the pairing in progress with this state hash: a state can be taken once.
+    async fn take_pair_state(
+        &self,
+        state_hash: &[u8],
+    ) -> Result<Option<SealedPairState>, StoreError>;
 }
 
 /// Opens the backend named by `store.url`.

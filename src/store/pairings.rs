@@ -8,7 +8,7 @@ use std::time::Duration;
 use moka::future::Cache;
 
 use super::crypto::{Keyring, SealError};
-use super::{PairingStore, SealedPairing, StoreError};
+use super::{PairingStore, SealedPairState, SealedPairing, StoreError};
 use crate::clock::Clock;
 use crate::secret::{AccessToken, RefreshToken};
 
@@ -31,6 +31,24 @@ pub struct Pairing {
     pub created_at: i64,
     pub refreshed_at: i64,
     pub version: i64,
+}
+
+/// A pairing in progress, as `Pairings::take_pair_state` hands it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairState {
+    pub user_id: String,
+    pub code_verifier: String,
+    pub return_to: Option<String>,
+    pub expires_at: i64,
+}
+
+/// What taking a state found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TakenState {
+    /// Unknown, or already used: the two are indistinguishable once a state is taken.
+    Unknown,
+    Expired,
+    Valid(PairState),
 }
 
 /// What a refresh closure reports when it fails.
@@ -225,6 +243,41 @@ impl Pairings {
         }
     }
 
+    /// Records a pairing in progress under the SHA-256 of `state`, the verifier sealed.
+    pub async fn put_pair_state(&self, state: &str, pending: &PairState) -> Result<(), StoreError> {
+        let state_hash = state_hash(state);
+        let aad = state_aad(&state_hash, &pending.user_id);
+        let row = SealedPairState {
+            verifier: self.keyring.seal(pending.code_verifier.as_bytes(), &aad),
+            key_id: self.keyring.primary_id().to_string(),
+            user_id: pending.user_id.clone(),
+            return_to: pending.return_to.clone(),
+            expires_at: pending.expires_at,
+            state_hash,
+        };
+        self.backend.put_pair_state(row, self.clock.now()).await
+    }
+
+    /// Takes the pairing in progress for `state`: whatever the answer, the state is spent.
+    pub async fn take_pair_state(&self, state: &str) -> Result<TakenState, StoreError> {
+        let Some(row) = self.backend.take_pair_state(&state_hash(state)).await? else {
+            return Ok(TakenState::Unknown);
+        };
+        if row.expires_at <= self.clock.now() {
+            return Ok(TakenState::Expired);
+        }
+        let aad = state_aad(&row.state_hash, &row.user_id);
+        let verifier = self.keyring.open(&row.key_id, &row.verifier, &aad)?;
+        let code_verifier = String::from_utf8(verifier)
+            .map_err(|_| StoreError::Sealing(SealError::Corrupt(row.key_id.clone())))?;
+        Ok(TakenState::Valid(PairState {
+            user_id: row.user_id,
+            code_verifier,
+            return_to: row.return_to,
+            expires_at: row.expires_at,
+        }))
+    }
+
     async fn drop_dead<E>(&self, pairing: &Pairing) -> Result<Arc<Pairing>, FreshError<E>> {
         self.backend
             .delete_if_version(&pairing.user_id, pairing.version)
@@ -290,6 +343,18 @@ fn needs_refresh(p: &Pairing, now: i64, skew_secs: i64, stale_version: Option<i6
     p.tokens.access_expires_at - skew_secs <= now || stale_version == Some(p.version)
 }
 
+fn state_hash(state: &str) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(state.as_bytes()).to_vec()
+}
+
+fn state_aad(state_hash: &[u8], user_id: &str) -> Vec<u8> {
+    let mut aad = b"pkb-edge|state|".to_vec();
+    aad.extend_from_slice(state_hash);
+    aad.extend_from_slice(user_id.as_bytes());
+    aad
+}
+
 fn aad(user_id: &str, field: &str) -> Vec<u8> {
     format!("pkb-edge|{user_id}|{field}").into_bytes()
 }
@@ -319,7 +384,8 @@ impl UserLocks {
             map.sweep_at = map.entries.len() * 2;
         }
         let lock = Arc::new(tokio::sync::Mutex::new(()));
-        map.entries.insert(user_id.to_string(), Arc::downgrade(&lock));
+        map.entries
+            .insert(user_id.to_string(), Arc::downgrade(&lock));
         lock
     }
 }
@@ -514,6 +580,45 @@ mod tests {
             .await;
         assert!(matches!(r, Err(FreshError::Revoked)));
         assert!(p.get("carol").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn pair_states_are_single_use_expire_and_survive_reopen() {
+        let f = Fixture::new();
+        let keys = Keyring::generate_line("k");
+        let p = f.open(&keys).await.unwrap();
+        let pending = |user: &str, ttl: i64| PairState {
+            user_id: user.into(),
+            code_verifier: "v".repeat(43),
+            return_to: Some("/x".into()),
+            expires_at: NOW + ttl,
+        };
+        p.put_pair_state("state-a", &pending("alice", 600))
+            .await
+            .unwrap();
+        p.put_pair_state("state-b", &pending("bob", 10))
+            .await
+            .unwrap();
+        drop(p);
+        let p = f.open(&keys).await.unwrap();
+        assert_eq!(
+            p.take_pair_state("state-a").await.unwrap(),
+            TakenState::Valid(pending("alice", 600))
+        );
+        assert_eq!(
+            p.take_pair_state("state-a").await.unwrap(),
+            TakenState::Unknown,
+            "replay"
+        );
+        f.clock.advance(11);
+        assert_eq!(
+            p.take_pair_state("state-b").await.unwrap(),
+            TakenState::Expired
+        );
+        assert_eq!(
+            p.take_pair_state("never-issued").await.unwrap(),
+            TakenState::Unknown
+        );
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{PairingStore, SealedPairing, StoreError};
+use super::{PairingStore, SealedPairState, SealedPairing, StoreError};
 
 /// Each entry upgrades the schema by one version; never edit one that has shipped.
 const MIGRATIONS: &[&str] = &[
@@ -28,6 +28,16 @@ const MIGRATIONS: &[&str] = &[
         key_id TEXT PRIMARY KEY NOT NULL,
         check_value BLOB NOT NULL
     );",
+    // 2: pairings in progress (OAuth state + PKCE verifier), single use.
+    "CREATE TABLE pair_states (
+        state_hash BLOB PRIMARY KEY NOT NULL,
+        user_id TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        verifier BLOB NOT NULL,
+        return_to TEXT,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE INDEX pair_states_by_expiry ON pair_states(expires_at);",
 ];
 
 pub struct SqlitePairingStore {
@@ -232,6 +242,48 @@ impl PairingStore for SqlitePairingStore {
         self.with(|c| {
             c.query_row("SELECT 1", [], |_| Ok(()))?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn put_pair_state(&self, state: SealedPairState, now: i64) -> Result<(), StoreError> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            tx.execute("DELETE FROM pair_states WHERE expires_at < ?1", [now])?;
+            tx.execute(
+                "INSERT INTO pair_states (state_hash, user_id, key_id, verifier, return_to, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![state.state_hash, state.user_id, state.key_id, state.verifier, state.return_to, state.expires_at],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_pair_state(
+        &self,
+        state_hash: &[u8],
+    ) -> Result<Option<SealedPairState>, StoreError> {
+        let state_hash = state_hash.to_vec();
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached(
+                "DELETE FROM pair_states WHERE state_hash = ?1
+                 RETURNING state_hash, user_id, key_id, verifier, return_to, expires_at",
+            )?;
+            let row = stmt
+                .query_row([state_hash], |r| {
+                    Ok(SealedPairState {
+                        state_hash: r.get(0)?,
+                        user_id: r.get(1)?,
+                        key_id: r.get(2)?,
+                        verifier: r.get(3)?,
+                        return_to: r.get(4)?,
+                        expires_at: r.get(5)?,
+                    })
+                })
+                .optional()?;
+            Ok(row)
         })
         .await
     }

@@ -250,6 +250,7 @@ pub struct ProxyConfig {
     pub timeout_ms: u64,
     pub refresh_skew_secs: i64,
     pub grace_period_seconds: u64,
+    pub state_ttl_secs: i64,
 }
 
 impl ProxyConfig {
@@ -264,6 +265,7 @@ impl ProxyConfig {
             timeout_ms: 3000,
             refresh_skew_secs: 60,
             grace_period_seconds: 1,
+            state_ttl_secs: 600,
         }
     }
 
@@ -292,6 +294,7 @@ client_id = "{CLIENT_ID}"
 client_secret = "{CLIENT_SECRET}"
 timeout_ms = {timeout}
 refresh_skew_secs = {skew}
+state_ttl_secs = {state_ttl}
 [store]
 url = "sqlite://{db}"
 keys = "{keys}"
@@ -303,6 +306,7 @@ keys = "{keys}"
             timeout = self.timeout_ms,
             skew = self.refresh_skew_secs,
             grace = self.grace_period_seconds,
+            state_ttl = self.state_ttl_secs,
             db = self.db_path.display(),
             keys = self.keys,
         )
@@ -492,6 +496,39 @@ impl World {
             .await
             .unwrap()
     }
+}
+
+/// Plays the person at PKB's consent page: loads it, then answers `decision` ("allow" or "deny")
+/// as `pkb_user`. Returns where PKB sends the browser back to (the callback URL).
+pub async fn consent_at_pkb(authorize_url: &str, pkb_user: &str, decision: &str) -> String {
+    let http = client();
+    let page = http.get(authorize_url).send().await.unwrap();
+    assert_eq!(page.status(), 200, "PKB's consent page");
+    let url = url::Url::parse(authorize_url).unwrap();
+    let mut form: Vec<(String, String)> = url
+        .query_pairs()
+        .into_owned()
+        .filter(|(k, _)| k != "response_type")
+        .collect();
+    form.push(("decision".into(), decision.into()));
+    form.push(("pkb_user".into(), pkb_user.into()));
+    let action = format!(
+        "{}://{}{}",
+        url.scheme(),
+        url.host_str().unwrap(),
+        url.port().map(|p| format!(":{p}")).unwrap_or_default()
+    );
+    let answer = http
+        .post(format!("{action}{}", url.path()))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        answer.status().is_redirection(),
+        "consent answers with a redirect"
+    );
+    header(answer.headers(), "location").to_string()
 }
 
 /// A header's value as text.

@@ -1,0 +1,302 @@
+//! Pairing a user with their PKB account once: OAuth 2.0 authorization code with PKCE (S256),
+//! `state` bound to the user, single use and short-lived. No Pingora types.
+//!
+//! Where the state lives: in the pairing store, keyed by the state's SHA-256, with the PKCE
+//! verifier sealed beside it, and taken with one atomic delete. That makes it single-use across
+//! restarts and across instances sharing a store by construction; a sealed value handed to the
+//! browser would still need a shared list of used values to be single-use, so it would not save
+//! the store round trip and would add a second mechanism.
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::clock::Clock;
+use crate::pkb::{urls, PkbClient, PkbError};
+use crate::relative_path::{self, RelativePath};
+use crate::store::{PairState, Pairings, StoreError, TakenState, TokenSet};
+
+/// Length of a state or verifier: 32 random bytes in unpadded base64url.
+const TOKEN_CHARS: usize = 43;
+
+/// A new random state or PKCE verifier (RFC 7636 §4.1: 43 characters of the unreserved set).
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    B64URL.encode(bytes)
+}
+
+/// Whether a presented state could be one of ours; anything else is refused without a look-up.
+pub fn state_is_well_formed(state: &str) -> bool {
+    state.len() == TOKEN_CHARS
+        && state
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// RFC 7636 S256: BASE64URL(SHA256(ASCII(verifier))).
+pub fn pkce_challenge(verifier: &str) -> String {
+    B64URL.encode(Sha256::digest(verifier.as_bytes()))
+}
+
+/// Why a callback's state was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateProblem {
+    /// Never issued, or already used.
+    UnknownOrUsed,
+    Expired,
+    /// Started by a different user than the one completing it.
+    OtherUser,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PairingError {
+    #[error("no authenticated user")]
+    NoIdentity,
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("state refused: {0:?}")]
+    StateRefused(StateProblem),
+    /// PKB answered the authorization with `error=` (the user denied, or PKB refused).
+    #[error("PKB answered {0}")]
+    PkbDenied(String),
+    #[error("PKB unavailable: {0}")]
+    PkbUnavailable(String),
+    #[error("PKB refused the request: {0}")]
+    PkbRefused(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct PairingService {
+    pairings: Arc<Pairings>,
+    pkb: Arc<PkbClient>,
+    clock: Arc<dyn Clock>,
+    state_ttl_secs: i64,
+}
+
+/// The parsed callback query.
+#[derive(Debug, Default)]
+struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+fn single_params<'a>(
+    query: Option<&'a str>,
+    names: &[&str],
+) -> Result<Vec<Option<String>>, PairingError> {
+    let mut values: Vec<Option<String>> = vec![None; names.len()];
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if let Some(i) = names.iter().position(|n| *n == key) {
+            if values[i].replace(value.into_owned()).is_some() {
+                return Err(PairingError::BadRequest(format!(
+                    "`{key}` is given more than once"
+                )));
+            }
+        }
+    }
+    Ok(values)
+}
+
+impl PairingService {
+    pub fn new(
+        pairings: Arc<Pairings>,
+        pkb: Arc<PkbClient>,
+        clock: Arc<dyn Clock>,
+        state_ttl_secs: i64,
+    ) -> Self {
+        PairingService {
+            pairings,
+            pkb,
+            clock,
+            state_ttl_secs,
+        }
+    }
+
+    /// Starts a pairing: records the state and returns PKB's authorize URL to send the browser to.
+    pub async fn start(
+        &self,
+        user_id: Option<&str>,
+        query: Option<&str>,
+    ) -> Result<String, PairingError> {
+        let user_id = user_id.ok_or(PairingError::NoIdentity)?;
+        let [return_to]: [Option<String>; 1] = single_params(query, &["return_to"])?
+            .try_into()
+            .map_err(|_| PairingError::BadRequest("query".into()))?;
+        let return_to = match return_to {
+            Some(r) => Some(
+                relative_path::parse(&r)
+                    .map_err(|e| PairingError::BadRequest(format!("`return_to` {e}")))?
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let state = random_token();
+        let verifier = random_token();
+        let pending = PairState {
+            user_id: user_id.to_string(),
+            code_verifier: verifier.clone(),
+            return_to,
+            expires_at: self.clock.now() + self.state_ttl_secs,
+        };
+        self.pairings.put_pair_state(&state, &pending).await?;
+        let s = self.pkb.settings();
+        Ok(urls::authorize_url(&urls::AuthorizeRequest {
+            base: s.base_url.as_str(),
+            authorize_path: &s.authorize_path,
+            client_id: &s.client_id,
+            redirect_uri: &s.redirect_uri,
+            scope: &s.scope,
+            state: &state,
+            code_challenge: &pkce_challenge(&verifier),
+        }))
+    }
+
+    /// Completes a pairing; on success, where to send the browser (`return_to`), if anywhere.
+    pub async fn callback(
+        &self,
+        user_id: Option<&str>,
+        query: Option<&str>,
+    ) -> Result<Option<RelativePath>, PairingError> {
+        let [code, state, error]: [Option<String>; 3] =
+            single_params(query, &["code", "state", "error"])?
+                .try_into()
+                .map_err(|_| PairingError::BadRequest("query".into()))?;
+        let q = CallbackQuery { code, state, error };
+        // Spend the state whatever else is wrong, so a refused callback cannot be retried.
+        let taken = match &q.state {
+            Some(s) if state_is_well_formed(s) => self.pairings.take_pair_state(s).await?,
+            Some(_) => TakenState::Unknown,
+            None => {
+                return Err(PairingError::BadRequest(
+                    "the `state` parameter is missing".into(),
+                ))
+            }
+        };
+        if let Some(error) = q.error {
+            let code: String = error
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(64)
+                .collect();
+            return Err(PairingError::PkbDenied(code));
+        }
+        let user_id = user_id.ok_or(PairingError::NoIdentity)?;
+        let pending = match taken {
+            TakenState::Unknown => {
+                return Err(PairingError::StateRefused(StateProblem::UnknownOrUsed))
+            }
+            TakenState::Expired => return Err(PairingError::StateRefused(StateProblem::Expired)),
+            TakenState::Valid(p) if p.user_id != user_id => {
+                return Err(PairingError::StateRefused(StateProblem::OtherUser))
+            }
+            TakenState::Valid(p) => p,
+        };
+        let code = q
+            .code
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| PairingError::BadRequest("the `code` parameter is missing".into()))?;
+        let asked_at = self.clock.now();
+        let answer = self
+            .pkb
+            .exchange_code(&code, &pending.code_verifier)
+            .await
+            .map_err(|e| match e {
+                PkbError::Unavailable(why) => PairingError::PkbUnavailable(why),
+                PkbError::InvalidGrant => PairingError::PkbDenied("invalid_grant".into()),
+                PkbError::Unauthorized => PairingError::PkbRefused("unauthorized".into()),
+                PkbError::Refused(why) | PkbError::Protocol(why) => PairingError::PkbRefused(why),
+            })?;
+        let tokens = TokenSet {
+            access_token: answer.access_token,
+            refresh_token: answer.refresh_token,
+            access_expires_at: asked_at + answer.expires_in,
+        };
+        self.pairings.save(user_id, tokens).await?;
+        // Validated when the pairing started; parsed again so the type says so.
+        Ok(pending
+            .return_to
+            .and_then(|r| relative_path::parse(&r).ok()))
+    }
+
+    pub async fn unpair(&self, user_id: Option<&str>) -> Result<bool, PairingError> {
+        let user_id = user_id.ok_or(PairingError::NoIdentity)?;
+        Ok(self.pairings.remove(user_id).await?)
+    }
+
+    pub async fn is_paired(&self, user_id: Option<&str>) -> Result<bool, PairingError> {
+        let user_id = user_id.ok_or(PairingError::NoIdentity)?;
+        Ok(self.pairings.get(user_id).await?.is_some())
+    }
+}
+
+/// CSRF defence for state-changing POSTs: the browser must say the request is same-origin
+/// (`Sec-Fetch-Site`), or, for browsers that do not send that, carry our exact `Origin`.
+/// A request with neither is refused: fail closed.
+pub fn same_origin(
+    public_origin: &str,
+    origin: Option<&str>,
+    sec_fetch_site: Option<&str>,
+) -> bool {
+    match (sec_fetch_site, origin) {
+        (Some(site), _) => site.eq_ignore_ascii_case("same-origin"),
+        (None, Some(origin)) => origin == public_origin,
+        (None, None) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc7636_appendix_b() {
+        assert_eq!(
+            pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+    }
+
+    #[test]
+    fn state_codec() {
+        let a = random_token();
+        let b = random_token();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), TOKEN_CHARS);
+        assert!(state_is_well_formed(&a));
+        for bad in [
+            "",
+            "short",
+            &format!("{a}x"),
+            &a.replace(&a[..1], "+"),
+            &format!("{}=", &a[..42]),
+        ] {
+            assert!(!state_is_well_formed(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn same_origin_table() {
+        let o = "https://ehr.example.nhs.uk";
+        let cases = [
+            (Some(o), Some("same-origin"), true),
+            (None, Some("same-origin"), true),
+            (Some(o), Some("cross-site"), false),
+            (Some(o), Some("same-site"), false),
+            (Some("https://evil.example"), Some("same-origin"), true), // the browser's own verdict wins
+            (Some(o), None, true),
+            (Some("https://evil.example"), None, false),
+            (Some("null"), None, false),
+            (Some("https://ehr.example.nhs.uk.evil.example"), None, false),
+            (None, None, false),
+        ];
+        for (origin, site, want) in cases {
+            assert_eq!(same_origin(o, origin, site), want, "{origin:?} {site:?}");
+        }
+    }
+}
