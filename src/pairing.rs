@@ -78,19 +78,12 @@ pub struct PairingService {
     state_ttl_secs: i64,
 }
 
-/// The parsed callback query.
-#[derive(Debug, Default)]
-struct CallbackQuery {
-    code: Option<String>,
-    state: Option<String>,
-    error: Option<String>,
-}
-
-fn single_params<'a>(
-    query: Option<&'a str>,
-    names: &[&str],
-) -> Result<Vec<Option<String>>, PairingError> {
-    let mut values: Vec<Option<String>> = vec![None; names.len()];
+/// The named query parameters, each at most once (a repeated one is ambiguous, so refused).
+fn single_params<const N: usize>(
+    query: Option<&str>,
+    names: [&str; N],
+) -> Result<[Option<String>; N], PairingError> {
+    let mut values: [Option<String>; N] = std::array::from_fn(|_| None);
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         if let Some(i) = names.iter().position(|n| *n == key) {
             if values[i].replace(value.into_owned()).is_some() {
@@ -125,9 +118,7 @@ impl PairingService {
         query: Option<&str>,
     ) -> Result<String, PairingError> {
         let user_id = user_id.ok_or(PairingError::NoIdentity)?;
-        let [return_to]: [Option<String>; 1] = single_params(query, &["return_to"])?
-            .try_into()
-            .map_err(|_| PairingError::BadRequest("query".into()))?;
+        let [return_to] = single_params(query, ["return_to"])?;
         let return_to = match return_to {
             Some(r) => Some(
                 relative_path::parse(&r)
@@ -163,13 +154,9 @@ impl PairingService {
         user_id: Option<&str>,
         query: Option<&str>,
     ) -> Result<Option<RelativePath>, PairingError> {
-        let [code, state, error]: [Option<String>; 3] =
-            single_params(query, &["code", "state", "error"])?
-                .try_into()
-                .map_err(|_| PairingError::BadRequest("query".into()))?;
-        let q = CallbackQuery { code, state, error };
+        let [code, state, error] = single_params(query, ["code", "state", "error"])?;
         // Spend the state whatever else is wrong, so a refused callback cannot be retried.
-        let taken = match &q.state {
+        let taken = match &state {
             Some(s) if state_is_well_formed(s) => self.pairings.take_pair_state(s).await?,
             Some(_) => TakenState::Unknown,
             None => {
@@ -178,7 +165,7 @@ impl PairingService {
                 ))
             }
         };
-        if let Some(error) = q.error {
+        if let Some(error) = error {
             let code: String = error
                 .chars()
                 .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
@@ -197,8 +184,7 @@ impl PairingService {
             }
             TakenState::Valid(p) => p,
         };
-        let code = q
-            .code
+        let code = code
             .filter(|c| !c.is_empty())
             .ok_or_else(|| PairingError::BadRequest("the `code` parameter is missing".into()))?;
         let asked_at = self.clock.now();
