@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing pkb-edge needs on a Debian machine: cmake and a C compiler
-# (Pingora's zlib-ng), pkg-config. Safe to run again. Needs root (or sudo).
+# (Pingora's zlib-ng), pkg-config, and Chromium with chromedriver for the browser test.
+# Safe to run again. Needs root (or sudo).
 set -euo pipefail
 
 SUDO=""
@@ -10,6 +11,8 @@ need=()
 command -v cmake >/dev/null || need+=(cmake)
 command -v cc >/dev/null || need+=(gcc)
 command -v pkg-config >/dev/null || need+=(pkg-config)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

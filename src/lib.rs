@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod identity;
 pub mod launch;
 pub mod pages;

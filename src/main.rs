@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use pkb_edge::config::{Config, ProcessEnv};
-use pkb_edge::sim::{SimConfig, Simulator};
+use pkb_edge::demo;
+use pkb_edge::sim::{demo_patients, SimConfig, Simulator};
 use pkb_edge::store::crypto::Keyring;
 
 #[derive(Parser)]
@@ -38,6 +39,12 @@ enum Command {
         #[arg(long)]
         id: Option<String>,
     },
+    /// Everything on loopback: the PKB simulator, a sample EHR, the proxy, and a stand-in for the
+    /// hospital's sign-on in front. Prints the one URL to open.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
     /// Run the PKB simulator alone.
     Sim {
         #[arg(long, default_value = "127.0.0.1:9400")]
@@ -68,6 +75,8 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // One TLS crypto provider for the whole process, whatever features the dependency graph has.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => {
@@ -103,6 +112,10 @@ fn main() -> ExitCode {
             let id = id.unwrap_or_else(|| format!("k{}", chrono_like_today()));
             println!("{}", Keyring::generate_line(&id));
             ExitCode::SUCCESS
+        }
+        Command::Demo { listen } => {
+            init_logging();
+            run_demo(&listen)
         }
         Command::Sim {
             listen,
@@ -144,6 +157,101 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Starts the simulator, the sample EHR and the front on one runtime, then the proxy (Pingora
+/// owns the main thread from there on).
+fn run_demo(listen: &str) -> ExitCode {
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        eprintln!("demo: {what}: {e}");
+        ExitCode::from(1)
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail("cannot start a runtime", &e),
+    };
+    let sim = Simulator::new(SimConfig::default());
+    let proxy_port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(a) => a.port(),
+        Err(e) => return fail("no free port for the proxy", &e),
+    };
+    let proxy_addr: std::net::SocketAddr = ([127, 0, 0, 1], proxy_port).into();
+    let bound = runtime.block_on(async {
+        let sim_l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let ehr_l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let front_l = tokio::net::TcpListener::bind(listen).await?;
+        Ok::<_, std::io::Error>((sim_l, ehr_l, front_l))
+    });
+    let (sim_l, ehr_l, front_l) = match bound {
+        Ok(b) => b,
+        Err(e) => return fail(&format!("cannot listen (is {listen} free?)"), &e),
+    };
+    let (sim_addr, ehr_addr, front_addr) =
+        match (sim_l.local_addr(), ehr_l.local_addr(), front_l.local_addr()) {
+            (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+            _ => return fail("cannot read the listening addresses", &"local_addr"),
+        };
+    let front = match runtime.block_on(async { demo::front(proxy_addr, USER_HEADER.to_string()) }) {
+        Ok(f) => f,
+        Err(e) => return fail("cannot build the front's HTTP client", &e),
+    };
+    runtime.spawn(sim.clone().serve(sim_l));
+    runtime.spawn(async move { axum::serve(ehr_l, demo::sample_ehr(demo_patients())).await });
+    runtime.spawn(async move { axum::serve(front_l, front).await });
+
+    let state_dir = std::env::temp_dir().join(format!("pkb-edge-demo-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&state_dir) {
+        return fail("cannot create the demo's state directory", &e);
+    }
+    let config_text = format!(
+        r#"
+listen = "{proxy_addr}"
+upstream = "http://{ehr_addr}"
+public_url = "http://{front_addr}"
+[server]
+grace_period_seconds = 1
+graceful_shutdown_timeout_seconds = 2
+[identity]
+mode = "header"
+header = "{USER_HEADER}"
+trusted_peers = ["{front_ip}/32"]
+[pkb]
+base_url = "http://{sim_addr}"
+client_id = "{client_id}"
+client_secret = "{client_secret}"
+[store]
+url = "sqlite://{db}"
+keys = "{keys}"
+"#,
+        front_ip = demo::FRONT_SOURCE_IP,
+        client_id = sim.config().client_id,
+        client_secret = sim.config().client_secret,
+        db = state_dir.join("pairings.db").display(),
+        keys = Keyring::generate_line("demo"),
+    );
+    let config = match Config::parse(&config_text, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => return fail("the demo's own configuration is invalid", &e),
+    };
+    let server = match pkb_edge::service::build_server(&config) {
+        Ok(s) => s,
+        Err(e) => return fail("cannot start the proxy", &e),
+    };
+    println!("pkb-edge demo is running. Open http://{front_addr}/ in a browser.");
+    println!("  sign in as anyone, click \"Open in PKB\" on a patient, link your (simulated) PKB account once,");
+    println!("  and land in the simulator's PKB page for that patient. Ctrl-C to stop.");
+    println!(
+        "  (proxy {proxy_addr}, sample EHR {ehr_addr}, PKB simulator {sim_addr}, state {})",
+        state_dir.display()
+    );
+    let _keep_alive = runtime;
+    server.run_forever()
+}
+
+const USER_HEADER: &str = "X-Authenticated-User";
 
 /// `YYYYMMDD` in UTC, for default key ids, without a date crate.
 fn chrono_like_today() -> String {

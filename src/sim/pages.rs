@@ -10,7 +10,7 @@ const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:0;background
 header{background:#2d6e8e;color:#fff;padding:.8rem 1.5rem;font-weight:700}\
 main{max-width:38rem;margin:2rem auto;padding:2rem;background:#fff;border-radius:8px}\
 button{padding:.6rem 1.2rem;border-radius:4px;border:0;font-weight:600;margin-right:.5rem;cursor:pointer}\
-.allow{background:#2d6e8e;color:#fff}.deny{background:#ddd}dt{font-weight:600}label{display:block;margin:.5rem 0}";
+.allow{background:#2d6e8e;color:#fff}.deny{background:#ddd}dt{font-weight:600}label{display:block;margin:.5rem 0}dd{overflow-wrap:anywhere}";
 
 fn page(title: &str, body: &str) -> String {
     format!(

@@ -1,0 +1,301 @@
+//! The pieces of `pkb-edge demo` besides the proxy and the simulator: a sample EHR (the upstream)
+//! and a stand-in for the hospital's authentication layer (the "front").
+//!
+//! The front keeps `header` mode honest: it is the only trusted peer (it connects to the proxy from
+//! 127.0.0.2, the only address in the demo's `trusted_peers`), it signs people in with a cookie,
+//! and it sets the identity header after removing any copy the browser sent. A browser that goes
+//! to the proxy directly arrives from 127.0.0.1 and is nobody.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{any, get, post};
+use axum::{Form, Router};
+use serde::Deserialize;
+
+use crate::pages::escape;
+use crate::sim::SimPatient;
+
+/// Where the front connects from; the demo proxy trusts only this address.
+pub const FRONT_SOURCE_IP: &str = "127.0.0.2";
+const USER_COOKIE: &str = "demo_user";
+
+const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f7f7f2;color:#1b1f23}\
+header{background:#3c4f3a;color:#fff;padding:.8rem 1.5rem;display:flex;justify-content:space-between}\
+main{max-width:48rem;margin:2rem auto;padding:0 1rem}table{border-collapse:collapse;width:100%;background:#fff}\
+th,td{text-align:left;padding:.5rem;border-bottom:1px solid #ddd}a.pkb{background:#005eb8;color:#fff;\
+padding:.3rem .7rem;border-radius:4px;text-decoration:none}form{display:inline}button{cursor:pointer}";
+
+fn page(title: &str, user: &str, body: &str) -> Html<String> {
+    Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title><style>{STYLE}</style></head>\
+         <body><header><span>St Example Hospital · EHR</span><span id=\"signed-in\">{u}</span></header>\
+         <main><h1>{t}</h1>{body}</main></body></html>",
+        t = escape(title),
+        u = escape(user),
+    ))
+}
+
+/// The sample EHR: a patient list whose links open PKB in patient context.
+pub fn sample_ehr(patients: Vec<SimPatient>) -> Router {
+    Router::new()
+        .route("/", get(ehr_home))
+        .route("/patients/{nhs}", get(ehr_patient))
+        .with_state(std::sync::Arc::new(patients))
+}
+
+type Patients = State<std::sync::Arc<Vec<SimPatient>>>;
+
+fn signed_in_user(headers: &HeaderMap) -> String {
+    headers
+        .get("x-authenticated-user")
+        .and_then(|v| v.to_str().ok())
+        .map(|u| format!("Signed in as {u}"))
+        .unwrap_or_else(|| "Not signed in".into())
+}
+
+fn launch_href(nhs: &str) -> String {
+    format!("/_pkb/launch?contextNationalId={nhs}&contextNationalIdType=NHS")
+}
+
+async fn ehr_home(State(patients): Patients, headers: HeaderMap) -> Html<String> {
+    let mut rows = String::new();
+    for p in patients.iter() {
+        rows.push_str(&format!(
+            "<tr><td><a href=\"/patients/{nhs}\">{name}</a></td><td>{nhs}</td>\
+             <td><a class=\"pkb\" id=\"open-{nhs}\" href=\"{href}\">Open in PKB</a></td></tr>",
+            nhs = escape(&p.nhs_number),
+            name = escape(&p.name),
+            href = escape(&launch_href(&p.nhs_number)),
+        ));
+    }
+    page(
+        "Patients",
+        &signed_in_user(&headers),
+        &format!(
+            "<table><thead><tr><th>Name</th><th>NHS number</th><th>Patients Know Best</th></tr></thead>\
+             <tbody>{rows}</tbody></table>\
+             <p><a href=\"/_pkb/launch\">Open my PKB inbox</a> · <a href=\"/_pkb/status\">PKB link status (JSON)</a></p>\
+             <form method=\"post\" action=\"/_pkb/unpair\"><button id=\"unlink\">Unlink my PKB account</button></form> \
+             <form method=\"post\" action=\"/_front/signout\"><button>Sign out</button></form>"
+        ),
+    )
+}
+
+async fn ehr_patient(
+    State(patients): Patients,
+    Path(nhs): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(p) = patients.iter().find(|p| p.nhs_number == nhs) else {
+        return (
+            StatusCode::NOT_FOUND,
+            page(
+                "No such patient",
+                &signed_in_user(&headers),
+                "<p><a href=\"/\">Back</a></p>",
+            ),
+        )
+            .into_response();
+    };
+    page(
+        &p.name,
+        &signed_in_user(&headers),
+        &format!(
+            "<p>NHS number {nhs}</p><p><a class=\"pkb\" href=\"{href}\">Open {name} in PKB</a></p><p><a href=\"/\">All patients</a></p>",
+            nhs = escape(&p.nhs_number),
+            name = escape(&p.name),
+            href = escape(&launch_href(&p.nhs_number)),
+        ),
+    )
+    .into_response()
+}
+
+/// The front: signs people in (a cookie) and forwards everything else to the proxy.
+pub fn front(proxy: SocketAddr, identity_header: String) -> Result<Router, reqwest::Error> {
+    let client = reqwest::Client::builder()
+        .local_address(FRONT_SOURCE_IP.parse::<IpAddr>().ok())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let state = std::sync::Arc::new(FrontState {
+        client,
+        proxy,
+        identity_header,
+    });
+    Ok(Router::new()
+        .route("/_front/signin", get(signin_page).post(signin))
+        .route("/_front/signout", post(signout))
+        .fallback(any(forward))
+        .with_state(state))
+}
+
+struct FrontState {
+    client: reqwest::Client,
+    proxy: SocketAddr,
+    identity_header: String,
+}
+
+type Front = State<std::sync::Arc<FrontState>>;
+
+#[derive(Deserialize)]
+struct Next {
+    next: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SignIn {
+    user: String,
+    next: Option<String>,
+}
+
+/// Only local paths, as the validator for `return_to` decides.
+fn local_next(next: Option<&str>) -> String {
+    next.and_then(|n| crate::relative_path::parse(n).ok())
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "/".into())
+}
+
+async fn signin_page(Query(q): Query<Next>) -> Html<String> {
+    page(
+        "Sign in",
+        "Not signed in",
+        &format!(
+            "<p>This stands in for the hospital's single sign-on.</p>\
+             <form method=\"post\" action=\"/_front/signin\"><input type=\"hidden\" name=\"next\" value=\"{}\">\
+             <label for=\"user\">User name</label> <input id=\"user\" name=\"user\" value=\"dr.jones\" required> \
+             <button id=\"signin\" type=\"submit\">Sign in</button></form>",
+            escape(&local_next(q.next.as_deref()))
+        ),
+    )
+}
+
+fn cookie_user(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == USER_COOKIE)
+        .map(|(_, v)| v.to_string())
+        .filter(|u| valid_user(u))
+}
+
+fn valid_user(u: &str) -> bool {
+    !u.is_empty()
+        && u.len() <= 64
+        && u.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
+}
+
+async fn signin(Form(f): Form<SignIn>) -> Response {
+    if !valid_user(&f.user) {
+        return (
+            StatusCode::BAD_REQUEST,
+            page(
+                "Sign in",
+                "Not signed in",
+                "<p>Letters, digits and . _ @ - only.</p>",
+            ),
+        )
+            .into_response();
+    }
+    let mut r = Redirect::to(&local_next(f.next.as_deref())).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{USER_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax",
+        f.user
+    )) {
+        r.headers_mut().insert("set-cookie", v);
+    }
+    r
+}
+
+async fn signout() -> Response {
+    let mut r = Redirect::to("/_front/signin").into_response();
+    r.headers_mut().insert(
+        "set-cookie",
+        HeaderValue::from_static("demo_user=; Path=/; Max-Age=0"),
+    );
+    r
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+    "host",
+    "content-length",
+];
+
+async fn forward(State(front): Front, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let Some(user) = cookie_user(&parts.headers) else {
+        let next: String =
+            form_urlencoded::byte_serialize(parts.uri.to_string().as_bytes()).collect();
+        return Redirect::to(&format!("/_front/signin?next={next}")).into_response();
+    };
+    let Ok(body) = axum::body::to_bytes(body, 16 * 1024 * 1024).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response();
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut request = front.client.request(
+        parts.method.clone(),
+        format!("http://{}{path}", front.proxy),
+    );
+    for (name, value) in parts.headers.iter() {
+        let n = name.as_str();
+        if !HOP_BY_HOP.contains(&n) && !n.eq_ignore_ascii_case(&front.identity_header) {
+            request = request.header(name, value);
+        }
+    }
+    if let Some(host) = parts.headers.get("host") {
+        request = request.header("host", host);
+    }
+    request = request
+        .header(front.identity_header.as_str(), user)
+        .body(body);
+    match request.send().await {
+        Ok(upstream) => {
+            let status = upstream.status();
+            let mut headers = HeaderMap::new();
+            for (name, value) in upstream.headers() {
+                if !HOP_BY_HOP.contains(&name.as_str()) {
+                    headers.append(name, value.clone());
+                }
+            }
+            let bytes = upstream.bytes().await.unwrap_or_default();
+            let mut response = Response::new(Body::from(bytes));
+            *response.status_mut() = status;
+            *response.headers_mut() = headers;
+            response
+        }
+        Err(e) => (
+            StatusCode::BAD_GATEWAY,
+            format!("the proxy did not answer: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_and_next() {
+        let mut h = HeaderMap::new();
+        h.insert("cookie", "a=b; demo_user=dr.jones; c=d".parse().unwrap());
+        assert_eq!(cookie_user(&h).as_deref(), Some("dr.jones"));
+        h.insert("cookie", "demo_user=<script>".parse().unwrap());
+        assert_eq!(cookie_user(&h), None);
+        assert_eq!(local_next(Some("//evil.example")), "/");
+        assert_eq!(local_next(Some("/_pkb/launch?x=1")), "/_pkb/launch?x=1");
+    }
+}

@@ -1,0 +1,189 @@
+//! The demo in a real browser (headless Chromium through chromedriver): sign in at the front,
+//! open a patient in PKB, be offered linking, consent at the PKB simulator, come back, land in
+//! PKB's page for that patient, then launch again without linking. A screenshot of each step goes
+//! to `target/tmp/browser-screenshots/`.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Steps {
+    browser: Client,
+    dir: PathBuf,
+    n: u32,
+}
+
+impl Steps {
+    async fn shot(&mut self, name: &str) {
+        self.n += 1;
+        let png = self.browser.screenshot().await.unwrap();
+        std::fs::write(self.dir.join(format!("{:02}-{name}.png", self.n)), png).unwrap();
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.browser
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+            .text()
+            .await
+            .unwrap()
+    }
+
+    async fn click(&self, css: &str) {
+        self.browser
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+            .click()
+            .await
+            .unwrap();
+    }
+
+    async fn title(&self) -> String {
+        self.browser.title().await.unwrap()
+    }
+}
+
+#[test]
+fn demo_click_through_in_chromium() {
+    if !std::path::Path::new(CHROMIUM).exists() || !std::path::Path::new(CHROMEDRIVER).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have Chromium: scripts/setup.sh installs it"
+        );
+        eprintln!("skipped: {CHROMIUM} or {CHROMEDRIVER} missing (scripts/setup.sh installs them)");
+        return;
+    }
+    let front_port = free_port();
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_pkb-edge"))
+        .args(["demo", "--listen", &format!("127.0.0.1:{front_port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    BufReader::new(demo.stdout.take().unwrap())
+        .read_line(&mut first_line)
+        .unwrap();
+    let _demo = Killed(demo);
+    let url = format!("http://127.0.0.1:{front_port}/");
+    assert!(
+        first_line.contains(&url),
+        "the demo prints the URL to open: {first_line}"
+    );
+
+    let driver_port = free_port();
+    let _driver = Killed(
+        Command::new(CHROMEDRIVER)
+            .arg(format!("--port={driver_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(driver_port, "chromedriver");
+    wait_for_port(front_port, "the demo");
+
+    let profile = tempfile::tempdir().unwrap();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": CHROMIUM,
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                         "--disable-dev-shm-usage", "--window-size=1100,800",
+                         format!("--user-data-dir={}", profile.path().display())]
+            }),
+        );
+        let browser = ClientBuilder::rustls()
+            .unwrap()
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{driver_port}"))
+            .await
+            .expect("chromedriver session");
+        let mut s = Steps { browser, dir, n: 0 };
+
+        // The hospital's sign-on (the demo's front).
+        s.browser.goto(&url).await.unwrap();
+        assert_eq!(s.title().await, "Sign in");
+        s.shot("sign-in").await;
+        s.click("#signin").await;
+
+        // The EHR's patient list, through the proxy.
+        assert_eq!(s.title().await, "Patients");
+        assert_eq!(s.text("#signed-in").await, "Signed in as dr.jones");
+        s.shot("ehr-patients").await;
+        s.click("#open-9990000018").await;
+
+        // Not linked yet: offered linking.
+        assert!(s.title().await.starts_with("Link your Patients Know Best account"), "{}", s.title().await);
+        s.shot("offered-linking").await;
+        s.browser.find(Locator::LinkText("Link your PKB account")).await.unwrap().click().await.unwrap();
+
+        // PKB's consent page (the simulator).
+        assert_eq!(s.title().await, "Allow access to your PKB account?");
+        let user_field = s.browser.find(Locator::Css("#pkb_user")).await.unwrap();
+        user_field.clear().await.unwrap();
+        user_field.send_keys("jones@pkb.example").await.unwrap();
+        s.shot("pkb-consent").await;
+        s.click("#allow").await;
+
+        // Back through the callback to the launch, and into PKB for Ada Lovelace.
+        assert_eq!(s.title().await, "You are signed in to PKB");
+        assert_eq!(s.text("#user").await, "jones@pkb.example");
+        assert_eq!(s.text("#patient-name").await, "Ada Lovelace");
+        assert_eq!(s.text("dd[data-context=contextNationalId]").await, "9990000018");
+        s.shot("in-pkb-ada").await;
+
+        // Launch again, another patient: no linking this time.
+        s.browser.goto(&url).await.unwrap();
+        s.click("#open-9990000026").await;
+        assert_eq!(s.title().await, "You are signed in to PKB");
+        assert_eq!(s.text("#patient-name").await, "Mary Seacole");
+        s.shot("in-pkb-mary").await;
+
+        s.browser.close().await.unwrap();
+    });
+}
