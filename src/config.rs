@@ -33,6 +33,7 @@ pub struct Config {
     pub identity: IdentitySettings,
     pub pkb: PkbSettings,
     pub store: StoreSettings,
+    pub decorate: crate::decorate::DecorateSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -167,6 +168,57 @@ struct RawConfig {
     identity: Option<RawIdentity>,
     pkb: Option<RawPkb>,
     store: Option<RawStore>,
+    decorate: Option<RawDecorate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDecorate {
+    #[serde(default = "default_decorate_header")]
+    header: String,
+    patient_from: Option<RawPatientFrom>,
+    #[serde(default = "default_national_id_type")]
+    national_id_type: String,
+    #[serde(default = "default_decorate_ttl")]
+    ttl_secs: u64,
+    #[serde(default = "default_budget_ms")]
+    budget_ms: u64,
+    #[serde(default = "default_cache_capacity")]
+    cache_capacity: u64,
+}
+
+impl Default for RawDecorate {
+    fn default() -> Self {
+        RawDecorate {
+            header: default_decorate_header(),
+            patient_from: None,
+            national_id_type: default_national_id_type(),
+            ttl_secs: default_decorate_ttl(),
+            budget_ms: default_budget_ms(),
+            cache_capacity: default_cache_capacity(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPatientFrom {
+    header: Option<String>,
+    query: Option<String>,
+    path_regex: Option<String>,
+}
+
+fn default_decorate_header() -> String {
+    "X-PKB-Data-Available".into()
+}
+fn default_national_id_type() -> String {
+    "NHS".into()
+}
+fn default_decorate_ttl() -> u64 {
+    300
+}
+fn default_budget_ms() -> u64 {
+    50
 }
 
 fn default_prefix() -> String {
@@ -408,6 +460,7 @@ impl Validator {
         let store = self
             .required("store", raw.store)
             .and_then(|s| self.store(s, env));
+        let decorate = self.decorate(raw.decorate.unwrap_or_default());
         Some(Config {
             listen: listen?,
             upstream: upstream?,
@@ -417,6 +470,7 @@ impl Validator {
             identity: identity?,
             pkb: pkb?,
             store: store?,
+            decorate: decorate?,
         })
     }
 
@@ -729,6 +783,83 @@ impl Validator {
         })
     }
 
+    fn decorate(&mut self, d: RawDecorate) -> Option<crate::decorate::DecorateSettings> {
+        use crate::decorate::{DecorateSettings, PatientSource};
+        let header = HeaderName::try_from(d.header.as_str())
+            .map_err(|_| {
+                self.problem(
+                    "decorate.header",
+                    format!("`{}` is not a valid header name", d.header),
+                )
+            })
+            .ok();
+        let patient_from = match d.patient_from {
+            None => Some(None),
+            Some(p) => match (p.header, p.query, p.path_regex) {
+                (Some(h), None, None) => match HeaderName::try_from(h.as_str()) {
+                    Ok(name) => Some(Some(PatientSource::Header(name))),
+                    Err(_) => {
+                        self.problem(
+                            "decorate.patient_from.header",
+                            format!("`{h}` is not a valid header name"),
+                        );
+                        None
+                    }
+                },
+                (None, Some(q), None) if !q.is_empty() => Some(Some(PatientSource::Query(q))),
+                (None, None, Some(r)) => match regex::Regex::new(&r) {
+                    Ok(re) if re.captures_len() == 2 => Some(Some(PatientSource::PathRegex(re))),
+                    Ok(_) => {
+                        self.problem(
+                            "decorate.patient_from.path_regex",
+                            "must have exactly one capture group: the patient id",
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        self.problem(
+                            "decorate.patient_from.path_regex",
+                            format!("is not a valid regex: {e}"),
+                        );
+                        None
+                    }
+                },
+                _ => {
+                    self.problem(
+                        "decorate.patient_from",
+                        "give exactly one of header, query or path_regex",
+                    );
+                    None
+                }
+            },
+        };
+        if d.national_id_type.is_empty()
+            || !d
+                .national_id_type
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            self.problem("decorate.national_id_type", "must be a name like NHS");
+        }
+        if !(1..=86_400).contains(&d.ttl_secs) {
+            self.problem("decorate.ttl_secs", "must be between 1 and 86400");
+        }
+        if !(1..=10_000).contains(&d.budget_ms) {
+            self.problem("decorate.budget_ms", "must be between 1 and 10000");
+        }
+        if d.cache_capacity == 0 {
+            self.problem("decorate.cache_capacity", "must be at least 1");
+        }
+        Some(DecorateSettings {
+            header: header?,
+            patient_from: patient_from?,
+            national_id_type: d.national_id_type,
+            ttl: Duration::from_secs(d.ttl_secs),
+            budget: Duration::from_millis(d.budget_ms),
+            cache_capacity: d.cache_capacity,
+        })
+    }
+
     /// One secret from exactly one of: inline, a file, the environment.
     fn secret(
         &mut self,
@@ -891,6 +1022,38 @@ keys = "{KEY}"
         env.insert(ENV_KEYS.into(), "k1:short".into());
         let keys = keys_of(Config::parse(&text, &env).unwrap_err());
         assert_eq!(keys, vec![ENV_KEYS.to_string()]);
+    }
+
+    #[test]
+    fn decorate_section() {
+        let c = Config::parse(&minimal(), &no_env()).unwrap();
+        assert!(
+            c.decorate.patient_from.is_none(),
+            "pages are not decorated unless configured"
+        );
+        assert_eq!(c.decorate.header.as_str(), "x-pkb-data-available");
+        let with = format!("{}\n[decorate]\npatient_from = {{ path_regex = '^/patients/(\\d{{10}})' }}\nbudget_ms = 20\n", minimal());
+        let c = Config::parse(&with, &no_env()).unwrap();
+        assert!(matches!(
+            c.decorate.patient_from,
+            Some(crate::decorate::PatientSource::PathRegex(_))
+        ));
+        let two = format!(
+            "{}\n[decorate]\npatient_from = {{ header = \"x-p\", query = \"nhs\" }}\n",
+            minimal()
+        );
+        assert_eq!(
+            keys_of(Config::parse(&two, &no_env()).unwrap_err()),
+            vec!["decorate.patient_from".to_string()]
+        );
+        let no_group = format!(
+            "{}\n[decorate]\npatient_from = {{ path_regex = '^/patients/' }}\n",
+            minimal()
+        );
+        assert_eq!(
+            keys_of(Config::parse(&no_group, &no_env()).unwrap_err()),
+            vec!["decorate.patient_from.path_regex".to_string()]
+        );
     }
 
     #[test]

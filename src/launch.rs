@@ -5,14 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clock::Clock;
 use crate::config::PkbSettings;
 use crate::patient::PatientContext;
 use crate::pkb::urls::{self, ContextParams};
 use crate::pkb::{PkbClient, PkbError};
 use crate::relative_path::{self, RelativePath};
 use crate::secret::Otp;
-use crate::store::{FreshError, Pairing, Pairings, RefreshFailure, StoreError, TokenSet};
+use crate::store::{FreshError, Pairing, StoreError};
+use crate::tokens::TokenSource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -129,21 +129,20 @@ impl LaunchParams {
 }
 
 pub struct LaunchService {
-    pairings: Arc<Pairings>,
+    tokens: Arc<TokenSource>,
     pkb: Arc<PkbClient>,
-    clock: Arc<dyn Clock>,
     names: ContextParams,
     base_url: String,
     otp_login_path: String,
     otp_param: String,
     patient_landing_path: String,
-    refresh_skew_secs: i64,
     /// The longest a launch waits for PKB in all (refresh and OTP together).
     deadline: Duration,
 }
 
 impl LaunchService {
-    pub fn new(pairings: Arc<Pairings>, pkb: Arc<PkbClient>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(tokens: Arc<TokenSource>) -> Self {
+        let pkb = tokens.pkb().clone();
         let s: &PkbSettings = pkb.settings();
         LaunchService {
             names: ContextParams {
@@ -155,16 +154,19 @@ impl LaunchService {
             otp_login_path: s.otp_login_path.clone(),
             otp_param: s.otp_param.clone(),
             patient_landing_path: s.patient_landing_path.clone(),
-            refresh_skew_secs: s.refresh_skew_secs,
             deadline: s.timeout,
-            pairings,
+            tokens,
             pkb,
-            clock,
         }
     }
 
     pub fn context_names(&self) -> &ContextParams {
         &self.names
+    }
+
+    /// The longest a call to PKB on a user's behalf may take.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
     }
 
     /// The URL to send the browser to: PKB's OTP login with a fresh OTP.
@@ -222,26 +224,8 @@ impl LaunchService {
         user_id: &str,
         stale_version: Option<i64>,
     ) -> Result<Arc<Pairing>, LaunchError> {
-        let pkb = self.pkb.clone();
-        let clock = self.clock.clone();
-        let refresh = move |old: TokenSet| async move {
-            let Some(refresh_token) = old.refresh_token else {
-                return Err(RefreshFailure::GrantRejected);
-            };
-            let asked_at = clock.now();
-            match pkb.refresh(&refresh_token).await {
-                Ok(answer) => Ok(TokenSet {
-                    access_token: answer.access_token,
-                    // No new refresh token issued: the old one stays valid (RFC 6749 §6).
-                    refresh_token: answer.refresh_token.or(Some(refresh_token)),
-                    access_expires_at: asked_at + answer.expires_in,
-                }),
-                Err(PkbError::InvalidGrant) => Err(RefreshFailure::GrantRejected),
-                Err(e) => Err(RefreshFailure::Other(e)),
-            }
-        };
-        self.pairings
-            .fresh(user_id, self.refresh_skew_secs, stale_version, refresh)
+        self.tokens
+            .fresh(user_id, stale_version)
             .await
             .map_err(|e| match e {
                 FreshError::NotPaired => LaunchError::NotPaired,

@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod decorate;
 pub mod demo;
 pub mod identity;
 pub mod launch;
@@ -17,3 +18,4 @@ pub mod secret;
 pub mod service;
 pub mod sim;
 pub mod store;
+pub mod tokens;

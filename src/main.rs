@@ -225,6 +225,8 @@ client_secret = "{client_secret}"
 [store]
 url = "sqlite://{db}"
 keys = "{keys}"
+[decorate]
+patient_from = {{ path_regex = '^/patients/(\d{{10}})' }}
 "#,
         front_ip = demo::FRONT_SOURCE_IP,
         client_id = sim.config().client_id,

@@ -13,9 +13,11 @@ use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::Upstream;
+use crate::decorate::{merged_vary, private_cache_control, Decorator, Lookup};
 use crate::identity::{hop_by_hop, IdentityResolver};
 use crate::launch::LaunchService;
 use crate::pairing::{same_origin, PairingService};
+use crate::patient::PatientContext;
 use crate::reply::{self, Format, Reply};
 
 pub struct EdgeProxy {
@@ -24,6 +26,9 @@ pub struct EdgeProxy {
     pub identity: IdentityResolver,
     pub launch: Arc<LaunchService>,
     pub pairing: Arc<PairingService>,
+    pub decorator: Arc<Decorator>,
+    /// Request headers a decorated response depends on, merged into its `Vary`.
+    pub vary_on: Vec<String>,
     /// `public_url`'s origin, for the same-origin check on state-changing POSTs.
     pub public_origin: String,
     /// Headers only pkb-edge may set towards the upstream: client copies are always removed.
@@ -31,10 +36,12 @@ pub struct EdgeProxy {
 }
 
 /// What the proxy learned about a request before deciding where it goes.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct RequestCtx {
     peer_trusted: bool,
     user: Option<String>,
+    /// The data-availability look-up running beside the upstream call.
+    lookup: Option<Lookup>,
 }
 
 /// The reserved routes under the prefix.
@@ -45,6 +52,7 @@ enum Route {
     Callback,
     Unpair,
     Status,
+    DataAvailability,
     Unknown,
 }
 
@@ -60,6 +68,7 @@ impl EdgeProxy {
             "/callback" => Route::Callback,
             "/unpair" => Route::Unpair,
             "/status" => Route::Status,
+            "/data-availability" => Route::DataAvailability,
             _ => Route::Unknown,
         })
     }
@@ -125,11 +134,54 @@ impl EdgeProxy {
                     Err(e) => reply::pairing_error(&e, format, &restart_pairing),
                 }
             }
+            Route::DataAvailability => self.data_availability(user, query).await,
             Route::Status => match self.pairing.is_paired(user).await {
                 Ok(paired) => Reply::status(paired),
                 Err(e) => reply::pairing_error(&e, Format::Json, &restart_pairing),
             },
         }
+    }
+}
+
+impl EdgeProxy {
+    /// `{"available": true|false|null}` for the patient named by PKB's context parameters.
+    async fn data_availability(&self, user: Option<&str>, query: Option<&str>) -> Reply {
+        let Some(user) = user else {
+            return reply::launch_error(
+                &crate::launch::LaunchError::NoIdentity,
+                Format::Json,
+                &self.prefix,
+                "",
+            );
+        };
+        let names = self.launch.context_names();
+        let mut id = None;
+        let mut id_type = None;
+        for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            if k == names.national_id.as_str() {
+                id = Some(v.into_owned());
+            } else if k == names.national_id_type.as_str() {
+                id_type = Some(v.into_owned());
+            }
+        }
+        let id_type = id_type.unwrap_or_else(|| self.decorator.settings().national_id_type.clone());
+        let bad = |why: String| {
+            reply::launch_error(
+                &crate::launch::LaunchError::BadRequest(why),
+                Format::Json,
+                &self.prefix,
+                "",
+            )
+        };
+        let Some(id) = id else {
+            return bad(format!("`{}` is required", names.national_id));
+        };
+        if let Err((_, e)) = PatientContext::national_id(&id, &id_type) {
+            return bad(format!("`{}` {e}", names.national_id));
+        }
+        let wait = self.launch.deadline();
+        let available = self.decorator.ask(user, &id, &id_type, wait).await;
+        Reply::json(200, serde_json::json!({ "available": available.as_json() }))
     }
 }
 
@@ -149,6 +201,30 @@ async fn write_reply(session: &mut Session, reply: Reply) -> Result<()> {
             .await?;
     }
     Ok(())
+}
+
+impl EdgeProxy {
+    /// Starts the data-availability look-up for an identified GET/HEAD with a patient in context,
+    /// before the upstream is contacted.
+    async fn begin_lookup(&self, session: &Session, ctx: &mut RequestCtx) {
+        let req = session.req_header();
+        let Some(user) = ctx.user.as_deref() else {
+            return;
+        };
+        if req.method != Method::GET && req.method != Method::HEAD {
+            return;
+        }
+        if let Some(patient) =
+            self.decorator
+                .patient_in(req.uri.path(), req.uri.query(), &req.headers)
+        {
+            ctx.lookup = Some(self.decorator.begin(user, patient).await);
+        }
+    }
+}
+
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
@@ -171,6 +247,7 @@ impl ProxyHttp for EdgeProxy {
         ctx.peer_trusted = self.identity.peer_is_trusted(peer);
         ctx.user = self.identity.resolve(peer, &session.req_header().headers);
         let Some(route) = self.route(session.req_header().uri.path()) else {
+            self.begin_lookup(session, ctx).await;
             return Ok(false);
         };
         // Reserved routes read no request body; don't leave one on a reused connection.
@@ -219,6 +296,40 @@ impl ProxyHttp for EdgeProxy {
         for name in &self.proxy_set_headers {
             upstream_request.remove_header(name);
         }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let header = &self.decorator.settings().header;
+        // The header is pkb-edge's: an upstream copy is never passed on, nor duplicated.
+        upstream_response.remove_header(header);
+        let Some(lookup) = ctx.lookup.take() else {
+            return Ok(());
+        };
+        if !upstream_response.status.is_success() {
+            return Ok(());
+        }
+        let value = Decorator::finish(lookup, self.decorator.settings().budget).await;
+        upstream_response.insert_header(header.clone(), value.header_value())?;
+        let values = |name: http::HeaderName| -> Vec<String> {
+            upstream_response
+                .headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::to_string)
+                .collect()
+        };
+        let vary_names: Vec<&str> = self.vary_on.iter().map(String::as_str).collect();
+        let vary = merged_vary(&as_strs(&values(http::header::VARY)), &vary_names);
+        let cache_control = private_cache_control(&as_strs(&values(http::header::CACHE_CONTROL)));
+        upstream_response.insert_header(http::header::VARY, vary)?;
+        upstream_response.insert_header(http::header::CACHE_CONTROL, cache_control)?;
         Ok(())
     }
 

@@ -8,6 +8,7 @@ use pingora::server::Server;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::decorate::{Decorator, PatientSource};
 use crate::identity::IdentityResolver;
 use crate::launch::LaunchService;
 use crate::pairing::PairingService;
@@ -15,6 +16,7 @@ use crate::pkb::PkbClient;
 use crate::proxy::EdgeProxy;
 use crate::store::crypto::Keyring;
 use crate::store::{open_backend, Pairings, StoreError};
+use crate::tokens::TokenSource;
 
 /// Opens the token store named by the config, with its keys checked.
 pub async fn open_pairings(
@@ -54,7 +56,13 @@ pub fn build_server(config: &Config) -> Result<Server, StoreError> {
         clock.clone(),
         config.pkb.state_ttl_secs,
     ));
-    let launch = Arc::new(LaunchService::new(pairings, pkb, clock));
+    let tokens = Arc::new(TokenSource::new(pairings, pkb, clock));
+    let launch = Arc::new(LaunchService::new(tokens.clone()));
+    let decorator = Arc::new(Decorator::new(config.decorate.clone(), tokens));
+    let mut vary_on = vec![config.identity.header().to_string()];
+    if let Some(PatientSource::Header(name)) = &config.decorate.patient_from {
+        vary_on.push(name.to_string());
+    }
     let identity = IdentityResolver::new(&config.identity);
     let proxy = EdgeProxy {
         upstream: config.upstream.clone(),
@@ -62,8 +70,10 @@ pub fn build_server(config: &Config) -> Result<Server, StoreError> {
         identity,
         launch,
         pairing,
+        decorator,
+        vary_on,
         public_origin: config.public_url.origin().ascii_serialization(),
-        proxy_set_headers: Vec::new(),
+        proxy_set_headers: vec![config.decorate.header.clone()],
     };
 
     let port = config.listen.port();

@@ -105,7 +105,11 @@ async fn ehr_patient(
         &p.name,
         &signed_in_user(&headers),
         &format!(
-            "<p>NHS number {nhs}</p><p><a class=\"pkb\" href=\"{href}\">Open {name} in PKB</a></p><p><a href=\"/\">All patients</a></p>",
+            "<p>NHS number {nhs}</p>\
+             <p>Data in PKB from other organisations: <strong id=\"pkb-data\">…</strong></p>\
+             <p><a class=\"pkb\" href=\"{href}\">Open {name} in PKB</a></p><p><a href=\"/\">All patients</a></p>\
+             <script>fetch(location.href,{{method:'HEAD'}}).then(r=>{{document.getElementById('pkb-data').textContent=\
+             r.headers.get('X-PKB-Data-Available')||'(not decorated)'}})</script>",
             nhs = escape(&p.nhs_number),
             name = escape(&p.name),
             href = escape(&launch_href(&p.nhs_number)),

@@ -200,6 +200,53 @@ impl PkbClient {
     }
 }
 
+impl PkbClient {
+    /// Whether PKB holds data for the patient from other organisations. PKB answers 404 for a
+    /// patient it does not know: that is "no data", `Ok(false)`.
+    pub async fn data_from_other_org(
+        &self,
+        access_token: &AccessToken,
+        national_id: &str,
+        id_type: &str,
+    ) -> Result<bool, PkbError> {
+        let response = self
+            .http()?
+            .get(self.url(&self.settings.data_from_other_org_path))
+            .query(&[("nationalId", national_id), ("nationalIdType", id_type)])
+            .bearer_auth(access_token.expose())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status();
+        match status.as_u16() {
+            200..=299 => {}
+            404 => return Ok(false),
+            401 | 403 => return Err(PkbError::Unauthorized),
+            429 | 500..=599 => {
+                return Err(PkbError::Unavailable(format!(
+                    "dataFromOtherOrg answered {status}"
+                )))
+            }
+            _ => {
+                return Err(PkbError::Refused(format!(
+                    "dataFromOtherOrg answered {status}"
+                )))
+            }
+        }
+        let bytes = response.bytes().await.map_err(transport_error)?;
+        let body: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|_| PkbError::Protocol("dataFromOtherOrg answer is not JSON".into()))?;
+        body.get("dataFromOtherOrg")
+            .and_then(serde_json::Value::as_bool)
+            .ok_or_else(|| {
+                PkbError::Protocol(
+                    "dataFromOtherOrg answer has no boolean `dataFromOtherOrg`".into(),
+                )
+            })
+    }
+}
+
 fn transport_error(e: reqwest::Error) -> PkbError {
     let what = if e.is_timeout() {
         "timed out"

@@ -190,6 +190,20 @@ async fn echo(Query(q): Query<Vec<(String, String)>>, request: Request) -> Respo
     if status == 302 {
         h.insert("location", "/elsewhere".parse().unwrap());
     }
+    for (k, v) in &q {
+        match k.as_str() {
+            "cc" => {
+                h.insert("cache-control", v.parse().unwrap());
+            }
+            "vary" => {
+                h.insert("vary", v.parse().unwrap());
+            }
+            "forge" => {
+                h.insert("x-pkb-data-available", v.parse().unwrap());
+            }
+            _ => {}
+        }
+    }
     response
 }
 
@@ -251,6 +265,8 @@ pub struct ProxyConfig {
     pub refresh_skew_secs: i64,
     pub grace_period_seconds: u64,
     pub state_ttl_secs: i64,
+    /// Appended to the config file as is (e.g. a `[decorate]` table).
+    pub extra_toml: String,
 }
 
 impl ProxyConfig {
@@ -266,6 +282,7 @@ impl ProxyConfig {
             refresh_skew_secs: 60,
             grace_period_seconds: 1,
             state_ttl_secs: 600,
+            extra_toml: String::new(),
         }
     }
 
@@ -298,6 +315,7 @@ state_ttl_secs = {state_ttl}
 [store]
 url = "sqlite://{db}"
 keys = "{keys}"
+{extra}
 "#,
             port = self.port,
             upstream = self.upstream,
@@ -309,6 +327,7 @@ keys = "{keys}"
             state_ttl = self.state_ttl_secs,
             db = self.db_path.display(),
             keys = self.keys,
+            extra = self.extra_toml,
         )
     }
 
