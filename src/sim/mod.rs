@@ -587,6 +587,90 @@ async fn get_knobs(State(sim): Sim) -> Json<Knobs> {
     Json(sim.knobs.lock().clone())
 }
 
+/// Real tokens for `pkb_user` from a simulator at `base_url`, the way a browser and pkb-edge get
+/// them: the consent page, the user's "allow", then the code exchange with the PKCE verifier.
+/// For seeding pairings in tests, benchmarks and the admin tools, never by writing rows by hand.
+pub async fn obtain_tokens(
+    base_url: &str,
+    client_id: &str,
+    client_secret: &str,
+    pkb_user: &str,
+) -> Result<crate::store::TokenSet, String> {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let paths = SimPaths::default();
+    let verifier = crate::pairing::random_token();
+    let state = crate::pairing::random_token();
+    let challenge = pkce_challenge(&verifier);
+    let redirect_uri = "https://seed.invalid/_pkb/callback";
+    let authorize = format!("{base_url}{}", paths.authorize);
+    let params = [
+        ("client_id", client_id),
+        ("redirect_uri", redirect_uri),
+        ("scope", "CLINICIAN"),
+        ("state", state.as_str()),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ];
+    let err = |e: reqwest::Error| e.to_string();
+    let mut query = params.to_vec();
+    query.push(("response_type", "code"));
+    let page = http
+        .get(&authorize)
+        .query(&query)
+        .send()
+        .await
+        .map_err(err)?;
+    if !page.status().is_success() {
+        return Err(format!("consent page answered {}", page.status()));
+    }
+    let mut form = params.to_vec();
+    form.extend([("decision", "allow"), ("pkb_user", pkb_user)]);
+    let consent = http
+        .post(&authorize)
+        .form(&form)
+        .send()
+        .await
+        .map_err(err)?;
+    let location = consent
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("consent did not redirect")?;
+    let code = url::Url::parse(location)
+        .map_err(|e| e.to_string())?
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .ok_or("no code in the consent redirect")?;
+    let asked_at = crate::clock::Clock::now(&SystemClock);
+    let answer: serde_json::Value = http
+        .post(format!("{base_url}{}", paths.token))
+        .basic_auth(client_id, Some(client_secret))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", verifier.as_str()),
+        ])
+        .send()
+        .await
+        .map_err(err)?
+        .json()
+        .await
+        .map_err(err)?;
+    let field = |k: &str| answer[k].as_str().map(str::to_string);
+    Ok(crate::store::TokenSet {
+        access_token: crate::secret::AccessToken::new(
+            field("access_token").ok_or("no access_token")?,
+        ),
+        refresh_token: field("refresh_token").map(crate::secret::RefreshToken::new),
+        access_expires_at: asked_at + answer["expires_in"].as_i64().ok_or("no expires_in")?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

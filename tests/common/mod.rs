@@ -19,7 +19,7 @@ use axum::Router;
 use sha2::{Digest, Sha256};
 
 use pkb_edge::clock::SystemClock;
-use pkb_edge::sim::{pkce_challenge, SimConfig, Simulator};
+use pkb_edge::sim::{SimConfig, Simulator};
 use pkb_edge::store::crypto::Keyring;
 use pkb_edge::store::{open_backend, Pairing, Pairings, TokenSet};
 
@@ -76,62 +76,11 @@ impl Sim {
         self.sim.set_knobs(serde_json::from_value(knobs).unwrap());
     }
 
-    /// Real PKB tokens for `pkb_user`: consent at the authorize endpoint, then the code exchange
-    /// with the PKCE verifier, over HTTP.
+    /// Real PKB tokens for `pkb_user`, through the simulator's OAuth endpoints.
     pub async fn tokens_for(&self, pkb_user: &str) -> TokenSet {
-        let http = client();
-        let verifier = format!("verifier-{}-{}", pkb_user, "x".repeat(40));
-        let redirect_uri = "https://ehr.test/_pkb/callback";
-        let authorize = format!("{}/apiAuthorize.action", self.url());
-        let common = [
-            ("client_id", CLIENT_ID),
-            ("redirect_uri", redirect_uri),
-            ("scope", "CLINICIAN"),
-            ("state", "seed-state"),
-            ("code_challenge", &pkce_challenge(&verifier)),
-            ("code_challenge_method", "S256"),
-        ];
-        let mut query: Vec<(&str, &str)> = common.to_vec();
-        query.push(("response_type", "code"));
-        let page = http.get(&authorize).query(&query).send().await.unwrap();
-        assert_eq!(page.status(), 200, "consent page");
-        let mut form: Vec<(&str, &str)> = common.to_vec();
-        form.push(("decision", "allow"));
-        form.push(("pkb_user", pkb_user));
-        let consent = http.post(&authorize).form(&form).send().await.unwrap();
-        let location = consent.headers()["location"].to_str().unwrap().to_string();
-        let code = url::Url::parse(&location)
-            .unwrap()
-            .query_pairs()
-            .find(|(k, _)| k == "code")
-            .expect("code in consent redirect")
-            .1
-            .into_owned();
-        let answer: serde_json::Value = http
-            .post(format!("{}/apiToken.action", self.url()))
-            .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
-            .form(&[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", redirect_uri),
-                ("code_verifier", &verifier),
-            ])
-            .send()
+        pkb_edge::sim::obtain_tokens(&self.url(), CLIENT_ID, CLIENT_SECRET, pkb_user)
             .await
             .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let now = pkb_edge::clock::Clock::now(&SystemClock);
-        TokenSet {
-            access_token: pkb_edge::secret::AccessToken::new(
-                answer["access_token"].as_str().unwrap(),
-            ),
-            refresh_token: answer["refresh_token"]
-                .as_str()
-                .map(pkb_edge::secret::RefreshToken::new),
-            access_expires_at: now + answer["expires_in"].as_i64().unwrap(),
-        }
     }
 
     /// Uses a refresh token directly at the simulator, as another party would.
