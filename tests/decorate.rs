@@ -222,13 +222,9 @@ fn pkb_errors_give_unknown_and_never_fail_the_page() {
         c.pkb_base = format!("http://127.0.0.1:{dead}");
     });
     rt().block_on(async {
-        let tokens = w.sim.tokens_for("jones@pkb.example").await;
         w.config()
-            .pairings()
-            .await
-            .save("dr.jones", tokens)
-            .await
-            .unwrap();
+            .pair(&w.sim, "dr.jones", "jones@pkb.example")
+            .await;
         let r = w
             .get_as("dr.jones", &format!("/patients/{WITH_DATA}"))
             .await;

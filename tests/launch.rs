@@ -6,7 +6,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pkb_edge::sim::LoginView;
 
 const NHS: &str = "9434765919";
 
@@ -46,9 +45,7 @@ fn launch_lands_in_pkb_with_patient_context_and_the_otp_works_once() {
             format!("/auth/patientSummary.action?tab=patientSummary&contextNationalId={NHS}&contextNationalIdType=NHS")
         );
 
-        let first = follow_as_browser(&location).await;
-        assert_eq!(first.status(), 200);
-        let view: LoginView = first.json().await.unwrap();
+        let view = landing_of(&r).await;
         assert_eq!(view.user, "jones@pkb.example");
         assert_eq!(view.context.get("contextNationalId").map(String::as_str), Some(NHS));
         assert_eq!(view.context.get("contextNationalIdType").map(String::as_str), Some("NHS"));
@@ -72,7 +69,7 @@ fn launch_with_email_context_and_own_landing_path() {
         let location = header(r.headers(), "location").to_string();
         let landing = query_param(&location, "redirect_uri").unwrap();
         assert_eq!(landing, "/listAppointments.action?view=week&contextUserEmail=first%2Blast@example.com");
-        let view: LoginView = follow_as_browser(&location).await.json().await.unwrap();
+        let view = landing_of(&r).await;
         assert_eq!(view.context.get("contextUserEmail").map(String::as_str), Some("first+last@example.com"));
 
         // Without context or redirect_uri, PKB chooses the landing page.
@@ -278,13 +275,9 @@ fn pkb_slow_or_down_gives_503_within_the_timeout() {
     let dead = free_port();
     let w = World::start_with(|c| c.pkb_base = format!("http://127.0.0.1:{dead}"));
     rt().block_on(async {
-        let tokens = w.sim.tokens_for("jones@pkb.example").await;
         w.config()
-            .pairings()
-            .await
-            .save("dr.jones", tokens)
-            .await
-            .unwrap();
+            .pair(&w.sim, "dr.jones", "jones@pkb.example")
+            .await;
         assert_eq!(w.get_as("dr.jones", "/_pkb/launch").await.status(), 503);
     });
 }

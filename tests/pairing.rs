@@ -87,15 +87,7 @@ fn pairing_round_trip_then_launch() {
         );
         let r = w.get_as("dr.jones", launch).await;
         assert_eq!(r.status(), 302);
-        let view: pkb_edge::sim::LoginView = client()
-            .get(header(r.headers(), "location"))
-            .header("accept", "application/json")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let view = landing_of(&r).await;
         assert_eq!(view.user, "jones@pkb.example");
 
         // Without return_to, a "linked" page.
@@ -255,15 +247,7 @@ fn re_pairing_replaces_the_old_pairing() {
         let stored = w.config().stored("dr.jones").await.unwrap();
         assert_eq!(stored.version, 2);
         let r = w.get_as("dr.jones", "/_pkb/launch").await;
-        let view: pkb_edge::sim::LoginView = client()
-            .get(header(r.headers(), "location"))
-            .header("accept", "application/json")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let view = landing_of(&r).await;
         assert_eq!(view.user, "second@pkb.example");
     });
 }

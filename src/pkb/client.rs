@@ -168,28 +168,10 @@ impl PkbClient {
     /// Asks PKB for a one-time password for the user the access token belongs to.
     pub async fn request_otp(&self, access_token: &AccessToken) -> Result<Otp, PkbError> {
         let s = &self.settings;
-        let response = self
-            .http()?
-            .post(self.url(&s.otp_path))
-            .bearer_auth(access_token.expose())
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(transport_error)?;
-        let status = response.status();
-        match status.as_u16() {
-            200..=299 => {}
-            401 | 403 => return Err(PkbError::Unauthorized),
-            429 | 500..=599 => {
-                return Err(PkbError::Unavailable(format!(
-                    "OTP endpoint answered {status}"
-                )))
-            }
-            _ => return Err(PkbError::Refused(format!("OTP endpoint answered {status}"))),
-        }
-        let bytes = response.bytes().await.map_err(transport_error)?;
-        let body: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|_| PkbError::Protocol("OTP answer is not JSON".into()))?;
+        let request = self.http()?.post(self.url(&s.otp_path));
+        let Some(body) = self.call_api(request, access_token, "OTP").await? else {
+            return Err(PkbError::Refused("OTP endpoint answered 404".into()));
+        };
         match body.get(&s.otp_field).and_then(|v| v.as_str()) {
             Some(otp) if !otp.is_empty() => Ok(Otp::new(otp)),
             _ => Err(PkbError::Protocol(format!(
@@ -198,9 +180,7 @@ impl PkbClient {
             ))),
         }
     }
-}
 
-impl PkbClient {
     /// Whether PKB holds data for the patient from other organisations. PKB answers 404 for a
     /// patient it does not know: that is "no data", `Ok(false)`.
     pub async fn data_from_other_org(
@@ -209,10 +189,35 @@ impl PkbClient {
         national_id: &str,
         id_type: &str,
     ) -> Result<bool, PkbError> {
-        let response = self
+        let request = self
             .http()?
             .get(self.url(&self.settings.data_from_other_org_path))
-            .query(&[("nationalId", national_id), ("nationalIdType", id_type)])
+            .query(&[("nationalId", national_id), ("nationalIdType", id_type)]);
+        match self
+            .call_api(request, access_token, "dataFromOtherOrg")
+            .await?
+        {
+            None => Ok(false),
+            Some(body) => body
+                .get("dataFromOtherOrg")
+                .and_then(serde_json::Value::as_bool)
+                .ok_or_else(|| {
+                    PkbError::Protocol(
+                        "dataFromOtherOrg answer has no boolean `dataFromOtherOrg`".into(),
+                    )
+                }),
+        }
+    }
+
+    /// A call to PKB's JSON API with the user's bearer token: the JSON answer, or `None` for 404;
+    /// PKB's failures mapped to `PkbError` the same way for every endpoint.
+    async fn call_api(
+        &self,
+        request: reqwest::RequestBuilder,
+        access_token: &AccessToken,
+        what: &str,
+    ) -> Result<Option<serde_json::Value>, PkbError> {
+        let response = request
             .bearer_auth(access_token.expose())
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
@@ -221,29 +226,23 @@ impl PkbClient {
         let status = response.status();
         match status.as_u16() {
             200..=299 => {}
-            404 => return Ok(false),
+            404 => return Ok(None),
             401 | 403 => return Err(PkbError::Unauthorized),
             429 | 500..=599 => {
                 return Err(PkbError::Unavailable(format!(
-                    "dataFromOtherOrg answered {status}"
+                    "{what} endpoint answered {status}"
                 )))
             }
             _ => {
                 return Err(PkbError::Refused(format!(
-                    "dataFromOtherOrg answered {status}"
+                    "{what} endpoint answered {status}"
                 )))
             }
         }
         let bytes = response.bytes().await.map_err(transport_error)?;
-        let body: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|_| PkbError::Protocol("dataFromOtherOrg answer is not JSON".into()))?;
-        body.get("dataFromOtherOrg")
-            .and_then(serde_json::Value::as_bool)
-            .ok_or_else(|| {
-                PkbError::Protocol(
-                    "dataFromOtherOrg answer has no boolean `dataFromOtherOrg`".into(),
-                )
-            })
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|_| PkbError::Protocol(format!("{what} answer is not JSON")))
     }
 }
 

@@ -499,6 +499,20 @@ pub async fn consent_at_pkb(authorize_url: &str, pkb_user: &str, decision: &str)
     header(answer.headers(), "location").to_string()
 }
 
+/// Follows a launch's redirect to the simulator's OTP login, as a browser would, and reads who
+/// PKB signed in and with what context.
+pub async fn landing_of(launch: &reqwest::Response) -> pkb_edge::sim::LoginView {
+    client()
+        .get(header(launch.headers(), "location"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// A header's value as text.
 pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
     headers
