@@ -1,5 +1,6 @@
 //! The command line: parse, load the config, hand over. Nothing else lives here.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -242,11 +243,13 @@ patient_from = {{ path_regex = '^/patients/(\d{{10}})' }}
         Ok(s) => s,
         Err(e) => return fail("cannot start the proxy", &e),
     };
-    println!("pkb-edge demo is running. Open http://{front_addr}/ in a browser.");
-    println!("  sign in as anyone, click \"Open in PKB\" on a patient, link your (simulated) PKB account once,");
-    println!("  and land in the simulator's PKB page for that patient. Ctrl-C to stop.");
-    println!(
-        "  (proxy {proxy_addr}, sample EHR {ehr_addr}, PKB simulator {sim_addr}, state {})",
+    // Written, not println!: the demo keeps running if whoever reads its stdout goes away.
+    let _ = writeln!(
+        std::io::stdout(),
+        "pkb-edge demo is running. Open http://{front_addr}/ in a browser.\n  \
+         sign in as anyone, click \"Open in PKB\" on a patient, link your (simulated) PKB account once,\n  \
+         and land in the simulator's PKB page for that patient. Ctrl-C to stop.\n  \
+         (proxy {proxy_addr}, sample EHR {ehr_addr}, PKB simulator {sim_addr}, state {})",
         state_dir.display()
     );
     let _keep_alive = runtime;

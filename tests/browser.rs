@@ -71,8 +71,20 @@ impl Steps {
             .unwrap();
     }
 
-    async fn title(&self) -> String {
-        self.browser.title().await.unwrap()
+    /// Waits for the page titled `want` (a click may return before its navigation finishes).
+    async fn expect_page(&self, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let title = self.browser.title().await.unwrap_or_default();
+            if title.starts_with(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected the page {want:?}, still on {title:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -87,17 +99,25 @@ fn demo_click_through_in_chromium() {
         return;
     }
     let front_port = free_port();
+    let demo_log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-demo.log");
     let mut demo = Command::new(env!("CARGO_BIN_EXE_pkb-edge"))
         .args(["demo", "--listen", &format!("127.0.0.1:{front_port}")])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&demo_log).unwrap())
         .spawn()
         .unwrap();
-    let mut first_line = String::new();
-    BufReader::new(demo.stdout.take().unwrap())
-        .read_line(&mut first_line)
-        .unwrap();
+    // Keep reading the demo's output for as long as it runs.
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let stdout = demo.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
     let _demo = Killed(demo);
+    let first_line = lines_rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("the demo printed no URL; its log: {}", demo_log.display()));
     let url = format!("http://127.0.0.1:{front_port}/");
     assert!(
         first_line.contains(&url),
@@ -147,23 +167,23 @@ fn demo_click_through_in_chromium() {
 
         // The hospital's sign-on (the demo's front).
         s.browser.goto(&url).await.unwrap();
-        assert_eq!(s.title().await, "Sign in");
+        s.expect_page("Sign in").await;
         s.shot("sign-in").await;
         s.click("#signin").await;
 
         // The EHR's patient list, through the proxy.
-        assert_eq!(s.title().await, "Patients");
+        s.expect_page("Patients").await;
         assert_eq!(s.text("#signed-in").await, "Signed in as dr.jones");
         s.shot("ehr-patients").await;
         s.click("#open-9990000018").await;
 
         // Not linked yet: offered linking.
-        assert!(s.title().await.starts_with("Link your Patients Know Best account"), "{}", s.title().await);
+        s.expect_page("Link your Patients Know Best account").await;
         s.shot("offered-linking").await;
         s.browser.find(Locator::LinkText("Link your PKB account")).await.unwrap().click().await.unwrap();
 
         // PKB's consent page (the simulator).
-        assert_eq!(s.title().await, "Allow access to your PKB account?");
+        s.expect_page("Allow access to your PKB account?").await;
         let user_field = s.browser.find(Locator::Css("#pkb_user")).await.unwrap();
         user_field.clear().await.unwrap();
         user_field.send_keys("jones@pkb.example").await.unwrap();
@@ -171,7 +191,7 @@ fn demo_click_through_in_chromium() {
         s.click("#allow").await;
 
         // Back through the callback to the launch, and into PKB for Ada Lovelace.
-        assert_eq!(s.title().await, "You are signed in to PKB");
+        s.expect_page("You are signed in to PKB").await;
         assert_eq!(s.text("#user").await, "jones@pkb.example");
         assert_eq!(s.text("#patient-name").await, "Ada Lovelace");
         assert_eq!(s.text("dd[data-context=contextNationalId]").await, "9990000018");
@@ -180,7 +200,7 @@ fn demo_click_through_in_chromium() {
         // Launch again, another patient: no linking this time.
         s.browser.goto(&url).await.unwrap();
         s.click("#open-9990000026").await;
-        assert_eq!(s.title().await, "You are signed in to PKB");
+        s.expect_page("You are signed in to PKB").await;
         assert_eq!(s.text("#patient-name").await, "Mary Seacole");
         s.shot("in-pkb-mary").await;
 
