@@ -101,5 +101,64 @@ fn cache(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, pure, cache);
+/// The decorated page's extra work on a cache hit: find the patient, look the answer up, merge
+/// the response headers.
+fn decoration_hit(c: &mut Criterion) {
+    use pkb_edge::config::{Config, ENV_CLIENT_SECRET, ENV_KEYS};
+    use pkb_edge::decorate::{merged_vary, private_cache_control, Decorator};
+    use pkb_edge::pkb::PkbClient;
+    use pkb_edge::sim::{obtain_tokens, SimConfig, Simulator};
+    use pkb_edge::tokens::TokenSource;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (decorator, headers) = rt.block_on(async {
+        let sim = Simulator::new(SimConfig::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim_url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(sim.serve(listener));
+        let text = format!(
+            "listen = \"127.0.0.1:1\"\nupstream = \"http://127.0.0.1:2\"\npublic_url = \"http://x.example\"\n\
+             [identity]\ntrusted_peers = [\"127.0.0.1\"]\n[pkb]\nbase_url = \"{sim_url}\"\nclient_id = \"pkb-edge\"\n\
+             [store]\nurl = \"sqlite://{}/d.db\"\n[decorate]\npatient_from = {{ path_regex = '^/patients/(\\d{{10}})' }}\n",
+            dir.path().display()
+        );
+        let mut env = std::collections::BTreeMap::new();
+        env.insert(ENV_CLIENT_SECRET.to_string(), "sim-secret".to_string());
+        env.insert(ENV_KEYS.to_string(), Keyring::generate_line("k"));
+        let config = Config::parse(&text, &env).unwrap();
+        let pairings = pkb_edge::service::open_pairings(&config, Arc::new(SystemClock)).await.unwrap();
+        let tokens = obtain_tokens(&sim_url, "pkb-edge", "sim-secret", "bench@pkb.example").await.unwrap();
+        pairings.save("dr.jones", tokens).await.unwrap();
+        let pkb = Arc::new(PkbClient::new(Arc::new(config.pkb.clone())));
+        let source = Arc::new(TokenSource::new(pairings, pkb, Arc::new(SystemClock)));
+        let decorator = Arc::new(Decorator::new(config.decorate.clone(), source));
+        let warm = decorator.begin("dr.jones", "9990000018".into()).await;
+        Decorator::finish(warm, Duration::from_secs(5)).await;
+        (decorator, http::HeaderMap::new())
+    });
+    c.bench_function(
+        "decoration cache hit (patient, look-up, header merge)",
+        |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let patient = decorator
+                        .patient_in(black_box("/patients/9990000018"), None, &headers)
+                        .unwrap();
+                    let lookup = decorator.begin("dr.jones", patient).await;
+                    let value = Decorator::finish(lookup, Duration::from_millis(50)).await;
+                    let vary = merged_vary(&["Accept-Encoding"], &["x-authenticated-user"]);
+                    let cc = private_cache_control(&["max-age=60"]);
+                    (value, vary, cc)
+                })
+            })
+        },
+    );
+}
+
+criterion_group!(benches, pure, cache, decoration_hit);
 criterion_main!(benches);
