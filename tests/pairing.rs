@@ -37,6 +37,13 @@ fn callback_path(w: &World, callback_url: &str) -> String {
     callback_url[prefix.len()..].to_string()
 }
 
+/// A pairing started by `user`, answered at PKB by `pkb_user` with `decision`: the callback path
+/// PKB sends the browser back to (not yet followed).
+async fn consented(w: &World, user: &str, pkb_user: &str, decision: &str) -> String {
+    let authorize = start_pairing(w, user, None).await;
+    callback_path(w, &consent_at_pkb(&authorize, pkb_user, decision).await)
+}
+
 #[test]
 fn pairing_round_trip_then_launch() {
     let w = World::start();
@@ -91,9 +98,8 @@ fn pairing_round_trip_then_launch() {
         assert_eq!(view.user, "jones@pkb.example");
 
         // Without return_to, a "linked" page.
-        let authorize = start_pairing(&w, "dr.smith", None).await;
-        let callback = consent_at_pkb(&authorize, "smith@pkb.example", "allow").await;
-        let r = w.get_as("dr.smith", &callback_path(&w, &callback)).await;
+        let callback = consented(&w, "dr.smith", "smith@pkb.example", "allow").await;
+        let r = w.get_as("dr.smith", &callback).await;
         assert_eq!(r.status(), 200);
         let html = r.text().await.unwrap();
         assert!(html.contains("Your PKB account is linked"), "{html}");
@@ -116,11 +122,7 @@ fn refused_callbacks_store_nothing() {
         }
 
         // Another user's state: refused, and spent.
-        let authorize = start_pairing(&w, "dr.jones", None).await;
-        let callback = callback_path(
-            &w,
-            &consent_at_pkb(&authorize, "jones@pkb.example", "allow").await,
-        );
+        let callback = consented(&w, "dr.jones", "jones@pkb.example", "allow").await;
         let r = w.get_as("mallory", &callback).await;
         assert_eq!(r.status(), 403);
         assert!(r.text().await.unwrap().contains("different user"));
@@ -131,11 +133,7 @@ fn refused_callbacks_store_nothing() {
         );
 
         // Replay: the first use pairs, the second is refused.
-        let authorize = start_pairing(&w, "dr.jones", None).await;
-        let callback = callback_path(
-            &w,
-            &consent_at_pkb(&authorize, "jones@pkb.example", "allow").await,
-        );
+        let callback = consented(&w, "dr.jones", "jones@pkb.example", "allow").await;
         assert_eq!(w.get_as("dr.jones", &callback).await.status(), 200);
         let version = w.config().stored("dr.jones").await.unwrap().version;
         let r = w.get_as("dr.jones", &callback).await;
@@ -148,11 +146,7 @@ fn refused_callbacks_store_nothing() {
         );
 
         // The user says no at PKB.
-        let authorize = start_pairing(&w, "dr.brown", None).await;
-        let callback = callback_path(
-            &w,
-            &consent_at_pkb(&authorize, "brown@pkb.example", "deny").await,
-        );
+        let callback = consented(&w, "dr.brown", "brown@pkb.example", "deny").await;
         assert!(callback.contains("error=access_denied"));
         let r = w.get_as("dr.brown", &callback).await;
         assert_eq!(r.status(), 403);
@@ -165,21 +159,13 @@ fn refused_callbacks_store_nothing() {
         // PKB's token endpoint fails.
         w.sim
             .knobs(serde_json::json!({ "fail_rate": { "token_authorization_code": 1.0 } }));
-        let authorize = start_pairing(&w, "dr.green", None).await;
-        let callback = callback_path(
-            &w,
-            &consent_at_pkb(&authorize, "green@pkb.example", "allow").await,
-        );
+        let callback = consented(&w, "dr.green", "green@pkb.example", "allow").await;
         assert_eq!(w.get_as("dr.green", &callback).await.status(), 503);
         w.sim
             .knobs(serde_json::json!({ "fail_rate": { "token_authorization_code": 0.0 } }));
 
         // A code PKB does not accept (tampered): nothing stored.
-        let authorize = start_pairing(&w, "dr.white", None).await;
-        let callback = callback_path(
-            &w,
-            &consent_at_pkb(&authorize, "white@pkb.example", "allow").await,
-        );
+        let callback = consented(&w, "dr.white", "white@pkb.example", "allow").await;
         let tampered = callback.replace("code=", "code=x");
         assert_eq!(w.get_as("dr.white", &tampered).await.status(), 400);
 
@@ -222,11 +208,7 @@ fn refused_callbacks_store_nothing() {
 fn expired_state_is_refused() {
     let w = World::start_with(|c| c.state_ttl_secs = 1);
     rt().block_on(async {
-        let authorize = start_pairing(&w, "dr.jones", None).await;
-        let callback = callback_path(
-            &w,
-            &consent_at_pkb(&authorize, "jones@pkb.example", "allow").await,
-        );
+        let callback = consented(&w, "dr.jones", "jones@pkb.example", "allow").await;
         tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
         let r = w.get_as("dr.jones", &callback).await;
         assert_eq!(r.status(), 400);
@@ -240,8 +222,7 @@ fn re_pairing_replaces_the_old_pairing() {
     let w = World::start();
     rt().block_on(async {
         for pkb_user in ["first@pkb.example", "second@pkb.example"] {
-            let authorize = start_pairing(&w, "dr.jones", None).await;
-            let callback = callback_path(&w, &consent_at_pkb(&authorize, pkb_user, "allow").await);
+            let callback = consented(&w, "dr.jones", pkb_user, "allow").await;
             assert_eq!(w.get_as("dr.jones", &callback).await.status(), 200);
         }
         let stored = w.config().stored("dr.jones").await.unwrap();
