@@ -84,7 +84,11 @@ impl EdgeProxy {
         match route {
             Route::Unknown => Reply::not_found(format),
             Route::Unpair if method != Method::POST => Reply::method_not_allowed(format, "POST"),
-            Route::Launch | Route::Pair | Route::Callback | Route::Status
+            Route::Launch
+            | Route::Pair
+            | Route::Callback
+            | Route::Status
+            | Route::DataAvailability
                 if method != Method::GET =>
             {
                 Reply::method_not_allowed(format, "GET")

@@ -315,5 +315,15 @@ fn the_json_endpoint_answers_for_front_ends() {
             ask(Some("dr.jones"), String::new()).await.unwrap().status(),
             400
         );
+        let post = client()
+            .post(
+                w.proxy
+                    .url(&format!("/_pkb/data-availability?{}", q(WITH_DATA))),
+            )
+            .header(USER_HEADER, "dr.jones")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(post.status(), 405);
     });
 }
