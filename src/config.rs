@@ -26,6 +26,8 @@ pub const ENV_KEYS: &str = "PKB_EDGE_KEYS";
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Where `/metrics`, `/livez` and `/readyz` are served; none when unset.
+    pub ops_listen: Option<SocketAddr>,
     pub upstream: Upstream,
     pub prefix: String,
     pub public_url: Url,
@@ -159,6 +161,7 @@ impl ConfigError {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: Option<String>,
+    ops_listen: Option<String>,
     upstream: Option<String>,
     #[serde(default = "default_prefix")]
     prefix: String,
@@ -436,6 +439,11 @@ impl Validator {
         let listen = self
             .required("listen", raw.listen)
             .and_then(|s| self.socket_addr("listen", &s));
+        // Outer None: invalid (the problem is recorded); inner None: not configured.
+        let ops_listen = match raw.ops_listen {
+            Some(s) => self.socket_addr("ops_listen", &s).map(Some),
+            None => Some(None),
+        };
         let upstream = self
             .required("upstream", raw.upstream)
             .and_then(|s| self.upstream(&s));
@@ -461,8 +469,17 @@ impl Validator {
             .required("store", raw.store)
             .and_then(|s| self.store(s, env));
         let decorate = self.decorate(raw.decorate.unwrap_or_default());
+        if let (Some(Some(ops)), Some(listen)) = (&ops_listen, &listen) {
+            if ops == listen {
+                self.problem(
+                    "ops_listen",
+                    "must differ from listen: the ops endpoints are never on the public listener",
+                );
+            }
+        }
         Some(Config {
             listen: listen?,
+            ops_listen: ops_listen?,
             upstream: upstream?,
             prefix: prefix?,
             public_url: public_url?,
@@ -1053,6 +1070,24 @@ keys = "{KEY}"
         assert_eq!(
             keys_of(Config::parse(&no_group, &no_env()).unwrap_err()),
             vec!["decorate.patient_from.path_regex".to_string()]
+        );
+    }
+
+    #[test]
+    fn ops_listen_is_optional_and_never_the_public_listener() {
+        assert_eq!(
+            Config::parse(&minimal(), &no_env()).unwrap().ops_listen,
+            None
+        );
+        let with = format!("ops_listen = \"127.0.0.1:9090\"\n{}", minimal());
+        assert_eq!(
+            Config::parse(&with, &no_env()).unwrap().ops_listen,
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
+        let same = format!("ops_listen = \"127.0.0.1:8080\"\n{}", minimal());
+        assert_eq!(
+            keys_of(Config::parse(&same, &no_env()).unwrap_err()),
+            vec!["ops_listen".to_string()]
         );
     }
 

@@ -34,6 +34,21 @@ pub enum LaunchError {
     Store(#[from] StoreError),
 }
 
+impl LaunchError {
+    /// The `outcome` label of `pkb_edge_launch_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            LaunchError::NoIdentity => "no_identity",
+            LaunchError::BadRequest(_) => "bad_request",
+            LaunchError::NotPaired => "not_paired",
+            LaunchError::RelinkNeeded => "relink_needed",
+            LaunchError::PkbUnavailable(_) => "pkb_unavailable",
+            LaunchError::PkbRefused(_) => "pkb_refused",
+            LaunchError::Store(_) => "store_error",
+        }
+    }
+}
+
 /// The parsed query of a launch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchParams {

@@ -7,6 +7,7 @@ pub mod decorate;
 pub mod demo;
 pub mod identity;
 pub mod launch;
+pub mod ops;
 pub mod pages;
 pub mod pairing;
 pub mod patient;

@@ -71,6 +71,21 @@ pub enum PairingError {
     Store(#[from] StoreError),
 }
 
+impl PairingError {
+    /// The `outcome` label of `pkb_edge_pairing_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            PairingError::NoIdentity => "no_identity",
+            PairingError::BadRequest(_) => "bad_request",
+            PairingError::StateRefused(_) => "state_refused",
+            PairingError::PkbDenied(_) => "pkb_denied",
+            PairingError::PkbUnavailable(_) => "pkb_unavailable",
+            PairingError::PkbRefused(_) => "pkb_refused",
+            PairingError::Store(_) => "store_error",
+        }
+    }
+}
+
 pub struct PairingService {
     pairings: Arc<Pairings>,
     pkb: Arc<PkbClient>,

@@ -16,6 +16,7 @@ use crate::config::Upstream;
 use crate::decorate::{merged_vary, private_cache_control, Decorator, Lookup};
 use crate::identity::{hop_by_hop, IdentityResolver};
 use crate::launch::LaunchService;
+use crate::ops::metrics;
 use crate::pairing::{same_origin, PairingService};
 use crate::patient::PatientContext;
 use crate::reply::{self, Format, Reply};
@@ -93,25 +94,45 @@ impl EdgeProxy {
             {
                 Reply::method_not_allowed(format, "GET")
             }
-            Route::Launch => match self.launch.launch(user, query).await {
-                Ok(location) => {
-                    tracing::info!(user = log_user, outcome = "redirect", "launch");
-                    Reply::redirect(location)
+            Route::Launch => {
+                let started = std::time::Instant::now();
+                let result = self.launch.launch(user, query).await;
+                let m = metrics();
+                m.launch_duration_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                match result {
+                    Ok(location) => {
+                        m.launch_total.with_label_values(&["redirect"]).inc();
+                        tracing::info!(user = log_user, outcome = "redirect", "launch");
+                        Reply::redirect(location)
+                    }
+                    Err(e) => {
+                        m.launch_total.with_label_values(&[e.outcome()]).inc();
+                        tracing::info!(user = log_user, outcome = %e, "launch refused");
+                        reply::launch_error(&e, format, &self.prefix, this_url)
+                    }
                 }
-                Err(e) => {
-                    tracing::info!(user = log_user, outcome = %e, "launch refused");
-                    reply::launch_error(&e, format, &self.prefix, this_url)
-                }
-            },
+            }
             Route::Pair => match self.pairing.start(user, query).await {
-                Ok(authorize_url) => Reply::redirect(authorize_url),
+                Ok(authorize_url) => {
+                    metrics()
+                        .pairing_total
+                        .with_label_values(&["started"])
+                        .inc();
+                    Reply::redirect(authorize_url)
+                }
                 Err(e) => {
+                    metrics()
+                        .pairing_total
+                        .with_label_values(&[e.outcome()])
+                        .inc();
                     tracing::info!(user = log_user, outcome = %e, "pairing refused");
                     reply::pairing_error(&e, format, &restart_pairing)
                 }
             },
             Route::Callback => match self.pairing.callback(user, query).await {
                 Ok(return_to) => {
+                    metrics().pairing_total.with_label_values(&["paired"]).inc();
                     tracing::info!(user = log_user, outcome = "paired", "pairing");
                     match return_to {
                         Some(path) => Reply::redirect(path.to_string()),
@@ -119,6 +140,10 @@ impl EdgeProxy {
                     }
                 }
                 Err(e) => {
+                    metrics()
+                        .pairing_total
+                        .with_label_values(&[e.outcome()])
+                        .inc();
                     tracing::info!(user = log_user, outcome = %e, "pairing refused");
                     reply::pairing_error(&e, format, &restart_pairing)
                 }
@@ -132,6 +157,10 @@ impl EdgeProxy {
                 }
                 match self.pairing.unpair(user).await {
                     Ok(was_paired) => {
+                        metrics()
+                            .pairing_total
+                            .with_label_values(&["unpaired"])
+                            .inc();
                         tracing::info!(user = log_user, was_paired, "unpaired");
                         Reply::unlinked(format, &self.prefix, was_paired)
                     }
@@ -319,6 +348,10 @@ impl ProxyHttp for EdgeProxy {
             return Ok(());
         }
         let value = Decorator::finish(lookup, self.decorator.settings().budget).await;
+        metrics()
+            .decoration_total
+            .with_label_values(&[value.header_value()])
+            .inc();
         upstream_response.insert_header(header.clone(), value.header_value())?;
         let values = |name: http::HeaderName| -> Vec<String> {
             upstream_response

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::decorate::{Decorator, PatientSource};
 use crate::identity::IdentityResolver;
 use crate::launch::LaunchService;
+use crate::ops::OpsApp;
 use crate::pairing::PairingService;
 use crate::pkb::PkbClient;
 use crate::proxy::EdgeProxy;
@@ -47,6 +48,7 @@ pub fn build_server(config: &Config) -> Result<Server, StoreError> {
         .build()
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
     let pairings = setup.block_on(open_pairings(config, clock.clone()))?;
+    let ops_pairings = pairings.clone();
     drop(setup);
 
     let pkb = Arc::new(PkbClient::new(Arc::new(config.pkb.clone())));
@@ -95,5 +97,13 @@ pub fn build_server(config: &Config) -> Result<Server, StoreError> {
     );
     service.add_tcp(&config.listen.to_string());
     server.add_service(service);
+    if let Some(ops_listen) = config.ops_listen {
+        let app = pingora::apps::http_app::HttpServer::new_app(OpsApp {
+            pairings: ops_pairings,
+        });
+        let mut ops = pingora::services::listening::Service::new("pkb-edge ops".to_string(), app);
+        ops.add_tcp(&ops_listen.to_string());
+        server.add_service(ops);
+    }
     Ok(server)
 }

@@ -44,7 +44,17 @@ impl TokenSource {
                 return Err(RefreshFailure::GrantRejected);
             };
             let asked_at = clock.now();
-            match pkb.refresh(&refresh_token).await {
+            let answer = pkb.refresh(&refresh_token).await;
+            let outcome = match &answer {
+                Ok(_) => "refreshed",
+                Err(PkbError::InvalidGrant) => "invalid_grant",
+                Err(_) => "failed",
+            };
+            crate::ops::metrics()
+                .token_refresh_total
+                .with_label_values(&[outcome])
+                .inc();
+            match answer {
                 Ok(answer) => Ok(TokenSet {
                     access_token: answer.access_token,
                     // No new refresh token issued: the old one stays valid (RFC 6749 §6).

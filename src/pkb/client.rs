@@ -120,6 +120,7 @@ impl PkbClient {
     }
 
     async fn token_request(&self, form: &[(&str, &str)]) -> Result<TokenResponse, PkbError> {
+        let started = std::time::Instant::now();
         let s = &self.settings;
         let mut body: Vec<(&str, &str)> = form.to_vec();
         let mut request = self.http()?.post(self.url(&s.token_path));
@@ -142,8 +143,16 @@ impl PkbClient {
             .form(&body)
             .send()
             .await
-            .map_err(transport_error)?;
+            .map_err(|e| {
+                crate::ops::observe_pkb(
+                    "token",
+                    started,
+                    if e.is_timeout() { "timeout" } else { "error" },
+                );
+                transport_error(e)
+            })?;
         let status = response.status();
+        crate::ops::observe_pkb("token", started, status.as_str());
         let bytes = response.bytes().await.map_err(transport_error)?;
         if status.is_success() {
             return parse_token_response(&bytes);
@@ -169,7 +178,7 @@ impl PkbClient {
     pub async fn request_otp(&self, access_token: &AccessToken) -> Result<Otp, PkbError> {
         let s = &self.settings;
         let request = self.http()?.post(self.url(&s.otp_path));
-        let Some(body) = self.call_api(request, access_token, "OTP").await? else {
+        let Some(body) = self.call_api(request, access_token, "otp").await? else {
             return Err(PkbError::Refused("OTP endpoint answered 404".into()));
         };
         match body.get(&s.otp_field).and_then(|v| v.as_str()) {
@@ -217,13 +226,22 @@ impl PkbClient {
         access_token: &AccessToken,
         what: &str,
     ) -> Result<Option<serde_json::Value>, PkbError> {
+        let started = std::time::Instant::now();
         let response = request
             .bearer_auth(access_token.expose())
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(transport_error)?;
+            .map_err(|e| {
+                crate::ops::observe_pkb(
+                    what,
+                    started,
+                    if e.is_timeout() { "timeout" } else { "error" },
+                );
+                transport_error(e)
+            })?;
         let status = response.status();
+        crate::ops::observe_pkb(what, started, status.as_str());
         match status.as_u16() {
             200..=299 => {}
             404 => return Ok(None),

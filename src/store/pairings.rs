@@ -121,9 +121,12 @@ impl Pairings {
 
     /// The user's pairing, from the cache or the store.
     pub async fn get(&self, user_id: &str) -> Result<Option<Arc<Pairing>>, StoreError> {
+        let counted = &crate::ops::metrics().token_cache_total;
         if let Some(p) = self.cache.get(user_id).await {
+            counted.with_label_values(&["hit"]).inc();
             return Ok(Some(p));
         }
+        counted.with_label_values(&["miss"]).inc();
         self.load(user_id).await
     }
 

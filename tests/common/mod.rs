@@ -216,6 +216,8 @@ pub struct ProxyConfig {
     pub state_ttl_secs: i64,
     /// Appended to the config file as is (e.g. a `[decorate]` table).
     pub extra_toml: String,
+    /// Serve `/metrics`, `/livez`, `/readyz` on this port.
+    pub ops_port: Option<u16>,
 }
 
 impl ProxyConfig {
@@ -232,6 +234,7 @@ impl ProxyConfig {
             grace_period_seconds: 1,
             state_ttl_secs: 600,
             extra_toml: String::new(),
+            ops_port: None,
         }
     }
 
@@ -243,6 +246,7 @@ impl ProxyConfig {
             .collect();
         format!(
             r#"
+{ops}
 listen = "127.0.0.1:{port}"
 upstream = "http://{upstream}"
 public_url = "http://127.0.0.1:{port}"
@@ -277,6 +281,10 @@ keys = "{keys}"
             db = self.db_path.display(),
             keys = self.keys,
             extra = self.extra_toml,
+            ops = self
+                .ops_port
+                .map(|p| format!("ops_listen = \"127.0.0.1:{p}\""))
+                .unwrap_or_default(),
         )
     }
 

@@ -1,0 +1,150 @@
+//! Operations: the Prometheus metrics every part of pkb-edge reports to, and the ops listener
+//! (`/metrics`, `/livez`, `/readyz`) that is never the public listener and never proxies.
+//!
+//! Labels never carry a user id, a patient id or a token: only outcomes, endpoints and statuses.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use pingora_prometheus::prometheus::{
+    register_histogram, register_histogram_vec, register_int_counter_vec, Encoder, Histogram,
+    HistogramVec, IntCounterVec, TextEncoder,
+};
+
+use crate::store::Pairings;
+
+/// From half a millisecond (proxy overhead) to ten seconds (a PKB stall).
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+pub struct Metrics {
+    pub launch_total: IntCounterVec,
+    pub launch_duration_seconds: Histogram,
+    pub pkb_request_duration_seconds: HistogramVec,
+    pub pkb_requests_total: IntCounterVec,
+    pub token_refresh_total: IntCounterVec,
+    pub token_cache_total: IntCounterVec,
+    pub decoration_total: IntCounterVec,
+    pub pairing_total: IntCounterVec,
+}
+
+/// The process's metrics, registered once in the registry `/metrics` serves.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        // Registration fails only for a duplicate name, which this one place rules out.
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register_int_counter_vec!(format!("pkb_edge_{name}"), help, labels)
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+        };
+        Metrics {
+            launch_total: counter("launch_total", "Launches by outcome.", &["outcome"]),
+            launch_duration_seconds: register_histogram!(
+                "pkb_edge_launch_duration_seconds",
+                "Time to answer a launch, refresh and OTP included.",
+                BUCKETS.to_vec()
+            )
+            .unwrap_or_else(|e| panic!("metric launch_duration_seconds: {e}")),
+            pkb_request_duration_seconds: register_histogram_vec!(
+                "pkb_edge_pkb_request_duration_seconds",
+                "Time of each call to PKB, by endpoint.",
+                &["endpoint"],
+                BUCKETS.to_vec()
+            )
+            .unwrap_or_else(|e| panic!("metric pkb_request_duration_seconds: {e}")),
+            pkb_requests_total: counter(
+                "pkb_requests_total",
+                "Calls to PKB by endpoint and HTTP status (or timeout/error).",
+                &["endpoint", "status"],
+            ),
+            token_refresh_total: counter(
+                "token_refresh_total",
+                "Access-token refreshes by outcome.",
+                &["outcome"],
+            ),
+            token_cache_total: counter(
+                "token_cache_total",
+                "Pairing look-ups by cache result.",
+                &["result"],
+            ),
+            decoration_total: counter(
+                "decoration_total",
+                "Decorated responses by header value.",
+                &["value"],
+            ),
+            pairing_total: counter("pairing_total", "Pairing steps by outcome.", &["outcome"]),
+        }
+    })
+}
+
+/// Records one call to PKB: its duration and its status (`timeout`, `error` when none came back).
+pub fn observe_pkb(endpoint: &str, started: std::time::Instant, status: &str) {
+    let m = metrics();
+    m.pkb_request_duration_seconds
+        .with_label_values(&[endpoint])
+        .observe(started.elapsed().as_secs_f64());
+    m.pkb_requests_total
+        .with_label_values(&[endpoint, status])
+        .inc();
+}
+
+/// The ops listener's application.
+pub struct OpsApp {
+    pub pairings: Arc<Pairings>,
+}
+
+fn plain(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u8>> {
+    let mut response = http::Response::new(body);
+    *response.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    let len = response.body().len();
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    response
+}
+
+#[async_trait]
+impl ServeHttp for OpsApp {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        match session.req_header().uri.path() {
+            "/metrics" => {
+                metrics();
+                let encoder = TextEncoder::new();
+                let mut buffer = Vec::new();
+                match encoder.encode(&pingora_prometheus::prometheus::gather(), &mut buffer) {
+                    Ok(()) => plain(200, encoder.format_type(), buffer),
+                    Err(e) => plain(
+                        500,
+                        "text/plain",
+                        format!("metrics could not be encoded: {e}\n").into_bytes(),
+                    ),
+                }
+            }
+            "/livez" => plain(200, "text/plain", b"live\n".to_vec()),
+            "/readyz" => match tokio::time::timeout(Duration::from_secs(2), self.pairings.ping())
+                .await
+            {
+                Ok(Ok(())) => plain(200, "text/plain", b"ready\n".to_vec()),
+                Ok(Err(e)) => plain(503, "text/plain", format!("not ready: {e}\n").into_bytes()),
+                Err(_) => plain(
+                    503,
+                    "text/plain",
+                    b"not ready: the token store did not answer within 2 s\n".to_vec(),
+                ),
+            },
+            _ => plain(
+                404,
+                "text/plain",
+                b"not found: /metrics, /livez, /readyz\n".to_vec(),
+            ),
+        }
+    }
+}
