@@ -32,7 +32,9 @@ pub struct Metrics {
     pub pairing_total: IntCounterVec,
 }
 
-/// The process's metrics, registered once in the registry `/metrics` serves.
+/// The process's metrics, registered once in the registry `/metrics` serves. `build_server`
+/// calls this before serving, so the registration (which fails only on a duplicate name) never
+/// happens on a request.
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(|| {

@@ -17,7 +17,7 @@ use crate::decorate::{merged_vary, private_cache_control, Decorator, Lookup};
 use crate::identity::{hop_by_hop, IdentityResolver};
 use crate::launch::LaunchService;
 use crate::ops::metrics;
-use crate::pairing::{same_origin, PairingService};
+use crate::pairing::{same_origin, PairingError, PairingService};
 use crate::patient::PatientContext;
 use crate::reply::{self, Format, Reply};
 
@@ -121,14 +121,7 @@ impl EdgeProxy {
                         .inc();
                     Reply::redirect(authorize_url)
                 }
-                Err(e) => {
-                    metrics()
-                        .pairing_total
-                        .with_label_values(&[e.outcome()])
-                        .inc();
-                    tracing::info!(user = log_user, outcome = %e, "pairing refused");
-                    reply::pairing_error(&e, format, &restart_pairing)
-                }
+                Err(e) => pairing_refused(&e, log_user, format, &restart_pairing),
             },
             Route::Callback => match self.pairing.callback(user, query).await {
                 Ok(return_to) => {
@@ -139,14 +132,7 @@ impl EdgeProxy {
                         None => Reply::linked(format, &self.prefix),
                     }
                 }
-                Err(e) => {
-                    metrics()
-                        .pairing_total
-                        .with_label_values(&[e.outcome()])
-                        .inc();
-                    tracing::info!(user = log_user, outcome = %e, "pairing refused");
-                    reply::pairing_error(&e, format, &restart_pairing)
-                }
+                Err(e) => pairing_refused(&e, log_user, format, &restart_pairing),
             },
             Route::Unpair => {
                 let origin = header(http::header::ORIGIN);
@@ -254,6 +240,16 @@ impl EdgeProxy {
             ctx.lookup = Some(self.decorator.begin(user, patient).await);
         }
     }
+}
+
+/// A refused pairing step: counted, logged, answered with its page.
+fn pairing_refused(e: &PairingError, user: &str, format: Format, restart_pairing: &str) -> Reply {
+    metrics()
+        .pairing_total
+        .with_label_values(&[e.outcome()])
+        .inc();
+    tracing::info!(user, outcome = %e, "pairing refused");
+    reply::pairing_error(e, format, restart_pairing)
 }
 
 fn as_strs(v: &[String]) -> Vec<&str> {

@@ -42,6 +42,8 @@ pub async fn open_pairings(
 /// Builds the Pingora server for `config`. Opening the store happens here, on a short-lived
 /// runtime; nothing built on it (no HTTP client, no pool) outlives it.
 pub fn build_server(config: &Config) -> Result<Server, StoreError> {
+    // Register the metrics now: a registration problem shows at start-up, never on a request.
+    crate::ops::metrics();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let setup = tokio::runtime::Builder::new_current_thread()
         .enable_all()
