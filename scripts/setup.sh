@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing pkb-edge needs on a Debian machine: cmake and a C compiler
 # (Pingora's zlib-ng), pkg-config, and Chromium with chromedriver for the browser test.
+# With --bench, also wrk (the benchmark's load generator) and nginx (its baseline).
 # Safe to run again. Needs root (or sudo).
 set -euo pipefail
 
@@ -13,6 +14,10 @@ command -v cc >/dev/null || need+=(gcc)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+if [ "${1:-}" = "--bench" ]; then
+  command -v wrk >/dev/null || need+=(wrk)
+  [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

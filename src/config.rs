@@ -21,6 +21,10 @@ use crate::secret::{ClientSecret, SecretText};
 pub const ENV_CLIENT_SECRET: &str = "PKB_EDGE_CLIENT_SECRET";
 /// Environment variable that may hold the encryption keys (`KEY_ID:BASE64` per line or comma).
 pub const ENV_KEYS: &str = "PKB_EDGE_KEYS";
+/// Environment variable that may hold the PostgreSQL password.
+pub const ENV_STORE_PASSWORD: &str = "PKB_EDGE_STORE_PASSWORD";
+/// Environment variable that may hold the audit log's patient-hash key.
+pub const ENV_AUDIT_KEY: &str = "PKB_EDGE_AUDIT_KEY";
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -36,6 +40,30 @@ pub struct Config {
     pub pkb: PkbSettings,
     pub store: StoreSettings,
     pub decorate: crate::decorate::DecorateSettings,
+    pub limits: LimitSettings,
+    pub audit: AuditSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    /// Launches one user may make per minute (bursts up to this many); 0 turns the limit off.
+    pub launch_per_minute: u32,
+    /// Calls to PKB in flight at once, over all users; more are refused at once (503).
+    pub pkb_concurrency: usize,
+}
+
+/// Where audit lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSink {
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    pub sink: AuditSink,
+    /// Keys the patient-id hash. `None`: derived from the store's first encryption key.
+    pub hash_key: Option<SecretText>,
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +81,10 @@ pub struct ServerSettings {
     pub grace_period_seconds: u64,
     pub graceful_shutdown_timeout_seconds: u64,
     pub upstream_keepalive_pool_size: usize,
+    /// Pingora's pid file, and the socket a new process (`run --upgrade`) takes the listening
+    /// sockets over from.
+    pub pid_file: PathBuf,
+    pub upgrade_sock: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -106,7 +138,16 @@ pub struct PkbSettings {
 
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
+    /// `sqlite://PATH` or `postgres://…`, without a password (that is in `password`).
     pub url: String,
+    /// The database password: from the URL, `store.password_file` or PKB_EDGE_STORE_PASSWORD.
+    pub password: Option<SecretText>,
+    /// PostgreSQL connections per pool.
+    pub pool_size: usize,
+    /// PEM CA certificates the database's TLS certificate must chain to.
+    pub tls_ca_file: Option<PathBuf>,
+    /// How the PostgreSQL connection is protected.
+    pub tls: crate::store::postgres::TlsMode,
     /// The raw key lines; parsed and checked by `store::crypto::Keyring::parse`.
     pub keys: SecretText,
     /// Where the keys came from, for error messages (`store.keys_file`, `PKB_EDGE_KEYS`…).
@@ -172,6 +213,35 @@ struct RawConfig {
     pkb: Option<RawPkb>,
     store: Option<RawStore>,
     decorate: Option<RawDecorate>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    launch_per_minute: u32,
+    pkb_concurrency: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            launch_per_minute: 30,
+            pkb_concurrency: 256,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    /// A file to append to; `-` or absent: standard output.
+    file: Option<PathBuf>,
+    hash_key: Option<String>,
+    hash_key_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -235,6 +305,8 @@ struct RawServer {
     grace_period_seconds: u64,
     graceful_shutdown_timeout_seconds: u64,
     upstream_keepalive_pool_size: usize,
+    pid_file: Option<PathBuf>,
+    upgrade_sock: Option<PathBuf>,
 }
 
 impl Default for RawServer {
@@ -244,6 +316,8 @@ impl Default for RawServer {
             grace_period_seconds: 30,
             graceful_shutdown_timeout_seconds: 10,
             upstream_keepalive_pool_size: 256,
+            pid_file: None,
+            upgrade_sock: None,
         }
     }
 }
@@ -338,6 +412,12 @@ fn default_state_ttl() -> i64 {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     url: Option<String>,
+    password_file: Option<PathBuf>,
+    #[serde(default = "default_pool_size")]
+    pool_size: usize,
+    tls_ca_file: Option<PathBuf>,
+    #[serde(default = "default_store_tls")]
+    tls: crate::store::postgres::TlsMode,
     keys: Option<String>,
     keys_file: Option<PathBuf>,
     #[serde(default = "default_cache_capacity")]
@@ -346,6 +426,12 @@ struct RawStore {
     cache_ttl_secs: u64,
 }
 
+fn default_store_tls() -> crate::store::postgres::TlsMode {
+    crate::store::postgres::TlsMode::Prefer
+}
+fn default_pool_size() -> usize {
+    16
+}
 fn default_cache_capacity() -> u64 {
     100_000
 }
@@ -387,7 +473,7 @@ impl Config {
     }
 
     pub fn parse(text: &str, env: &dyn Environment) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(toml_error)?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(e, text))?;
         let mut v = Validator::default();
         let config = v.config(raw, env);
         match config {
@@ -399,20 +485,58 @@ impl Config {
     }
 }
 
-/// serde's message for an unknown or mistyped key already names it; say which key and where.
-fn toml_error(e: toml::de::Error) -> ConfigError {
+/// serde's message for an unknown key names it; for a mistyped value, the key is read off the
+/// file at the error's position (the `[table]` above it and the key on its line).
+fn toml_error(e: toml::de::Error, text: &str) -> ConfigError {
     let message = e.message().to_string();
-    let key = message
+    let unknown = message
         .split('`')
         .nth(1)
         .filter(|_| message.starts_with("unknown field"))
-        .map(str::to_string)
+        .map(str::to_string);
+    let key = unknown
+        .or_else(|| e.span().and_then(|s| key_at(text, s.start)))
         .unwrap_or_else(|| "(syntax)".to_string());
+    // serde quotes the offending value; for a secret, say only what kind of value it was.
+    let secret = ["secret", "keys", "hash_key", "password"]
+        .iter()
+        .any(|s| key.ends_with(s));
+    let message = if secret {
+        "has the wrong type (a secret is a string)".to_string()
+    } else {
+        message
+    };
     let location = e
         .span()
         .map(|s| format!(" (at byte {})", s.start))
         .unwrap_or_default();
     ConfigError::one(&key, format!("{message}{location}"))
+}
+
+/// The dotted key whose value starts at or contains byte `at` of `text`, if a plain
+/// `key = value` line holds it.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let before = text.get(..at)?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let (key, _) = text[line_start..].split_once('=')?;
+    let key = key.trim();
+    if key.is_empty()
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+    {
+        return None;
+    }
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_string(),
+    })
 }
 
 #[derive(Default)]
@@ -451,7 +575,7 @@ impl Validator {
         let public_url = self
             .required("public_url", raw.public_url)
             .and_then(|s| self.base_url("public_url", &s));
-        let server = self.server(raw.server);
+        let server = self.server(raw.server, listen.map_or(0, |l| l.port()));
         let identity = self
             .required("identity", raw.identity)
             .and_then(|i| self.identity(i));
@@ -469,6 +593,8 @@ impl Validator {
             .required("store", raw.store)
             .and_then(|s| self.store(s, env));
         let decorate = self.decorate(raw.decorate.unwrap_or_default());
+        let limits = self.limits(raw.limits);
+        let audit = self.audit(raw.audit, env);
         if let (Some(Some(ops)), Some(listen)) = (&ops_listen, &listen) {
             if ops == listen {
                 self.problem(
@@ -488,7 +614,62 @@ impl Validator {
             pkb: pkb?,
             store: store?,
             decorate: decorate?,
+            limits: limits?,
+            audit: audit?,
         })
+    }
+
+    fn limits(&mut self, l: RawLimits) -> Option<LimitSettings> {
+        if l.launch_per_minute > 6000 {
+            self.problem(
+                "limits.launch_per_minute",
+                "must be at most 6000 (0 turns the limit off)",
+            );
+        }
+        if !(1..=100_000).contains(&l.pkb_concurrency) {
+            self.problem("limits.pkb_concurrency", "must be between 1 and 100000");
+        }
+        Some(LimitSettings {
+            launch_per_minute: l.launch_per_minute,
+            pkb_concurrency: l.pkb_concurrency,
+        })
+    }
+
+    fn audit(&mut self, a: RawAudit, env: &dyn Environment) -> Option<AuditSettings> {
+        let sink = match a.file {
+            None => AuditSink::Stdout,
+            Some(p) if p.as_os_str() == "-" => AuditSink::Stdout,
+            Some(p) if p.as_os_str().is_empty() => {
+                self.problem(
+                    "audit.file",
+                    "is empty; give a path, or `-` for standard output",
+                );
+                return None;
+            }
+            Some(p) => AuditSink::File(p),
+        };
+        let given =
+            a.hash_key.is_some() || a.hash_key_file.is_some() || env.var(ENV_AUDIT_KEY).is_some();
+        let hash_key = if given {
+            let key = self.secret(
+                "audit.hash_key",
+                a.hash_key,
+                "audit.hash_key_file",
+                a.hash_key_file.as_deref(),
+                ENV_AUDIT_KEY,
+                env,
+            )?;
+            if key.expose().len() < 16 {
+                self.problem(
+                    "audit.hash_key",
+                    "must be at least 16 characters (e.g. the output of `pkb-edge keygen`)",
+                );
+            }
+            Some(key)
+        } else {
+            None
+        };
+        Some(AuditSettings { sink, hash_key })
     }
 
     fn socket_addr(&mut self, key: &str, s: &str) -> Option<SocketAddr> {
@@ -585,7 +766,7 @@ impl Validator {
         }
     }
 
-    fn server(&mut self, s: RawServer) -> Option<ServerSettings> {
+    fn server(&mut self, s: RawServer, port: u16) -> Option<ServerSettings> {
         if s.threads == 0 || s.threads > 1024 {
             self.problem("server.threads", "must be between 1 and 1024");
             return None;
@@ -599,6 +780,12 @@ impl Validator {
             grace_period_seconds: s.grace_period_seconds,
             graceful_shutdown_timeout_seconds: s.graceful_shutdown_timeout_seconds,
             upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+            pid_file: s
+                .pid_file
+                .unwrap_or_else(|| std::env::temp_dir().join(format!("pkb-edge-{port}.pid"))),
+            upgrade_sock: s.upgrade_sock.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("pkb-edge-{port}-upgrade.sock"))
+            }),
         })
     }
 
@@ -748,11 +935,109 @@ impl Validator {
 
     fn store(&mut self, s: RawStore, env: &dyn Environment) -> Option<StoreSettings> {
         let url = self.required("store.url", s.url);
-        if let Some(u) = &url {
-            if !u.starts_with("sqlite://") {
-                self.problem("store.url", format!("`{u}` must start with sqlite:// (e.g. sqlite:///var/lib/pkb-edge/pairings.db)"));
-            } else if u.len() == "sqlite://".len() {
-                self.problem("store.url", "names no file: sqlite://PATH");
+        let mut password = None;
+        let url = match url {
+            Some(u) if u.starts_with("sqlite://") => {
+                if u.len() == "sqlite://".len() {
+                    self.problem("store.url", "names no file: sqlite://PATH");
+                }
+                if s.password_file.is_some() || s.tls_ca_file.is_some() {
+                    self.problem(
+                        "store.url",
+                        "store.password_file and store.tls_ca_file are for postgres:// stores",
+                    );
+                }
+                Some(u)
+            }
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+                match Url::parse(&u) {
+                    Ok(parsed)
+                        if parsed
+                            .query_pairs()
+                            .any(|(k, _)| k == "sslmode" || k == "password") =>
+                    {
+                        self.problem(
+                            "store.url",
+                            "must not carry sslmode or password parameters: set store.tls, and the password in the URL's user part, store.password_file or PKB_EDGE_STORE_PASSWORD",
+                        );
+                        None
+                    }
+                    Ok(mut parsed) if parsed.host_str().is_some_and(|h| !h.is_empty()) => {
+                        if let Some(p) = parsed.password() {
+                            let p = percent_encoding::percent_decode_str(p)
+                                .decode_utf8_lossy()
+                                .into_owned();
+                            password = Some(SecretText::new(p));
+                            let _ = parsed.set_password(None);
+                        }
+                        Some(parsed.to_string())
+                    }
+                    _ => {
+                        self.problem(
+                            "store.url",
+                            "is not a valid postgres://USER@HOST:PORT/DATABASE URL",
+                        );
+                        None
+                    }
+                }
+            }
+            Some(u) => {
+                self.problem(
+                    "store.url",
+                    format!(
+                        "`{}` must be sqlite://PATH (e.g. sqlite:///var/lib/pkb-edge/pairings.db) or postgres://USER@HOST:PORT/DATABASE",
+                        crate::store::redact_url(&u)
+                    ),
+                );
+                None
+            }
+            None => None,
+        };
+        let from_elsewhere = match (s.password_file, env.var(ENV_STORE_PASSWORD)) {
+            (Some(path), _) => match std::fs::read_to_string(&path) {
+                Ok(p) if !p.trim().is_empty() => Some(SecretText::new(p.trim().to_string())),
+                Ok(_) => {
+                    self.problem(
+                        "store.password_file",
+                        format!("{} is empty", path.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.problem(
+                        "store.password_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            },
+            (None, Some(p)) => Some(SecretText::new(p)),
+            (None, None) => None,
+        };
+        if let Some(p) = from_elsewhere {
+            if password.is_some() {
+                self.problem(
+                    "store.url",
+                    "holds a password and store.password_file (or PKB_EDGE_STORE_PASSWORD) gives one too; give one",
+                );
+            }
+            password = Some(p);
+        }
+        if !(1..=1000).contains(&s.pool_size) {
+            self.problem("store.pool_size", "must be between 1 and 1000");
+        }
+        if let Some(ca) = &s.tls_ca_file {
+            if s.tls != crate::store::postgres::TlsMode::Verify {
+                self.problem(
+                    "store.tls_ca_file",
+                    "is only used with store.tls = \"verify\"; set that too (or remove the CA file)",
+                );
+            }
+            if !ca.is_file() {
+                self.problem(
+                    "store.tls_ca_file",
+                    format!("{} is not a readable file", ca.display()),
+                );
             }
         }
         let (keys_source, keys) = match (s.keys, s.keys_file, env.var(ENV_KEYS)) {
@@ -793,6 +1078,10 @@ impl Validator {
         }
         Some(StoreSettings {
             url: url?,
+            password,
+            pool_size: s.pool_size,
+            tls_ca_file: s.tls_ca_file,
+            tls: s.tls,
             keys: keys?,
             keys_source,
             cache_capacity: s.cache_capacity,
@@ -1001,6 +1290,66 @@ keys = "{KEY}"
             "{keys:?}"
         );
         assert!(keys.contains(&"pkb.base_url".to_string()), "{keys:?}");
+    }
+
+    #[test]
+    fn a_mistyped_value_names_its_key() {
+        let text = minimal().replace("[store]", "[store]\ncache_capacity = \"lots\"");
+        assert_eq!(
+            keys_of(Config::parse(&text, &no_env()).unwrap_err()),
+            ["store.cache_capacity"]
+        );
+        let err = Config::parse("listen = 1\n", &no_env()).unwrap_err();
+        assert_eq!(keys_of(err), ["listen"]);
+    }
+
+    #[test]
+    fn postgres_stores_keep_the_password_out_of_the_url() {
+        let pg = |store: &str, env: &[(&str, &str)]| {
+            let env: BTreeMap<String, String> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let text = minimal().replace(
+                "url = \"sqlite:///tmp/x.db\"",
+                &format!("url = \"postgres://edge:s%40cret@db.example:5432/pkb\"\n{store}"),
+            );
+            Config::parse(&text, &env)
+        };
+        let c = pg("pool_size = 4\ntls = \"verify\"", &[]).unwrap();
+        assert_eq!(c.store.url, "postgres://edge@db.example:5432/pkb");
+        assert_eq!(c.store.password.as_ref().unwrap().expose(), "s@cret");
+        assert_eq!(c.store.pool_size, 4);
+        assert_eq!(c.store.tls, crate::store::postgres::TlsMode::Verify);
+        assert!(!format!("{c:?}").contains("s@cret"));
+        let err = pg("", &[(ENV_STORE_PASSWORD, "other")]).unwrap_err();
+        assert_eq!(keys_of(err.clone()), ["store.url"]);
+        assert!(!err.to_string().contains("s@cret"), "{err}");
+        assert_eq!(
+            keys_of(pg("pool_size = 0", &[]).unwrap_err()),
+            ["store.pool_size"]
+        );
+        assert_eq!(
+            keys_of(pg("tls = \"maybe\"", &[]).unwrap_err()),
+            ["store.tls"]
+        );
+        assert_eq!(
+            keys_of(pg("tls_ca_file = \"Cargo.toml\"", &[]).unwrap_err()),
+            ["store.tls_ca_file"]
+        );
+        let in_query = minimal().replace("sqlite:///tmp/x.db", "postgres://u@h/db?sslmode=disable");
+        assert_eq!(
+            keys_of(Config::parse(&in_query, &no_env()).unwrap_err()),
+            ["store.url"]
+        );
+        let secret_typed =
+            minimal().replace("client_secret = \"s3cret\"", "client_secret = 12345678");
+        let err = Config::parse(&secret_typed, &no_env()).unwrap_err();
+        assert!(!err.to_string().contains("12345678"), "{err}");
+        let bad = minimal().replace("sqlite:///tmp/x.db", "mysql://u:hunter2@h/db");
+        let err = Config::parse(&bad, &no_env()).unwrap_err();
+        assert_eq!(keys_of(err.clone()), ["store.url"]);
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use http::{HeaderMap, HeaderName};
 use moka::future::Cache;
@@ -155,7 +156,9 @@ impl Decorator {
             return Lookup::Ready(entry.value);
         }
         let this = self.clone();
-        Lookup::Pending(tokio::spawn(async move { this.cached(key).await }))
+        Lookup::Pending(tokio::spawn(
+            async move { this.cached(key).await }.in_current_span(),
+        ))
     }
 
     /// The answer, waiting for a pending look-up at most `budget`.
@@ -184,7 +187,9 @@ impl Decorator {
         };
         let this = self.clone();
         Decorator::finish(
-            Lookup::Pending(tokio::spawn(async move { this.cached(key).await })),
+            Lookup::Pending(tokio::spawn(
+                async move { this.cached(key).await }.in_current_span(),
+            )),
             wait,
         )
         .await

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::PkbSettings;
+use crate::limits::LaunchLimiter;
 use crate::patient::PatientContext;
 use crate::pkb::urls::{self, ContextParams};
 use crate::pkb::{PkbClient, PkbError};
@@ -22,6 +23,9 @@ pub enum LaunchError {
     BadRequest(String),
     #[error("not paired with PKB")]
     NotPaired,
+    /// More than `limits.launch_per_minute` launches by this user; try again after the wait.
+    #[error("too many launches; next one allowed in {} ms", .0.as_millis())]
+    RateLimited(Duration),
     /// PKB rejected the grant; the pairing was deleted and must be made again.
     #[error("PKB pairing must be renewed")]
     RelinkNeeded,
@@ -41,6 +45,7 @@ impl LaunchError {
             LaunchError::NoIdentity => "no_identity",
             LaunchError::BadRequest(_) => "bad_request",
             LaunchError::NotPaired => "not_paired",
+            LaunchError::RateLimited(_) => "rate_limited",
             LaunchError::RelinkNeeded => "relink_needed",
             LaunchError::PkbUnavailable(_) => "pkb_unavailable",
             LaunchError::PkbRefused(_) => "pkb_refused",
@@ -145,6 +150,7 @@ impl LaunchParams {
 
 pub struct LaunchService {
     tokens: Arc<TokenSource>,
+    limiter: LaunchLimiter,
     pkb: Arc<PkbClient>,
     names: ContextParams,
     base_url: String,
@@ -156,7 +162,7 @@ pub struct LaunchService {
 }
 
 impl LaunchService {
-    pub fn new(tokens: Arc<TokenSource>) -> Self {
+    pub fn new(tokens: Arc<TokenSource>, limiter: LaunchLimiter) -> Self {
         let pkb = tokens.pkb().clone();
         let s: &PkbSettings = pkb.settings();
         LaunchService {
@@ -170,6 +176,7 @@ impl LaunchService {
             otp_param: s.otp_param.clone(),
             patient_landing_path: s.patient_landing_path.clone(),
             deadline: s.timeout,
+            limiter,
             tokens,
             pkb,
         }
@@ -184,14 +191,21 @@ impl LaunchService {
         self.deadline
     }
 
-    /// The URL to send the browser to: PKB's OTP login with a fresh OTP.
+    /// The launch query, parsed with the configured parameter names.
+    pub fn params(&self, query: Option<&str>) -> Result<LaunchParams, LaunchError> {
+        LaunchParams::parse(query, &self.names)
+    }
+
+    /// The URL to send the browser to: PKB's OTP login with a fresh OTP. Counts towards the
+    /// user's rate limit.
     pub async fn launch(
         &self,
-        user_id: Option<&str>,
-        query: Option<&str>,
+        user_id: &str,
+        params: &LaunchParams,
     ) -> Result<String, LaunchError> {
-        let user_id = user_id.ok_or(LaunchError::NoIdentity)?;
-        let params = LaunchParams::parse(query, &self.names)?;
+        self.limiter
+            .check(user_id)
+            .map_err(LaunchError::RateLimited)?;
         let otp = tokio::time::timeout(self.deadline, self.otp_for(user_id))
             .await
             .map_err(|_| LaunchError::PkbUnavailable("no answer within pkb.timeout_ms".into()))??;
@@ -200,7 +214,7 @@ impl LaunchService {
             &self.otp_login_path,
             &self.otp_param,
             &otp,
-            self.landing(&params).as_deref(),
+            self.landing(params).as_deref(),
         ))
     }
 

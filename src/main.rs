@@ -18,8 +18,51 @@ use pkb_edge::store::crypto::Keyring;
     about = "Edge proxy that launches a hospital system's users into Patients Know Best"
 )]
 struct Cli {
+    /// How log lines are written to standard error (the filter is the PKB_EDGE_LOG variable,
+    /// e.g. `info` or `pkb_edge=debug`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum PairingsCommand {
+    /// Every pairing: user id, created, last refreshed, access-token expiry, key id. No tokens.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Delete one user's pairing (they must link again); written to the audit log.
+    Revoke {
+        user: String,
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Re-encrypt every pairing under the first key in store.keys. Safe to interrupt and run
+    /// again, and to run beside a live pkb-edge.
+    Rekey {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Copy every pairing from one store to another (e.g. sqlite://… to postgres://…), as
+    /// sealed, with the config's keys; skips users already there, so it resumes when run again.
+    Migrate {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The store to copy from.
+        #[arg(long)]
+        from: String,
+        /// The store to copy to; defaults to the config's store.url.
+        #[arg(long)]
+        to: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -28,11 +71,28 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Take the listening sockets over from the running pkb-edge (same server.upgrade_sock);
+        /// then send that process SIGQUIT. No connection is refused and in-flight requests finish.
+        #[arg(long)]
+        upgrade: bool,
+        /// Fork into the background once the sockets are ready, writing server.pid_file (for
+        /// systemd's Type=forking, which lets `systemctl reload` upgrade without a gap).
+        #[arg(long)]
+        daemon: bool,
+    },
+    /// Look after the token store: list, revoke, re-encrypt.
+    Pairings {
+        #[command(subcommand)]
+        command: PairingsCommand,
     },
     /// Validate a configuration file and explain each problem by key.
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Also open what start-up opens: the token store (keys checked against it) and the
+        /// audit file. Use before a reload.
+        #[arg(long)]
+        deep: bool,
     },
     /// Print a new encryption key line (KEY_ID:BASE64_32_BYTES) for store.keys_file.
     Keygen {
@@ -59,13 +119,47 @@ enum Command {
     },
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PKB_EDGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        // One JSON object per line; the request span's `request_id` comes along on each.
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Runs an admin command on a small runtime of its own.
+fn admin(
+    config: &std::path::Path,
+    command: impl AsyncFnOnce(&Config, &mut dyn Write) -> pkb_edge::admin::Outcome,
+) -> ExitCode {
+    let config = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start a runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match runtime.block_on(command(&config, &mut out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pkb-edge: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -79,25 +173,52 @@ fn main() -> ExitCode {
     // One TLS crypto provider for the whole process, whatever features the dependency graph has.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
+    let log_format = cli.log_format;
     match cli.command {
-        Command::Run { config } => {
-            init_logging();
+        Command::Run {
+            config,
+            upgrade,
+            daemon,
+        } => {
+            init_logging(log_format);
             let config = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let server = match pkb_edge::service::build_server(&config) {
+            let options = pkb_edge::service::StartOptions { upgrade, daemon };
+            let server = match pkb_edge::service::build_server(&config, options) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("pkb-edge cannot start: {e}");
                     return ExitCode::from(1);
                 }
             };
-            tracing::info!(listen = %config.listen, upstream = %config.upstream.addr, "pkb-edge starting");
+            tracing::info!(listen = %config.listen, upstream = %config.upstream.addr, upgrade, "pkb-edge starting");
             server.run_forever()
         }
-        Command::Check { config } => match load(&config) {
+        Command::Pairings { command } => match command {
+            PairingsCommand::List { config } => {
+                admin(&config, async |c, out| pkb_edge::admin::list(c, out).await)
+            }
+            PairingsCommand::Revoke { user, config } => admin(&config, async |c, out| {
+                pkb_edge::admin::revoke(c, &user, out).await
+            }),
+            PairingsCommand::Rekey { config } => {
+                admin(&config, async |c, out| pkb_edge::admin::rekey(c, out).await)
+            }
+            PairingsCommand::Migrate { config, from, to } => admin(&config, async |c, out| {
+                let to = to.clone().unwrap_or_else(|| c.store.url.clone());
+                pkb_edge::admin::migrate(c, &from, &to, out).await
+            }),
+        },
+        Command::Check { config, deep } => match load(&config) {
             Ok(c) => {
+                if deep {
+                    if let Err(e) = pkb_edge::service::preflight(&c) {
+                        eprintln!("{}: {e}", config.display());
+                        return ExitCode::from(1);
+                    }
+                }
                 println!(
                     "{}: OK (listen {}, upstream {}, PKB {})",
                     config.display(),
@@ -115,7 +236,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Demo { listen } => {
-            init_logging();
+            init_logging(log_format);
             run_demo(&listen)
         }
         Command::Sim {
@@ -124,7 +245,7 @@ fn main() -> ExitCode {
             client_secret,
             access_token_lifetime_secs,
         } => {
-            init_logging();
+            init_logging(log_format);
             let sim = Simulator::new(SimConfig {
                 client_id,
                 client_secret,
@@ -228,18 +349,21 @@ url = "sqlite://{db}"
 keys = "{keys}"
 [decorate]
 patient_from = {{ path_regex = '^/patients/(\d{{10}})' }}
+[audit]
+file = "{audit}"
 "#,
         front_ip = demo::FRONT_SOURCE_IP,
         client_id = sim.config().client_id,
         client_secret = sim.config().client_secret,
         db = state_dir.join("pairings.db").display(),
+        audit = state_dir.join("audit.log").display(),
         keys = Keyring::generate_line("demo"),
     );
     let config = match Config::parse(&config_text, &ProcessEnv) {
         Ok(c) => c,
         Err(e) => return fail("the demo's own configuration is invalid", &e),
     };
-    let server = match pkb_edge::service::build_server(&config) {
+    let server = match pkb_edge::service::build_server(&config, Default::default()) {
         Ok(s) => s,
         Err(e) => return fail("cannot start the proxy", &e),
     };
@@ -249,7 +373,7 @@ patient_from = {{ path_regex = '^/patients/(\d{{10}})' }}
         "pkb-edge demo is running. Open http://{front_addr}/ in a browser.\n  \
          sign in as anyone, click \"Open in PKB\" on a patient, link your (simulated) PKB account once,\n  \
          and land in the simulator's PKB page for that patient. Ctrl-C to stop.\n  \
-         (proxy {proxy_addr}, sample EHR {ehr_addr}, PKB simulator {sim_addr}, state {})",
+         (proxy {proxy_addr}, sample EHR {ehr_addr}, PKB simulator {sim_addr}, state and audit log {})",
         state_dir.display()
     );
     let _keep_alive = runtime;
@@ -258,21 +382,9 @@ patient_from = {{ path_regex = '^/patients/(\d{{10}})' }}
 
 const USER_HEADER: &str = "X-Authenticated-User";
 
-/// `YYYYMMDD` in UTC, for default key ids, without a date crate.
+/// `YYYYMMDD` in UTC, for default key ids.
 fn chrono_like_today() -> String {
-    let days = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() / 86_400)
-        .unwrap_or(0) as i64;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let days = pkb_edge::clock::unix_millis_now().div_euclid(86_400_000);
+    let (y, m, d) = pkb_edge::clock::civil_from_days(days);
     format!("{y:04}{m:02}{d:02}")
 }

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use pingora_prometheus::prometheus::{
-    register_histogram, register_histogram_vec, register_int_counter_vec, Encoder, Histogram,
-    HistogramVec, IntCounterVec, TextEncoder,
+    register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec, TextEncoder,
 };
 
 use crate::store::Pairings;
@@ -30,6 +30,7 @@ pub struct Metrics {
     pub token_cache_total: IntCounterVec,
     pub decoration_total: IntCounterVec,
     pub pairing_total: IntCounterVec,
+    pub audit_write_errors_total: IntCounter,
 }
 
 /// The process's metrics, registered once in the registry `/metrics` serves. `build_server`
@@ -38,6 +39,11 @@ pub struct Metrics {
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(|| {
+        // CPU seconds, resident memory, open and maximum file descriptors, start time, threads
+        // (`process_*`), read from /proc. A second registration (tests) is harmless.
+        let _ = pingora_prometheus::prometheus::register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
         // Registration fails only for a duplicate name, which this one place rules out.
         let counter = |name: &str, help: &str, labels: &[&str]| {
             register_int_counter_vec!(format!("pkb_edge_{name}"), help, labels)
@@ -79,8 +85,38 @@ pub fn metrics() -> &'static Metrics {
                 &["value"],
             ),
             pairing_total: counter("pairing_total", "Pairing steps by outcome.", &["outcome"]),
+            audit_write_errors_total: register_int_counter!(
+                "pkb_edge_audit_write_errors_total",
+                "Audit lines that could not be written."
+            )
+            .unwrap_or_else(|e| panic!("metric audit_write_errors_total: {e}")),
         }
     })
+}
+
+impl Metrics {
+    /// The names of every metric family pkb-edge exports, process metrics included (for
+    /// checking dashboards and alerts against).
+    pub fn family_names(&self) -> Vec<String> {
+        use pingora_prometheus::prometheus::core::Collector;
+        let collectors: [&dyn Collector; 9] = [
+            &self.launch_total,
+            &self.launch_duration_seconds,
+            &self.pkb_request_duration_seconds,
+            &self.pkb_requests_total,
+            &self.token_refresh_total,
+            &self.token_cache_total,
+            &self.decoration_total,
+            &self.pairing_total,
+            &self.audit_write_errors_total,
+        ];
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        collectors
+            .into_iter()
+            .chain([&process as &dyn Collector])
+            .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
+            .collect()
+    }
 }
 
 /// Records one call to PKB: its duration and its status (`timeout`, `error` when none came back).
@@ -148,5 +184,42 @@ impl ServeHttp for OpsApp {
                 b"not found: /metrics, /livez, /readyz\n".to_vec(),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every metric the shipped Grafana dashboard queries is one pkb-edge exports.
+    #[test]
+    fn the_dashboard_queries_only_metrics_that_exist() {
+        let families = metrics().family_names();
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../conf/grafana-dashboard.json")).unwrap();
+        let names = regex::Regex::new(r"\b(?:pkb_edge|process)_[a-z_]+").unwrap();
+        let mut checked = 0;
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                for name in names.find_iter(expr).map(|m| m.as_str()) {
+                    let family = ["_bucket", "_count", "_sum"]
+                        .iter()
+                        .find_map(|s| name.strip_suffix(s))
+                        .filter(|base| families.iter().any(|f| f == base))
+                        .unwrap_or(name);
+                    assert!(
+                        families.iter().any(|f| f == family),
+                        "panel {:?} queries {name}, which pkb-edge does not export",
+                        panel["title"]
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 15, "{checked}");
+        assert!(families
+            .iter()
+            .any(|f| f == "process_resident_memory_bytes"));
     }
 }

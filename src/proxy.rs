@@ -11,11 +11,13 @@ use http::{HeaderName, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
+use tracing::Instrument;
 
+use crate::audit::{Action, AuditLog, Event};
 use crate::config::Upstream;
 use crate::decorate::{merged_vary, private_cache_control, Decorator, Lookup};
 use crate::identity::{hop_by_hop, IdentityResolver};
-use crate::launch::LaunchService;
+use crate::launch::{LaunchError, LaunchService};
 use crate::ops::metrics;
 use crate::pairing::{same_origin, PairingError, PairingService};
 use crate::patient::PatientContext;
@@ -34,12 +36,21 @@ pub struct EdgeProxy {
     pub public_origin: String,
     /// Headers only pkb-edge may set towards the upstream: client copies are always removed.
     pub proxy_set_headers: Vec<HeaderName>,
+    pub audit: Arc<AuditLog>,
+    /// Set once the process is told to stop or hand over (SIGTERM, SIGQUIT): connections are
+    /// no longer kept alive.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// The request id header: taken from trusted peers, generated otherwise, passed upstream and
+/// returned on pkb-edge's own answers.
+pub const REQUEST_ID: &str = "x-request-id";
 
 /// What the proxy learned about a request before deciding where it goes.
 #[derive(Default)]
 pub struct RequestCtx {
     peer_trusted: bool,
+    request_id: String,
     user: Option<String>,
     /// The data-availability look-up running beside the upstream call.
     lookup: Option<Lookup>,
@@ -96,61 +107,80 @@ impl EdgeProxy {
             }
             Route::Launch => {
                 let started = std::time::Instant::now();
-                let result = self.launch.launch(user, query).await;
+                let mut patient = None;
+                let result = async {
+                    let user = user.ok_or(LaunchError::NoIdentity)?;
+                    let params = self.launch.params(query)?;
+                    patient = params.context.clone();
+                    self.launch.launch(user, &params).await
+                }
+                .await;
                 let m = metrics();
                 m.launch_duration_seconds
                     .observe(started.elapsed().as_secs_f64());
+                let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "redirect");
+                m.launch_total.with_label_values(&[outcome]).inc();
+                let reason = result.as_ref().err().map(ToString::to_string);
+                tracing::info!(user = log_user, outcome, reason, "launch");
+                self.audit.record(Event {
+                    request_id: &ctx.request_id,
+                    user,
+                    action: Action::Launch,
+                    outcome,
+                    refused: result.is_err(),
+                    patient: patient.as_ref(),
+                    reason,
+                });
                 match result {
-                    Ok(location) => {
-                        m.launch_total.with_label_values(&["redirect"]).inc();
-                        tracing::info!(user = log_user, outcome = "redirect", "launch");
-                        Reply::redirect(location)
-                    }
-                    Err(e) => {
-                        m.launch_total.with_label_values(&[e.outcome()]).inc();
-                        tracing::info!(user = log_user, outcome = %e, "launch refused");
-                        reply::launch_error(&e, format, &self.prefix, this_url)
-                    }
+                    Ok(location) => Reply::redirect(location),
+                    Err(e) => reply::launch_error(&e, format, &self.prefix, this_url),
                 }
             }
             Route::Pair => match self.pairing.start(user, query).await {
                 Ok(authorize_url) => {
-                    metrics()
-                        .pairing_total
-                        .with_label_values(&["started"])
-                        .inc();
+                    self.pairing_step(ctx, Action::Pair, "started", None);
                     Reply::redirect(authorize_url)
                 }
-                Err(e) => pairing_refused(&e, log_user, format, &restart_pairing),
+                Err(e) => {
+                    self.pairing_refused(ctx, Action::Pair, &e);
+                    reply::pairing_error(&e, format, &restart_pairing)
+                }
             },
             Route::Callback => match self.pairing.callback(user, query).await {
                 Ok(return_to) => {
-                    metrics().pairing_total.with_label_values(&["paired"]).inc();
-                    tracing::info!(user = log_user, outcome = "paired", "pairing");
+                    self.pairing_step(ctx, Action::PairCallback, "paired", None);
                     match return_to {
                         Some(path) => Reply::redirect(path.to_string()),
                         None => Reply::linked(format, &self.prefix),
                     }
                 }
-                Err(e) => pairing_refused(&e, log_user, format, &restart_pairing),
+                Err(e) => {
+                    self.pairing_refused(ctx, Action::PairCallback, &e);
+                    reply::pairing_error(&e, format, &restart_pairing)
+                }
             },
             Route::Unpair => {
                 let origin = header(http::header::ORIGIN);
                 let site = header(http::HeaderName::from_static("sec-fetch-site"));
                 if !same_origin(&self.public_origin, origin, site) {
-                    tracing::info!(user = log_user, outcome = "cross-site", "unpair refused");
+                    let why = "not sent by this site's own pages (Origin / Sec-Fetch-Site)";
+                    self.pairing_step(ctx, Action::Unpair, "cross_site", Some(why.into()));
                     return Reply::cross_site(format);
                 }
                 match self.pairing.unpair(user).await {
                     Ok(was_paired) => {
-                        metrics()
-                            .pairing_total
-                            .with_label_values(&["unpaired"])
-                            .inc();
-                        tracing::info!(user = log_user, was_paired, "unpaired");
+                        let outcome = if was_paired {
+                            "unpaired"
+                        } else {
+                            "was_not_paired"
+                        };
+                        self.pairing_step(ctx, Action::Unpair, outcome, None);
                         Reply::unlinked(format, &self.prefix, was_paired)
                     }
-                    Err(e) => reply::pairing_error(&e, format, &restart_pairing),
+                    Err(e) => {
+                        self.pairing_refused(ctx, Action::Unpair, &e);
+                        reply::pairing_error(&e, format, &restart_pairing)
+                    }
                 }
             }
             Route::DataAvailability => self.data_availability(user, query).await,
@@ -242,14 +272,72 @@ impl EdgeProxy {
     }
 }
 
-/// A refused pairing step: counted, logged, answered with its page.
-fn pairing_refused(e: &PairingError, user: &str, format: Format, restart_pairing: &str) -> Reply {
-    metrics()
-        .pairing_total
-        .with_label_values(&[e.outcome()])
-        .inc();
-    tracing::info!(user, outcome = %e, "pairing refused");
-    reply::pairing_error(e, format, restart_pairing)
+impl EdgeProxy {
+    /// A pairing step (or its refusal, when `reason` is given): counted, logged and audited.
+    fn pairing_step(
+        &self,
+        ctx: &RequestCtx,
+        action: Action,
+        outcome: &str,
+        reason: Option<String>,
+    ) {
+        metrics().pairing_total.with_label_values(&[outcome]).inc();
+        let user = ctx.user.as_deref();
+        tracing::info!(user, ?action, outcome, reason, "pairing");
+        self.audit.record(Event {
+            request_id: &ctx.request_id,
+            user,
+            action,
+            outcome,
+            refused: reason.is_some(),
+            patient: None,
+            reason,
+        });
+    }
+
+    fn pairing_refused(&self, ctx: &RequestCtx, action: Action, e: &PairingError) {
+        self.pairing_step(ctx, action, e.outcome(), Some(e.to_string()));
+    }
+}
+
+/// A path as log lines may show it: segments holding six or more digits in a row (NHS and other
+/// national numbers) or an `@` (email addresses) become `*`.
+pub fn loggable_path(path: &str) -> String {
+    let masked: Vec<&str> = path
+        .split('/')
+        .map(|segment| {
+            let mut run = 0;
+            let long_digits = segment.bytes().any(|b| {
+                run = if b.is_ascii_digit() { run + 1 } else { 0 };
+                run >= 6
+            });
+            let decoded_at = segment.contains('@') || segment.to_ascii_lowercase().contains("%40");
+            if long_digits || decoded_at {
+                "*"
+            } else {
+                segment
+            }
+        })
+        .collect();
+    masked.join("/")
+}
+
+/// The request id a trusted peer sent, if it is a sane token; otherwise a new random one.
+fn request_id(trusted: bool, headers: &http::HeaderMap) -> String {
+    let sent = headers
+        .get(REQUEST_ID)
+        .map(http::HeaderValue::as_bytes)
+        .filter(|v| {
+            trusted
+                && (1..=128).contains(&v.len())
+                && v.iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(b))
+        });
+    match sent {
+        // Checked above: ASCII only.
+        Some(v) => String::from_utf8_lossy(v).into_owned(),
+        None => format!("{:032x}", rand::random::<u128>()),
+    }
 }
 
 fn as_strs(v: &[String]) -> Vec<&str> {
@@ -272,11 +360,16 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            session.set_keepalive(None);
+        }
         let peer = peer_ip(session);
         ctx.peer_trusted = self.identity.peer_is_trusted(peer);
         ctx.user = self.identity.resolve(peer, &session.req_header().headers);
+        ctx.request_id = request_id(ctx.peer_trusted, &session.req_header().headers);
         let Some(route) = self.route(session.req_header().uri.path()) else {
-            self.begin_lookup(session, ctx).await;
+            let span = tracing::info_span!("request", request_id = %ctx.request_id);
+            self.begin_lookup(session, ctx).instrument(span).await;
             return Ok(false);
         };
         // Reserved routes read no request body; don't leave one on a reused connection.
@@ -292,7 +385,12 @@ impl ProxyHttp for EdgeProxy {
         if has_body {
             session.set_keepalive(None);
         }
-        let reply = self.serve(route, session.req_header(), ctx).await;
+        let span = tracing::info_span!("request", request_id = %ctx.request_id);
+        let reply = self
+            .serve(route, session.req_header(), ctx)
+            .instrument(span)
+            .await
+            .with_header("X-Request-Id", ctx.request_id.clone());
         write_reply(session, reply).await?;
         Ok(true)
     }
@@ -325,6 +423,7 @@ impl ProxyHttp for EdgeProxy {
         for name in &self.proxy_set_headers {
             upstream_request.remove_header(name);
         }
+        upstream_request.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
         Ok(())
     }
 
@@ -366,9 +465,34 @@ impl ProxyHttp for EdgeProxy {
         Ok(())
     }
 
-    /// Used in Pingora's error log lines: no query string, which may hold a patient's id.
-    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+    /// Used in Pingora's error log lines: the request id and a path that cannot carry a
+    /// patient's id (no query string; long digit runs and email-like segments masked).
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
         let req = session.req_header();
-        format!("{} {}", req.method, req.uri.path())
+        format!(
+            "{} {} request_id={}",
+            req.method,
+            loggable_path(req.uri.path()),
+            ctx.request_id
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_paths_hide_patient_ids() {
+        assert_eq!(
+            loggable_path("/patients/9434765919/summary"),
+            "/patients/*/summary"
+        );
+        assert_eq!(loggable_path("/p/nhs-943476-5919"), "/p/*");
+        assert_eq!(loggable_path("/people/a%40b.example/x"), "/people/*/x");
+        assert_eq!(loggable_path("/people/a@b.example"), "/people/*");
+        assert_eq!(loggable_path("/_pkb/launch"), "/_pkb/launch");
+        assert_eq!(loggable_path("/ward/12345/beds"), "/ward/12345/beds");
+        assert_eq!(loggable_path("/"), "/");
     }
 }

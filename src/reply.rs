@@ -304,6 +304,17 @@ pub fn launch_error(e: &LaunchError, format: Format, prefix: &str, this_url: &st
                 Some(("Link your PKB account again", pair_href(prefix, this_url))),
             ),
         ),
+        LaunchError::RateLimited(wait) => Reply::message(
+            429,
+            format,
+            "rate_limited",
+            page(
+                "Too many requests",
+                "You have opened Patients Know Best many times in the last minute. Please wait a moment, then try again.",
+                Some(("Try again", this_url.to_string())),
+            ),
+        )
+        .with_header("Retry-After", wait.as_millis().div_ceil(1000).max(1).to_string()),
         LaunchError::PkbUnavailable(_) => Reply::pkb_unavailable(format, this_url),
         LaunchError::PkbRefused(_) => Reply::pkb_refused(format),
         LaunchError::Store(e) => Reply::store_error(format, e, this_url),
@@ -361,6 +372,10 @@ mod tests {
             (LaunchError::BadRequest("x".into()), 400),
             (LaunchError::NotPaired, 404),
             (LaunchError::RelinkNeeded, 409),
+            (
+                LaunchError::RateLimited(std::time::Duration::from_millis(1500)),
+                429,
+            ),
             (LaunchError::PkbUnavailable("t".into()), 503),
             (LaunchError::PkbRefused("r".into()), 502),
             (
@@ -375,6 +390,13 @@ mod tests {
                 assert_eq!(r.header("Cache-Control"), Some("no-store"));
             }
         }
+        let limited = launch_error(
+            &LaunchError::RateLimited(std::time::Duration::from_millis(1500)),
+            Format::Html,
+            "/_pkb",
+            "/_pkb/launch",
+        );
+        assert_eq!(limited.header("Retry-After"), Some("2"));
         let r = launch_error(
             &LaunchError::NotPaired,
             Format::Json,

@@ -1,32 +1,50 @@
 //! Assembles the running service from a validated config: opens the store (checking the keys),
 //! builds the use cases and the Pingora server. `main` and the tests call this.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 
+use crate::audit::AuditLog;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::decorate::{Decorator, PatientSource};
 use crate::identity::IdentityResolver;
 use crate::launch::LaunchService;
+use crate::limits::LaunchLimiter;
 use crate::ops::OpsApp;
 use crate::pairing::PairingService;
 use crate::pkb::PkbClient;
 use crate::proxy::EdgeProxy;
 use crate::store::crypto::Keyring;
-use crate::store::{open_backend, Pairings, StoreError};
+use crate::store::{open_backend_with, BackendOptions, Pairings, StoreError};
 use crate::tokens::TokenSource;
+
+/// The configured keys, parsed (the config check already did once, so this fails only if the
+/// config was built by hand).
+pub fn keyring(config: &Config) -> Result<Keyring, StoreError> {
+    Keyring::parse(config.store.keys.expose())
+        .map_err(|e| StoreError::Keys(format!("{}: {e}", config.store.keys_source)))
+}
 
 /// Opens the token store named by the config, with its keys checked.
 pub async fn open_pairings(
     config: &Config,
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<Pairings>, StoreError> {
-    let keyring = Keyring::parse(config.store.keys.expose())
-        .map_err(|e| StoreError::Keys(format!("{}: {e}", config.store.keys_source)))?;
-    let backend = open_backend(&config.store.url).await?;
+    let keyring = keyring(config)?;
+    let backend = open_backend_with(
+        &config.store.url,
+        &BackendOptions {
+            pool_size: config.store.pool_size,
+            tls_ca_file: config.store.tls_ca_file.clone(),
+            password: config.store.password.clone(),
+            tls: config.store.tls,
+        },
+    )
+    .await?;
     Ok(Arc::new(
         Pairings::open(
             backend,
@@ -39,9 +57,39 @@ pub async fn open_pairings(
     ))
 }
 
+/// What start-up would open, opened and closed again: the token store (migrated, keys checked
+/// against it) and the audit sink. `pkb-edge check --deep` runs this, so a reload that would
+/// fail is refused before the running process is asked to hand over.
+pub fn preflight(config: &Config) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    runtime
+        .block_on(open_pairings(config, Arc::new(SystemClock)))
+        .map_err(|e| format!("token store: {e}"))?;
+    let keys = keyring(config).map_err(|e| e.to_string())?;
+    AuditLog::open(&config.audit, keys.derived_key())?;
+    Ok(())
+}
+
+/// Bytes of response buffered before a send (the header plus the start of the body).
+const DOWNSTREAM_WRITE_BUFFER: usize = 16 * 1024;
+
+/// How the process was started.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions {
+    /// Take the listening sockets over from a running pkb-edge (`run --upgrade`); that process is
+    /// then sent SIGQUIT and finishes its in-flight requests.
+    pub upgrade: bool,
+    /// Fork into the background after start-up (`run --daemon`); standard output and error are
+    /// kept, so the journal still gets the logs and the audit lines.
+    pub daemon: bool,
+}
+
 /// Builds the Pingora server for `config`. Opening the store happens here, on a short-lived
 /// runtime; nothing built on it (no HTTP client, no pool) outlives it.
-pub fn build_server(config: &Config) -> Result<Server, StoreError> {
+pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, StoreError> {
     // Register the metrics now: a registration problem shows at start-up, never on a request.
     crate::ops::metrics();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -53,7 +101,14 @@ pub fn build_server(config: &Config) -> Result<Server, StoreError> {
     let ops_pairings = pairings.clone();
     drop(setup);
 
-    let pkb = Arc::new(PkbClient::new(Arc::new(config.pkb.clone())));
+    let audit = Arc::new(
+        AuditLog::open(&config.audit, keyring(config)?.derived_key())
+            .map_err(StoreError::Config)?,
+    );
+    let pkb = Arc::new(PkbClient::new(
+        Arc::new(config.pkb.clone()),
+        config.limits.pkb_concurrency,
+    ));
     let pairing = Arc::new(PairingService::new(
         pairings.clone(),
         pkb.clone(),
@@ -61,13 +116,17 @@ pub fn build_server(config: &Config) -> Result<Server, StoreError> {
         config.pkb.state_ttl_secs,
     ));
     let tokens = Arc::new(TokenSource::new(pairings, pkb, clock));
-    let launch = Arc::new(LaunchService::new(tokens.clone()));
+    let launch = Arc::new(LaunchService::new(
+        tokens.clone(),
+        LaunchLimiter::per_minute(config.limits.launch_per_minute),
+    ));
     let decorator = Arc::new(Decorator::new(config.decorate.clone(), tokens));
     let mut vary_on = vec![config.identity.header().to_string()];
     if let Some(PatientSource::Header(name)) = &config.decorate.patient_from {
         vary_on.push(name.to_string());
     }
     let identity = IdentityResolver::new(&config.identity);
+    let draining = Arc::new(AtomicBool::new(false));
     let proxy = EdgeProxy {
         upstream: config.upstream.clone(),
         prefix: config.prefix.clone(),
@@ -78,27 +137,43 @@ pub fn build_server(config: &Config) -> Result<Server, StoreError> {
         vary_on,
         public_origin: config.public_url.origin().ascii_serialization(),
         proxy_set_headers: vec![config.decorate.header.clone()],
+        audit,
+        draining: draining.clone(),
     };
 
-    let port = config.listen.port();
     let conf = ServerConf {
         threads: config.server.threads,
         grace_period_seconds: Some(config.server.grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_seconds),
         upstream_keepalive_pool_size: config.server.upstream_keepalive_pool_size,
-        pid_file: format!("/tmp/pkb-edge-{port}.pid"),
-        upgrade_sock: format!("/tmp/pkb-edge-{port}-upgrade.sock"),
+        pid_file: config.server.pid_file.display().to_string(),
+        upgrade_sock: config.server.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade: options.upgrade,
+        daemon: options.daemon,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
     let mut service = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         proxy,
         "pkb-edge proxy",
     );
-    service.add_tcp(&config.listen.to_string());
+    // A write buffer larger than Pingora's one-MSS default, so a response's header and a small
+    // body leave in one send instead of two (Pingora flushes at the end of every write anyway).
+    service.add_listener(
+        pingora::listeners::ListenerConfig::tcp(config.listen.to_string()).l4_buffer(
+            pingora::listeners::L4BufferSettings::default().write(DOWNSTREAM_WRITE_BUFFER),
+        ),
+    );
     server.add_service(service);
+    server.add_service(pingora::services::background::background_service(
+        "drain watch",
+        DrainWatch { draining },
+    ));
     if let Some(ops_listen) = config.ops_listen {
         let app = pingora::apps::http_app::HttpServer::new_app(OpsApp {
             pairings: ops_pairings,
@@ -108,4 +183,32 @@ pub fn build_server(config: &Config) -> Result<Server, StoreError> {
         server.add_service(ops);
     }
     Ok(server)
+}
+
+/// Watches for SIGQUIT (graceful upgrade) and SIGTERM. From then on every response closes its
+/// connection (`Connection: close`), so by the time Pingora stops reading (5 s after SIGQUIT)
+/// busy keep-alive clients have already moved to new connections, which the new process
+/// accepts, instead of racing a request against the close of an idle connection.
+struct DrainWatch {
+    draining: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for DrainWatch {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut quit), Ok(mut term)) =
+            (signal(SignalKind::quit()), signal(SignalKind::terminate()))
+        else {
+            tracing::warn!("cannot watch SIGQUIT/SIGTERM; connections are not drained early");
+            return;
+        };
+        tokio::select! {
+            _ = quit.recv() => {}
+            _ = term.recv() => {}
+            _ = shutdown.changed() => {}
+        }
+        self.draining.store(true, Ordering::Relaxed);
+        tracing::info!("draining: every response now closes its connection");
+    }
 }

@@ -327,10 +327,10 @@ fn tokens_are_encrypted_at_rest_and_pairings_survive_a_restart() {
 
 #[test]
 fn a_missing_or_wrong_key_stops_start_up_with_a_clear_error() {
-    let w = World::start();
+    let mut w = World::start();
     rt().block_on(w.config().pair(&w.sim, "dr.jones", "jones@pkb.example"));
     let mut other = w.config().clone();
-    drop(w.proxy);
+    w.proxy.terminate();
 
     other.port = free_port();
     other.keys = pkb_edge::store::crypto::Keyring::generate_line("k2");

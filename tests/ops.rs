@@ -152,3 +152,163 @@ fn metrics_move_with_traffic_and_health_answers() {
         assert_eq!(echo["uri"], "/metrics");
     });
 }
+
+#[test]
+fn process_metrics_are_exported_beside_ours() {
+    let ops_port = free_port();
+    let w = World::start_with(|c| c.ops_port = Some(ops_port));
+    let text = rt().block_on(async {
+        client()
+            .get(format!("http://127.0.0.1:{ops_port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    let m = parse_metrics(&text);
+    assert!(sample(&m, "process_resident_memory_bytes", &[]) > 1_000_000.0);
+    assert!(sample(&m, "process_open_fds", &[]) >= 3.0);
+    assert!(sample(&m, "process_max_fds", &[]) >= 3.0);
+    assert!(sample(&m, "process_start_time_seconds", &[]) > 1.7e9);
+    drop(w);
+}
+
+#[test]
+fn readiness_flips_when_the_store_file_is_unreadable_and_back() {
+    let ops_port = free_port();
+    let w = World::start_with(|c| c.ops_port = Some(ops_port));
+    let db = w.config().db_path.clone();
+    let aside = db.with_extension("moved");
+    let ready = || {
+        rt().block_on(async {
+            let r = client()
+                .get(format!("http://127.0.0.1:{ops_port}/readyz"))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    assert_eq!(ready().0, 200);
+
+    // As root, chmod cannot make a file unreadable; moving it away (a lost volume) can.
+    std::fs::rename(&db, &aside).unwrap();
+    let (status, body) = ready();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("not ready") && body.contains("cannot read"),
+        "{body}"
+    );
+    // Passthrough does not depend on the store.
+    let r = rt()
+        .block_on(client().get(w.proxy.url("/page")).send())
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Something that is not an SQLite database in its place is not ready either.
+    std::fs::write(&db, b"this is not a database at all").unwrap();
+    let (status, body) = ready();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no longer an SQLite database"), "{body}");
+
+    std::fs::rename(&aside, &db).unwrap();
+    assert_eq!(ready().0, 200);
+
+    // And a file that cannot be read, when the tests do not run as root.
+    #[cfg(unix)]
+    if !running_as_root() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let (status, body) = ready();
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(ready().0, 200);
+    }
+}
+
+fn running_as_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false)
+}
+
+#[test]
+fn calls_to_pkb_beyond_the_cap_are_refused_at_once() {
+    let ops_port = free_port();
+    let w = World::start_with(|c| {
+        c.ops_port = Some(ops_port);
+        c.pkb_concurrency = 2;
+    });
+    rt().block_on(async {
+        for n in 0..6 {
+            w.config()
+                .pair(&w.sim, &format!("dr.{n}"), &format!("u{n}@pkb.example"))
+                .await;
+        }
+        // PKB stalls: each OTP takes 1.5 s.
+        w.sim
+            .knobs(serde_json::json!({ "latency_ms": { "otp": 1500 } }));
+        let tasks: Vec<_> = (0..6)
+            .map(|n| {
+                let url = w.proxy.url("/_pkb/launch");
+                tokio::spawn(async move {
+                    client()
+                        .get(url)
+                        .header(USER_HEADER, format!("dr.{n}"))
+                        .send()
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for task in tasks {
+            answers.push(task.await.unwrap());
+        }
+        let statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 302).count(),
+            2,
+            "{statuses:?}"
+        );
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 503).count(),
+            4,
+            "{statuses:?}"
+        );
+        for r in answers.iter().filter(|r| r.status() == 503) {
+            assert_eq!(header(r.headers(), "retry-after"), "5");
+        }
+        // Only the two admitted calls reached PKB.
+        assert_eq!(w.sim.count("otp"), 2);
+        let text = client()
+            .get(format!("http://127.0.0.1:{ops_port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let m = parse_metrics(&text);
+        assert_eq!(
+            sample(
+                &m,
+                "pkb_edge_pkb_requests_total",
+                &[("endpoint", "otp"), ("status", "shed")]
+            ),
+            4.0
+        );
+        assert_eq!(
+            sample(
+                &m,
+                "pkb_edge_launch_total",
+                &[("outcome", "pkb_unavailable")]
+            ),
+            4.0
+        );
+    });
+}

@@ -13,30 +13,6 @@ fn param(url: &str, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// /pair as `user`, returning PKB's authorize URL.
-async fn start_pairing(w: &World, user: &str, return_to: Option<&str>) -> String {
-    let path = match return_to {
-        Some(r) => format!(
-            "/_pkb/pair?return_to={}",
-            form_urlencoded::byte_serialize(r.as_bytes()).collect::<String>()
-        ),
-        None => "/_pkb/pair".to_string(),
-    };
-    let r = w.get_as(user, &path).await;
-    assert_eq!(r.status(), 302, "{}", r.text().await.unwrap());
-    header(r.headers(), "location").to_string()
-}
-
-/// The callback URL PKB sends the browser back to, as a path on the proxy.
-fn callback_path(w: &World, callback_url: &str) -> String {
-    let prefix = w.proxy.url("");
-    assert!(
-        callback_url.starts_with(&format!("{prefix}/_pkb/callback?")),
-        "{callback_url}"
-    );
-    callback_url[prefix.len()..].to_string()
-}
-
 /// A pairing started by `user`, answered at PKB by `pkb_user` with `decision`: the callback path
 /// PKB sends the browser back to (not yet followed).
 async fn consented(w: &World, user: &str, pkb_user: &str, decision: &str) -> String {

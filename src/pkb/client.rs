@@ -56,14 +56,34 @@ struct OAuthErrorBody {
 pub struct PkbClient {
     settings: Arc<PkbSettings>,
     http: OnceLock<Result<reqwest::Client, String>>,
+    /// Calls in flight, over all users (`limits.pkb_concurrency`). When PKB stalls, calls beyond
+    /// the cap are refused at once instead of piling up.
+    in_flight: tokio::sync::Semaphore,
+    max_in_flight: usize,
 }
 
 impl PkbClient {
-    pub fn new(settings: Arc<PkbSettings>) -> Self {
+    pub fn new(settings: Arc<PkbSettings>, max_in_flight: usize) -> Self {
         PkbClient {
             settings,
             http: OnceLock::new(),
+            in_flight: tokio::sync::Semaphore::new(max_in_flight),
+            max_in_flight,
         }
+    }
+
+    /// A place among the calls in flight, or `Unavailable` at once when all are taken.
+    fn slot(&self, endpoint: &str) -> Result<tokio::sync::SemaphorePermit<'_>, PkbError> {
+        self.in_flight.try_acquire().map_err(|_| {
+            crate::ops::metrics()
+                .pkb_requests_total
+                .with_label_values(&[endpoint, "shed"])
+                .inc();
+            PkbError::Unavailable(format!(
+                "{} calls to PKB are already in flight (limits.pkb_concurrency)",
+                self.max_in_flight
+            ))
+        })
     }
 
     pub fn settings(&self) -> &PkbSettings {
@@ -120,6 +140,7 @@ impl PkbClient {
     }
 
     async fn token_request(&self, form: &[(&str, &str)]) -> Result<TokenResponse, PkbError> {
+        let _slot = self.slot("token")?;
         let started = std::time::Instant::now();
         let s = &self.settings;
         let mut body: Vec<(&str, &str)> = form.to_vec();
@@ -226,6 +247,7 @@ impl PkbClient {
         access_token: &AccessToken,
         what: &str,
     ) -> Result<Option<serde_json::Value>, PkbError> {
+        let _slot = self.slot(what)?;
         let started = std::time::Instant::now();
         let response = request
             .bearer_auth(access_token.expose())

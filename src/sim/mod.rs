@@ -57,6 +57,8 @@ pub struct SimConfig {
     pub client_secret: String,
     pub access_token_lifetime_secs: i64,
     pub patients: Vec<SimPatient>,
+    /// Keep every code, token and OTP issued, for tests that check none leaks into logs.
+    pub record_secrets: bool,
 }
 
 impl Default for SimConfig {
@@ -66,6 +68,7 @@ impl Default for SimConfig {
             client_secret: "sim-secret".into(),
             access_token_lifetime_secs: 1800,
             patients: demo_patients(),
+            record_secrets: false,
         }
     }
 }
@@ -141,6 +144,7 @@ pub struct Simulator {
     knobs: Mutex<Knobs>,
     counters: HashMap<&'static str, AtomicU64>,
     clock: Arc<dyn Clock>,
+    issued: Mutex<Vec<String>>,
 }
 
 /// The paths the simulator serves; PKB's documented (or assumed) defaults.
@@ -186,7 +190,24 @@ impl Simulator {
             knobs: Mutex::new(Knobs::default()),
             counters: ENDPOINTS.iter().map(|e| (*e, AtomicU64::new(0))).collect(),
             clock: Arc::new(SystemClock),
+            issued: Mutex::new(Vec::new()),
         })
+    }
+
+    /// A new random secret (code, token, OTP), remembered when `record_secrets` is on.
+    fn mint(&self, bytes: usize) -> String {
+        let secret = random_token(bytes);
+        if self.config.record_secrets {
+            self.issued.lock().push(secret.clone());
+        }
+        secret
+    }
+
+    /// Every code, token and OTP issued so far (with `record_secrets`), and the client secret.
+    pub fn issued_secrets(&self) -> Vec<String> {
+        let mut all = self.issued.lock().clone();
+        all.push(self.config.client_secret.clone());
+        all
     }
 
     pub fn config(&self) -> &SimConfig {
@@ -267,8 +288,8 @@ impl Simulator {
 
     fn issue_tokens(&self, grants: &mut Grants, user: &str, scope: &str) -> serde_json::Value {
         let lifetime = self.access_lifetime();
-        let access = random_token(24);
-        let refresh = random_token(24);
+        let access = self.mint(24);
+        let refresh = self.mint(24);
         grants.access.insert(
             access.clone(),
             AccessGrant {
@@ -393,7 +414,7 @@ async fn authorize_decision(State(sim): Sim, Form(f): Form<HashMap<String, Strin
         )
             .into_response();
     }
-    let code = random_token(18);
+    let code = sim.mint(18);
     sim.grants.lock().codes.insert(
         code.clone(),
         CodeGrant {
@@ -469,7 +490,7 @@ async fn issue_otp(State(sim): Sim, headers: HeaderMap) -> Response {
     let Some(user) = sim.bearer_user(&headers) else {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_token");
     };
-    let otp = random_token(18);
+    let otp = sim.mint(18);
     sim.grants.lock().otps.insert(
         otp.clone(),
         OtpGrant {

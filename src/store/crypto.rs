@@ -13,6 +13,16 @@ use rand::RngCore;
 
 const NONCE_LEN: usize = 12;
 
+/// HMAC-SHA256 of `message` under `key`.
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    // HMAC takes a key of any length; `new_from_slice` cannot fail for it.
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    mac.update(message);
+    mac.finalize().into_bytes().into()
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
     #[error("no keys given")]
@@ -38,6 +48,9 @@ pub enum SealError {
 /// The configured keys. `Debug` shows ids only.
 pub struct Keyring {
     keys: Vec<(String, Aes256Gcm)>,
+    /// A key for other purposes (the audit log's patient hash), derived from the first key so
+    /// that it is never the sealing key itself.
+    derived: [u8; 32],
 }
 
 impl std::fmt::Debug for Keyring {
@@ -49,6 +62,7 @@ impl std::fmt::Debug for Keyring {
 impl Keyring {
     pub fn parse(text: &str) -> Result<Keyring, KeyError> {
         let mut keys: Vec<(String, Aes256Gcm)> = Vec::new();
+        let mut derived = [0u8; 32];
         let entries = text
             .split([',', '\n'])
             .map(str::trim)
@@ -74,12 +88,15 @@ impl Keyring {
             }
             let cipher = Aes256Gcm::new_from_slice(&bytes)
                 .map_err(|_| KeyError::BadMaterial(id.to_string()))?;
+            if keys.is_empty() {
+                derived = hmac_sha256(&bytes, b"pkb-edge derived key v1");
+            }
             keys.push((id.to_string(), cipher));
         }
         if keys.is_empty() {
             return Err(KeyError::Empty);
         }
-        Ok(Keyring { keys })
+        Ok(Keyring { keys, derived })
     }
 
     /// A new random key line, as `pkb-edge keygen` prints it.
@@ -87,6 +104,12 @@ impl Keyring {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
         format!("{id}:{}", B64.encode(bytes))
+    }
+
+    /// A 32-byte key derived from the first key, for keyed hashes that must not be reversible
+    /// by anyone without the keys.
+    pub fn derived_key(&self) -> [u8; 32] {
+        self.derived
     }
 
     pub fn ids(&self) -> Vec<&str> {

@@ -7,12 +7,14 @@
 
 pub mod crypto;
 mod pairings;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
 
 pub use pairings::{
-    FreshError, PairState, Pairing, Pairings, RefreshFailure, TakenState, TokenSet,
+    FreshError, PairState, Pairing, PairingInfo, Pairings, RefreshFailure, RekeyPage, TakenState,
+    TokenSet,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +62,29 @@ pub struct SealedPairState {
 #[async_trait]
 pub trait PairingStore: Send + Sync + 'static {
     async fn get(&self, user_id: &str) -> Result<Option<SealedPairing>, StoreError>;
+    /// The stored version of a user's pairing, or `None` if there is none: a cheap check that a
+    /// cached pairing is still current.
+    async fn version(&self, user_id: &str) -> Result<Option<i64>, StoreError>;
+    /// Whether other processes write this store too (PostgreSQL): then a cached pairing is
+    /// checked against the stored version before use.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Runs `work` while holding the user's refresh lock across every process using this store.
+    /// The default, for a store one process owns, only runs it (`Pairings` holds a per-process
+    /// lock around this).
+    async fn locked<'a>(
+        &'a self,
+        _user_id: &'a str,
+        work: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>,
+    ) -> Result<(), StoreError> {
+        work.await;
+        Ok(())
+    }
+    /// Writes rows sealed elsewhere (a migration): new users are inserted, and a user's row is
+    /// replaced only when the incoming one was refreshed later (so running a migration again
+    /// just before a cut-over brings rotated tokens along). Returns how many rows were written.
+    async fn import(&self, rows: Vec<SealedPairing>) -> Result<usize, StoreError>;
     /// Inserts, or replaces a user's pairing whole (re-pairing). `created_at` is kept on replace;
     /// the version is bumped. Returns the row as stored.
     async fn put(&self, row: SealedPairing) -> Result<SealedPairing, StoreError>;
@@ -70,6 +95,18 @@ pub trait PairingStore: Send + Sync + 'static {
         row: SealedPairing,
         expected_version: i64,
     ) -> Result<Option<SealedPairing>, StoreError>;
+    /// Writes `row`'s key id and sealed tokens only, keeping the version, if the stored version
+    /// is still `version`: a re-encryption under another key, which leaves the tokens as they
+    /// were, so a refresh racing it (compare-and-swap on the same version) still wins.
+    async fn reseal_if_version(&self, row: SealedPairing, version: i64)
+        -> Result<bool, StoreError>;
+    /// Up to `limit` rows with user ids after `after`, in user id order: for listing, re-keying
+    /// and migrating, a page at a time.
+    async fn page(
+        &self,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<SealedPairing>, StoreError>;
     async fn delete(&self, user_id: &str) -> Result<bool, StoreError>;
     async fn delete_if_version(&self, user_id: &str, version: i64) -> Result<bool, StoreError>;
     /// Known-plaintext check values, one per key that ever sealed in this store.
@@ -87,14 +124,83 @@ pub trait PairingStore: Send + Sync + 'static {
     ) -> Result<Option<SealedPairState>, StoreError>;
 }
 
+/// How to reach a backend beyond its URL.
+#[derive(Debug, Clone)]
+pub struct BackendOptions {
+    /// PostgreSQL connections per pool (queries, and refresh locks).
+    pub pool_size: usize,
+    /// PEM CA certificates for the database's TLS; none: the public web PKI.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    pub password: Option<crate::secret::SecretText>,
+    pub tls: postgres::TlsMode,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions {
+            pool_size: 16,
+            tls_ca_file: None,
+            password: None,
+            tls: postgres::TlsMode::Prefer,
+        }
+    }
+}
+
 /// Opens the backend named by `store.url`.
 pub async fn open_backend(url: &str) -> Result<std::sync::Arc<dyn PairingStore>, StoreError> {
-    match url.strip_prefix("sqlite://") {
-        Some(path) => Ok(std::sync::Arc::new(
+    open_backend_with(url, &BackendOptions::default()).await
+}
+
+pub async fn open_backend_with(
+    url: &str,
+    options: &BackendOptions,
+) -> Result<std::sync::Arc<dyn PairingStore>, StoreError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        return Ok(std::sync::Arc::new(
             sqlite::SqlitePairingStore::open(path).await?,
-        )),
-        None => Err(StoreError::Config(format!(
-            "store.url: `{url}` is not a sqlite:// URL"
-        ))),
+        ));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(std::sync::Arc::new(
+            postgres::PostgresPairingStore::open(&postgres::PostgresOptions {
+                url: url.to_string(),
+                pool_size: options.pool_size,
+                ca_file: options.tls_ca_file.clone(),
+                password: options.password.clone(),
+                tls: options.tls,
+            })
+            .await?,
+        ));
+    }
+    Err(StoreError::Config(format!(
+        "store.url: `{}` is neither sqlite://PATH nor postgres://…",
+        redact_url(url)
+    )))
+}
+
+/// A database URL with any password replaced, for messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            if u.query_pairs().any(|(k, _)| k == "password") {
+                let kept: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if k == "password" {
+                            "***".into()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(kept);
+            }
+            u.to_string()
+        }
+        Err(_) => url.to_string(),
     }
 }

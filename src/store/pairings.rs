@@ -6,6 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use moka::future::Cache;
+use tracing::Instrument;
 
 use super::crypto::{Keyring, SealError};
 use super::{PairingStore, SealedPairState, SealedPairing, StoreError};
@@ -31,6 +32,29 @@ pub struct Pairing {
     pub created_at: i64,
     pub refreshed_at: i64,
     pub version: i64,
+}
+
+/// A pairing as `pkb-edge pairings list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairingInfo {
+    pub user_id: String,
+    pub key_id: String,
+    pub created_at: i64,
+    pub refreshed_at: i64,
+    pub access_expires_at: i64,
+}
+
+/// What one page of `Pairings::rekey_page` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RekeyPage {
+    pub scanned: usize,
+    pub rekeyed: usize,
+    /// Already sealed with the first key.
+    pub already: usize,
+    /// Written by someone else between the read and the rewrite; the next run takes them.
+    pub changed: usize,
+    /// The last user id of the page, to continue after.
+    pub last: Option<String>,
 }
 
 /// A pairing in progress, as `Pairings::take_pair_state` hands it back.
@@ -119,10 +143,26 @@ impl Pairings {
         })
     }
 
-    /// The user's pairing, from the cache or the store.
+    /// The user's pairing, from the cache or the store. With a store other processes write
+    /// too, a cached pairing is used only while its version is still the stored one (one
+    /// indexed look-up), so an unpairing, revocation or refresh anywhere is seen at once.
     pub async fn get(&self, user_id: &str) -> Result<Option<Arc<Pairing>>, StoreError> {
         let counted = &crate::ops::metrics().token_cache_total;
         if let Some(p) = self.cache.get(user_id).await {
+            if self.backend.shared() {
+                match self.backend.version(user_id).await? {
+                    Some(v) if v == p.version => {}
+                    Some(_) => {
+                        counted.with_label_values(&["stale"]).inc();
+                        return self.load(user_id).await;
+                    }
+                    None => {
+                        counted.with_label_values(&["stale"]).inc();
+                        self.cache.invalidate(user_id).await;
+                        return Ok(None);
+                    }
+                }
+            }
             counted.with_label_values(&["hit"]).inc();
             return Ok(Some(p));
         }
@@ -157,6 +197,20 @@ impl Pairings {
         Ok(self.remember(self.unseal(stored)?).await)
     }
 
+    /// Stores many new pairings at once (seeding, bulk loads), skipping users that already
+    /// have one. Returns how many were stored.
+    pub async fn import_tokens(
+        &self,
+        pairings: &[(String, TokenSet)],
+    ) -> Result<usize, StoreError> {
+        let now = self.clock.now();
+        let rows = pairings
+            .iter()
+            .map(|(user, tokens)| self.seal(user, tokens, now, now, 1))
+            .collect();
+        self.backend.import(rows).await
+    }
+
     pub async fn remove(&self, user_id: &str) -> Result<bool, StoreError> {
         let removed = self.backend.delete(user_id).await;
         self.cache.invalidate(user_id).await;
@@ -165,6 +219,88 @@ impl Pairings {
 
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.backend.ping().await
+    }
+
+    /// What an operator may see of up to `limit` pairings after `after` (never a token).
+    pub async fn list_page(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<PairingInfo>, StoreError> {
+        let rows = self.backend.page(after.map(str::to_string), limit).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| PairingInfo {
+                user_id: r.user_id,
+                key_id: r.key_id,
+                created_at: r.created_at,
+                refreshed_at: r.refreshed_at,
+                access_expires_at: r.access_expires_at,
+            })
+            .collect())
+    }
+
+    /// Opens every row of one page with the configured keys, failing on the first that does not
+    /// open. Returns how many rows it checked and the last user id.
+    pub async fn verify_page(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<(usize, Option<String>), StoreError> {
+        let rows = self.backend.page(after.map(str::to_string), limit).await?;
+        let last = rows.last().map(|r| r.user_id.clone());
+        let count = rows.len();
+        for row in rows {
+            let user = row.user_id.clone();
+            self.unseal(row).map_err(|e| match e {
+                StoreError::Sealing(e) => StoreError::Keys(format!("pairing of `{user}`: {e}")),
+                other => other,
+            })?;
+        }
+        Ok((count, last))
+    }
+
+    /// The backend itself, for copying sealed rows between stores.
+    pub fn backend(&self) -> &Arc<dyn PairingStore> {
+        &self.backend
+    }
+
+    /// Re-encrypts, under the first configured key, the rows of one page that are sealed with
+    /// another key. Each row is rewritten on its own, compare-and-swap on its version and without
+    /// bumping it, so an interruption loses nothing and a refresh racing it wins; run again to
+    /// pick up what changed meanwhile.
+    pub async fn rekey_page(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<RekeyPage, StoreError> {
+        let rows = self.backend.page(after.map(str::to_string), limit).await?;
+        let mut page = RekeyPage {
+            scanned: rows.len(),
+            last: rows.last().map(|r| r.user_id.clone()),
+            ..RekeyPage::default()
+        };
+        for row in rows {
+            if row.key_id == self.keyring.primary_id() {
+                page.already += 1;
+                continue;
+            }
+            let version = row.version;
+            let pairing = self.unseal(row)?;
+            let resealed = self.seal(
+                &pairing.user_id,
+                &pairing.tokens,
+                pairing.created_at,
+                pairing.refreshed_at,
+                version,
+            );
+            if self.backend.reseal_if_version(resealed, version).await? {
+                page.rekeyed += 1;
+            } else {
+                page.changed += 1;
+            }
+        }
+        Ok(page)
     }
 
     /// The user's pairing with an access token valid for at least `skew_secs` more, refreshing it
@@ -196,10 +332,13 @@ impl Pairings {
         }
         let this = self.clone();
         let user_id = user_id.to_string();
-        tokio::spawn(async move {
-            this.refresh_serialized(&user_id, skew_secs, stale_version, refresh)
-                .await
-        })
+        tokio::spawn(
+            async move {
+                this.refresh_serialized(&user_id, skew_secs, stale_version, refresh)
+                    .await
+            }
+            .in_current_span(),
+        )
         .await
         .map_err(|e| {
             FreshError::Store(StoreError::Unavailable(format!("refresh task failed: {e}")))
@@ -214,11 +353,48 @@ impl Pairings {
         refresh: F,
     ) -> Result<Arc<Pairing>, FreshError<E>>
     where
-        F: FnOnce(TokenSet) -> Fut,
-        Fut: Future<Output = Result<TokenSet, RefreshFailure<E>>>,
+        E: Send,
+        F: FnOnce(TokenSet) -> Fut + Send,
+        Fut: Future<Output = Result<TokenSet, RefreshFailure<E>>> + Send,
     {
         let lock = self.locks.for_user(user_id);
         let _held = lock.lock().await;
+        // And across processes sharing the store.
+        let mut outcome = None;
+        let work = async {
+            outcome = Some(
+                self.refresh_locked(user_id, skew_secs, stale_version, refresh)
+                    .await,
+            );
+        };
+        let locked = self.backend.locked(user_id, Box::pin(work)).await;
+        // The refresh's own result stands even if releasing the lock failed afterwards (the
+        // tokens are stored by then); a lock that could not be taken is the store's failure.
+        if let (Some(_), Err(e)) = (&outcome, &locked) {
+            tracing::warn!(error = %e, "releasing the refresh lock failed after the refresh");
+        }
+        if outcome.is_none() {
+            locked?;
+        }
+        outcome.unwrap_or_else(|| {
+            Err(FreshError::Store(StoreError::Unavailable(
+                "the refresh lock was released before the refresh ran".into(),
+            )))
+        })
+    }
+
+    async fn refresh_locked<E, F, Fut>(
+        &self,
+        user_id: &str,
+        skew_secs: i64,
+        stale_version: Option<i64>,
+        refresh: F,
+    ) -> Result<Arc<Pairing>, FreshError<E>>
+    where
+        E: Send,
+        F: FnOnce(TokenSet) -> Fut + Send,
+        Fut: Future<Output = Result<TokenSet, RefreshFailure<E>>> + Send,
+    {
         // Whoever held the lock before us may have refreshed already: the store is the truth.
         let pairing = self.load(user_id).await?.ok_or(FreshError::NotPaired)?;
         let now = self.clock.now();
@@ -231,11 +407,25 @@ impl Pairings {
         match refresh(pairing.tokens.clone()).await {
             Ok(tokens) => {
                 let row = self.seal(user_id, &tokens, pairing.created_at, now, pairing.version);
-                match self
-                    .backend
-                    .replace_if_version(row, pairing.version)
-                    .await?
-                {
+                // PKB has rotated the refresh token: the new one exists nowhere but here until
+                // this write lands, so a store hiccup is retried rather than lose the pairing.
+                let mut retries = 0u32;
+                let written = loop {
+                    match self
+                        .backend
+                        .replace_if_version(row.clone(), pairing.version)
+                        .await
+                    {
+                        Err(StoreError::Unavailable(why)) if retries < 4 => {
+                            retries += 1;
+                            tracing::warn!(error = %why, retries, "storing refreshed tokens failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(250 * u64::from(retries)))
+                                .await;
+                        }
+                        other => break other?,
+                    }
+                };
+                match written {
                     Some(stored) => Ok(self.remember(self.unseal(stored)?).await),
                     // Re-paired or unpaired while we refreshed: that newer decision stands.
                     None => self.load(user_id).await?.ok_or(FreshError::NotPaired),
@@ -281,12 +471,21 @@ impl Pairings {
         }))
     }
 
+    /// PKB rejected this version's grant. Deletes the row only if it is still that version;
+    /// if someone (another instance) wrote a newer one meanwhile, that one is used instead: a
+    /// stale refresh token never kills a pairing.
     async fn drop_dead<E>(&self, pairing: &Pairing) -> Result<Arc<Pairing>, FreshError<E>> {
-        self.backend
+        let deleted = self
+            .backend
             .delete_if_version(&pairing.user_id, pairing.version)
             .await?;
         self.cache.invalidate(&pairing.user_id).await;
-        Err(FreshError::Revoked)
+        if deleted {
+            return Err(FreshError::Revoked);
+        }
+        self.load(&pairing.user_id)
+            .await?
+            .ok_or(FreshError::NotPaired)
     }
 
     fn seal(
@@ -457,6 +656,82 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn rekey_moves_every_row_to_the_first_key_and_never_beats_a_refresh() {
+        let f = Fixture::new();
+        let (k1, k2) = (Keyring::generate_line("k1"), Keyring::generate_line("k2"));
+        let old = f.open(&k1).await.unwrap();
+        for n in 0..25 {
+            old.save(
+                &format!("user{n:02}"),
+                tokens(&format!("at-{n}"), Some("rt"), NOW + 600),
+            )
+            .await
+            .unwrap();
+        }
+        drop(old);
+        let both = Arc::new(f.open(&format!("{k2}\n{k1}")).await.unwrap());
+        // A first run stopped after one page of 10: those rows move, the rest wait.
+        let first = both.rekey_page(None, 10).await.unwrap();
+        assert_eq!((first.scanned, first.rekeyed, first.already), (10, 10, 0));
+        // A refresh of user12 reads its row (k1, version 1) before the rekey run reaches it …
+        let stale = both.backend.get("user12").await.unwrap().unwrap();
+        // … the run goes on from the start and finds the first page done.
+        let mut after = None;
+        let mut total = RekeyPage::default();
+        loop {
+            let page = both.rekey_page(after.as_deref(), 10).await.unwrap();
+            let Some(last) = page.last.clone() else { break };
+            after = Some(last);
+            total.rekeyed += page.rekeyed;
+            total.already += page.already;
+        }
+        assert_eq!((total.rekeyed, total.already), (15, 10));
+        // The refresh's compare-and-swap on the version it read still succeeds: rekeying did not
+        // bump the version, so rotated tokens are never thrown away.
+        let refreshed = both.seal(
+            "user12",
+            &tokens("at-new", Some("rt-new"), NOW + 1800),
+            NOW,
+            NOW,
+            1,
+        );
+        assert!(both
+            .backend
+            .replace_if_version(refreshed, stale.version)
+            .await
+            .unwrap()
+            .is_some());
+        drop(both);
+        // Every row opens with k2 alone now.
+        let only_new = f.open(&k2).await.unwrap();
+        let all = only_new.list_page(None, 100).await.unwrap();
+        assert_eq!(all.len(), 25);
+        assert!(all.iter().all(|p| p.key_id == "k2"));
+        assert_eq!(
+            only_new
+                .get("user12")
+                .await
+                .unwrap()
+                .unwrap()
+                .tokens
+                .access_token
+                .expose(),
+            "at-new"
+        );
+        assert_eq!(
+            only_new
+                .get("user03")
+                .await
+                .unwrap()
+                .unwrap()
+                .tokens
+                .access_token
+                .expose(),
+            "at-3"
+        );
+    }
+
+    #[tokio::test]
     async fn missing_or_wrong_key_is_a_startup_error() {
         let f = Fixture::new();
         let k1 = Keyring::generate_line("k1");
@@ -541,7 +816,8 @@ mod tests {
         assert!(matches!(r, Err(FreshError::Revoked)));
         assert!(p.get("alice").await.unwrap().is_none());
 
-        // A re-pairing that lands while a refresh is failing is kept.
+        // A re-pairing (or another instance's refresh) that lands while a refresh is failing is
+        // kept, and used: the rejected grant was a stale one.
         p.save("bob", tokens("old", Some("rt"), NOW - 1))
             .await
             .unwrap();
@@ -555,7 +831,7 @@ mod tests {
                 Err::<TokenSet, _>(RefreshFailure::<()>::GrantRejected)
             })
             .await;
-        assert!(matches!(r, Err(FreshError::Revoked)));
+        assert_eq!(r.unwrap().tokens.access_token.expose(), "repaired");
         let kept = p.get("bob").await.unwrap().unwrap();
         assert_eq!(kept.tokens.access_token.expose(), "repaired");
     }

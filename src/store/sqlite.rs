@@ -38,10 +38,24 @@ const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL
     );
     CREATE INDEX pair_states_by_expiry ON pair_states(expires_at);",
+    // 3: row versions from one counter, so a version is never reused (not even after a user
+    // unpairs and pairs again), and a compare-and-swap can never match a different pairing.
+    "CREATE TABLE version_counter (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
+    INSERT INTO version_counter VALUES (1, (SELECT COALESCE(MAX(version), 0) FROM pairings));",
 ];
+
+/// The next row version, inside the caller's transaction.
+fn next_version(tx: &rusqlite::Transaction<'_>) -> Result<i64, StoreError> {
+    Ok(tx.query_row(
+        "UPDATE version_counter SET value = value + 1 WHERE id = 1 RETURNING value",
+        [],
+        |r| r.get(0),
+    )?)
+}
 
 pub struct SqlitePairingStore {
     conn: Arc<Mutex<Connection>>,
+    path: std::path::PathBuf,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -52,12 +66,14 @@ impl From<rusqlite::Error> for StoreError {
 
 impl SqlitePairingStore {
     pub async fn open(path: &str) -> Result<Self, StoreError> {
-        let path = path.to_string();
-        let conn = tokio::task::spawn_blocking(move || Self::open_blocking(Path::new(&path)))
+        let path = std::path::PathBuf::from(path);
+        let at = path.clone();
+        let conn = tokio::task::spawn_blocking(move || Self::open_blocking(&at))
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))??;
         Ok(SqlitePairingStore {
             conn: Arc::new(Mutex::new(conn)),
+            path,
         })
     }
 
@@ -137,17 +153,61 @@ impl PairingStore for SqlitePairingStore {
         self.with(move |c| select(c, &user_id)).await
     }
 
+    async fn version(&self, user_id: &str) -> Result<Option<i64>, StoreError> {
+        let user_id = user_id.to_string();
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached("SELECT version FROM pairings WHERE user_id = ?1")?;
+            Ok(stmt.query_row([user_id], |r| r.get(0)).optional()?)
+        })
+        .await
+    }
+
+    async fn import(&self, rows: Vec<SealedPairing>) -> Result<usize, StoreError> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let mut inserted = 0;
+            {
+                let mut stmt = tx.prepare_cached(&format!(
+                    "INSERT INTO pairings ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT(user_id) DO UPDATE SET
+                        key_id = excluded.key_id, access_token = excluded.access_token,
+                        refresh_token = excluded.refresh_token,
+                        access_expires_at = excluded.access_expires_at,
+                        refreshed_at = excluded.refreshed_at, version = excluded.version
+                     WHERE pairings.refreshed_at < excluded.refreshed_at"
+                ))?;
+                for row in &rows {
+                    let version = next_version(&tx)?;
+                    inserted += stmt.execute(params![
+                        row.user_id,
+                        row.key_id,
+                        row.access_token,
+                        row.refresh_token,
+                        row.access_expires_at,
+                        row.created_at,
+                        row.refreshed_at,
+                        version
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(inserted)
+        })
+        .await
+    }
+
     async fn put(&self, row: SealedPairing) -> Result<SealedPairing, StoreError> {
         self.with(move |c| {
             let tx = c.transaction()?;
+            let version = next_version(&tx)?;
             tx.execute(
                 "INSERT INTO pairings (user_id, key_id, access_token, refresh_token, access_expires_at, created_at, refreshed_at, version)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT(user_id) DO UPDATE SET
                     key_id = excluded.key_id, access_token = excluded.access_token,
                     refresh_token = excluded.refresh_token, access_expires_at = excluded.access_expires_at,
-                    refreshed_at = excluded.refreshed_at, version = pairings.version + 1",
-                params![row.user_id, row.key_id, row.access_token, row.refresh_token, row.access_expires_at, row.created_at, row.refreshed_at],
+                    refreshed_at = excluded.refreshed_at, version = excluded.version",
+                params![row.user_id, row.key_id, row.access_token, row.refresh_token, row.access_expires_at, row.created_at, row.refreshed_at, version],
             )?;
             let stored = select(&tx, &row.user_id)?
                 .ok_or_else(|| StoreError::Unavailable("row vanished inside its transaction".into()))?;
@@ -164,9 +224,10 @@ impl PairingStore for SqlitePairingStore {
     ) -> Result<Option<SealedPairing>, StoreError> {
         self.with(move |c| {
             let tx = c.transaction()?;
+            let version = next_version(&tx)?;
             let changed = tx.execute(
                 "UPDATE pairings SET key_id = ?2, access_token = ?3, refresh_token = ?4,
-                    access_expires_at = ?5, refreshed_at = ?6, version = version + 1
+                    access_expires_at = ?5, refreshed_at = ?6, version = ?8
                  WHERE user_id = ?1 AND version = ?7",
                 params![
                     row.user_id,
@@ -175,7 +236,8 @@ impl PairingStore for SqlitePairingStore {
                     row.refresh_token,
                     row.access_expires_at,
                     row.refreshed_at,
-                    expected_version
+                    expected_version,
+                    version
                 ],
             )?;
             let stored = if changed == 1 {
@@ -185,6 +247,44 @@ impl PairingStore for SqlitePairingStore {
             };
             tx.commit()?;
             Ok(stored)
+        })
+        .await
+    }
+
+    async fn reseal_if_version(
+        &self,
+        row: SealedPairing,
+        version: i64,
+    ) -> Result<bool, StoreError> {
+        self.with(move |c| {
+            let changed = c.execute(
+                "UPDATE pairings SET key_id = ?2, access_token = ?3, refresh_token = ?4
+                 WHERE user_id = ?1 AND version = ?5",
+                params![
+                    row.user_id,
+                    row.key_id,
+                    row.access_token,
+                    row.refresh_token,
+                    version
+                ],
+            )?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn page(
+        &self,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<SealedPairing>, StoreError> {
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM pairings WHERE user_id > ?1 ORDER BY user_id LIMIT ?2"
+            ))?;
+            // User ids are never empty, so "after nothing" is "after the empty string".
+            let rows = stmt.query_map(params![after.unwrap_or_default(), limit], read_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }
@@ -238,9 +338,26 @@ impl PairingStore for SqlitePairingStore {
         .await
     }
 
+    /// A read through the open connection, and a fresh read of the file's header: the open
+    /// connection keeps working on a file that was deleted, replaced or made unreadable under it,
+    /// and a restart would then find no store, so that is "not ready" too.
     async fn ping(&self) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.query_row("SELECT 1", [], |_| Ok(()))?;
+        let path = self.path.clone();
+        self.with(move |c| {
+            c.prepare_cached("SELECT 1 FROM pairings LIMIT 1")?
+                .exists([])?;
+            let mut header = [0u8; 16];
+            std::fs::File::open(&path)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
+                .map_err(|e| {
+                    StoreError::Unavailable(format!("cannot read {}: {e}", path.display()))
+                })?;
+            if &header != b"SQLite format 3\0" {
+                return Err(StoreError::Unavailable(format!(
+                    "{} is no longer an SQLite database",
+                    path.display()
+                )));
+            }
             Ok(())
         })
         .await

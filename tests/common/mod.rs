@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -55,7 +55,10 @@ pub struct Sim {
 
 impl Sim {
     pub fn start() -> Sim {
-        let sim = Simulator::new(SimConfig::default());
+        let sim = Simulator::new(SimConfig {
+            record_secrets: true,
+            ..SimConfig::default()
+        });
         let listener = rt()
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
@@ -218,6 +221,14 @@ pub struct ProxyConfig {
     pub extra_toml: String,
     /// Serve `/metrics`, `/livez`, `/readyz` on this port.
     pub ops_port: Option<u16>,
+    /// `limits.launch_per_minute`: high by default so that load tests are not limited.
+    pub launch_per_minute: u32,
+    pub pkb_concurrency: usize,
+    /// Where a new process (`run --upgrade`) takes the listening sockets over.
+    pub upgrade_sock: PathBuf,
+    pub pid_file: PathBuf,
+    /// `store.url` when not the SQLite file at `db_path` (a PostgreSQL schema).
+    pub store_url: Option<String>,
 }
 
 impl ProxyConfig {
@@ -235,6 +246,11 @@ impl ProxyConfig {
             state_ttl_secs: 600,
             extra_toml: String::new(),
             ops_port: None,
+            launch_per_minute: 6000,
+            pkb_concurrency: 256,
+            upgrade_sock: dir.path().join("upgrade.sock"),
+            pid_file: dir.path().join("pkb-edge.pid"),
+            store_url: None,
         }
     }
 
@@ -254,6 +270,8 @@ public_url = "http://127.0.0.1:{port}"
 threads = 2
 grace_period_seconds = {grace}
 graceful_shutdown_timeout_seconds = 5
+upgrade_sock = "{upgrade_sock}"
+pid_file = "{pid_file}"
 [identity]
 mode = "header"
 header = "{USER_HEADER}"
@@ -266,10 +284,17 @@ timeout_ms = {timeout}
 refresh_skew_secs = {skew}
 state_ttl_secs = {state_ttl}
 [store]
-url = "sqlite://{db}"
+url = "{store_url}"
 keys = "{keys}"
+[limits]
+launch_per_minute = {per_minute}
+pkb_concurrency = {pkb_concurrency}
 {extra}
 "#,
+            per_minute = self.launch_per_minute,
+            upgrade_sock = self.upgrade_sock.display(),
+            pid_file = self.pid_file.display(),
+            pkb_concurrency = self.pkb_concurrency,
             port = self.port,
             upstream = self.upstream,
             peers = peers.join(", "),
@@ -278,7 +303,7 @@ keys = "{keys}"
             skew = self.refresh_skew_secs,
             grace = self.grace_period_seconds,
             state_ttl = self.state_ttl_secs,
-            db = self.db_path.display(),
+            store_url = self.store_url(),
             keys = self.keys,
             extra = self.extra_toml,
             ops = self
@@ -292,11 +317,15 @@ keys = "{keys}"
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    pub fn store_url(&self) -> String {
+        self.store_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.db_path.display()))
+    }
+
     /// The store as the proxy sees it, opened from the test process.
     pub async fn pairings(&self) -> Arc<Pairings> {
-        let backend = open_backend(&format!("sqlite://{}", self.db_path.display()))
-            .await
-            .unwrap();
+        let backend = open_backend(&self.store_url()).await.unwrap();
         let keyring = Keyring::parse(&self.keys).unwrap();
         Arc::new(
             Pairings::open(
@@ -327,6 +356,7 @@ pub struct Proxy {
     child: Option<Child>,
     pub config: ProxyConfig,
     log: PathBuf,
+    out: PathBuf,
 }
 
 impl Proxy {
@@ -336,15 +366,30 @@ impl Proxy {
 
     /// Starts the proxy and waits until it accepts connections; on failure, its log.
     pub fn try_start(dir: &tempfile::TempDir, config: &ProxyConfig) -> Result<Proxy, String> {
+        Proxy::spawn(dir, config, &[])
+    }
+
+    /// Starts `pkb-edge run` with extra arguments (`--log-format json`). Standard
+    /// error (the log, at debug level for pkb-edge) and standard output (the audit log unless
+    /// the config names a file) each go to a file in `dir`.
+    pub fn spawn(
+        dir: &tempfile::TempDir,
+        config: &ProxyConfig,
+        extra_args: &[&str],
+    ) -> Result<Proxy, String> {
         let conf_path = dir.path().join(format!("pkb-edge-{}.toml", config.port));
         std::fs::write(&conf_path, config.toml()).unwrap();
-        let log = dir.path().join(format!("proxy-{}.log", config.port));
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = dir.path().join(format!("proxy-{}-{n}.log", config.port));
+        let out = dir.path().join(format!("proxy-{}-{n}.out", config.port));
         let log_file = std::fs::File::create(&log).unwrap();
+        let out_file = std::fs::File::create(&out).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_pkb-edge"))
             .args(["run", "--config"])
             .arg(&conf_path)
-            .env("PKB_EDGE_LOG", "info")
-            .stdout(Stdio::null())
+            .args(extra_args)
+            .env("PKB_EDGE_LOG", "info,pkb_edge=debug")
+            .stdout(out_file)
             .stderr(log_file)
             .spawn()
             .unwrap();
@@ -358,6 +403,7 @@ impl Proxy {
                     child: Some(child),
                     config: config.clone(),
                     log,
+                    out,
                 });
             }
             if Instant::now() > deadline {
@@ -376,23 +422,107 @@ impl Proxy {
         read_log(&self.log)
     }
 
+    /// Everything the process wrote: standard output (audit lines) and standard error (logs).
+    pub fn output(&self) -> String {
+        format!("{}\n{}", read_log(&self.out), read_log(&self.log))
+    }
+
+    /// The audit lines it wrote to standard output, parsed.
+    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
+        read_log(&self.out)
+            .lines()
+            .filter(|l| l.contains("\"type\":\"audit\""))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// SIGTERM, then wait for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    pub fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("running");
         let _ = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{name}"))
             .arg(child.id().to_string())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + within;
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 return status;
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("proxy did not exit within 30 s of SIGTERM");
+                panic!("proxy did not exit within {within:?}");
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A graceful upgrade as an operator runs it: a new process with `--upgrade`, then SIGQUIT
+    /// to this one once the new one waits for the sockets. Returns the new process, serving.
+    pub fn upgrade(&self, dir: &tempfile::TempDir) -> Proxy {
+        let sock = &self.config.upgrade_sock;
+        let _ = std::fs::remove_file(sock);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = dir
+            .path()
+            .join(format!("proxy-{}-{n}.log", self.config.port));
+        let out = dir
+            .path()
+            .join(format!("proxy-{}-{n}.out", self.config.port));
+        let conf_path = dir
+            .path()
+            .join(format!("pkb-edge-{}-{n}.toml", self.config.port));
+        std::fs::write(&conf_path, self.config.toml()).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pkb-edge"))
+            .args(["run", "--upgrade", "--config"])
+            .arg(&conf_path)
+            .env("PKB_EDGE_LOG", "info,pkb_edge=debug")
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !sock.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("new process exited ({status}):\n{}", read_log(&log));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no upgrade socket:\n{}",
+                read_log(&log)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.signal("QUIT");
+        while !read_log(&log).contains("pkb-edge starting") {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("new process exited ({status}):\n{}", read_log(&log));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "new process not ready:\n{}",
+                read_log(&log)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Proxy {
+            child: Some(child),
+            config: self.config.clone(),
+            log,
+            out,
         }
     }
 }
@@ -404,6 +534,35 @@ impl Drop for Proxy {
             let _ = child.wait();
         }
     }
+}
+
+static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Fails if any secret the simulator issued (codes, access and refresh tokens, OTPs, the client
+/// secret) appears in `output`.
+pub fn assert_no_secrets(sim: &Sim, output: &str) {
+    let secrets = sim.sim.issued_secrets();
+    // One pass over the output for all of them (thousands after a load test).
+    let matcher = aho_corasick::AhoCorasick::new(&secrets).unwrap();
+    let leaks: Vec<aho_corasick::Match> = matcher.find_overlapping_iter(output).collect();
+    // Where they leaked, with each secret replaced, so a failure can be diagnosed.
+    let lines: std::collections::BTreeSet<String> = leaks
+        .iter()
+        .take(5)
+        .map(|m| {
+            let start = output[..m.start()].rfind('\n').map_or(0, |i| i + 1);
+            let end = output[m.end()..]
+                .find('\n')
+                .map_or(output.len(), |i| m.end() + i);
+            matcher.replace_all(&output[start..end], &vec!["<SECRET>"; secrets.len()])
+        })
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "{} issued secrets appear in pkb-edge's output, e.g. in:\n{}",
+        leaks.len(),
+        lines.into_iter().collect::<Vec<_>>().join("\n")
+    );
 }
 
 pub fn read_log(path: &PathBuf) -> String {
@@ -445,12 +604,18 @@ impl World {
     }
 
     pub fn start_with(adjust: impl FnOnce(&mut ProxyConfig)) -> World {
+        World::start_with_args(adjust, &[])
+    }
+
+    /// With extra `pkb-edge run` arguments, e.g. `--log-format json`.
+    pub fn start_with_args(adjust: impl FnOnce(&mut ProxyConfig), args: &[&str]) -> World {
         let sim = Sim::start();
         let upstream = Upstream::start();
         let dir = tempfile::tempdir().unwrap();
         let mut config = ProxyConfig::new(&dir, &upstream, &sim);
         adjust(&mut config);
-        let proxy = Proxy::start(&dir, &config);
+        let proxy = Proxy::spawn(&dir, &config, args)
+            .unwrap_or_else(|log| panic!("proxy did not start:\n{log}"));
         World {
             sim,
             upstream,
@@ -462,7 +627,19 @@ impl World {
     pub fn config(&self) -> &ProxyConfig {
         &self.proxy.config
     }
+}
 
+/// Every test with a `World` is also a check that nothing the simulator issued leaked into the
+/// proxy's logs or audit lines.
+impl Drop for World {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            assert_no_secrets(&self.sim, &self.proxy.output());
+        }
+    }
+}
+
+impl World {
     /// GET a proxy path as `user` (from a trusted peer).
     pub async fn get_as(&self, user: &str, path: &str) -> reqwest::Response {
         client()
@@ -472,6 +649,30 @@ impl World {
             .await
             .unwrap()
     }
+}
+
+/// /pair as `user`, returning PKB's authorize URL.
+pub async fn start_pairing(w: &World, user: &str, return_to: Option<&str>) -> String {
+    let path = match return_to {
+        Some(r) => format!(
+            "/_pkb/pair?return_to={}",
+            form_urlencoded::byte_serialize(r.as_bytes()).collect::<String>()
+        ),
+        None => "/_pkb/pair".to_string(),
+    };
+    let r = w.get_as(user, &path).await;
+    assert_eq!(r.status(), 302, "{}", r.text().await.unwrap());
+    header(r.headers(), "location").to_string()
+}
+
+/// The callback URL PKB sends the browser back to, as a path on the proxy.
+pub fn callback_path(w: &World, callback_url: &str) -> String {
+    let prefix = w.proxy.url("");
+    assert!(
+        callback_url.starts_with(&format!("{prefix}/_pkb/callback?")),
+        "{callback_url}"
+    );
+    callback_url[prefix.len()..].to_string()
 }
 
 /// Plays the person at PKB's consent page: loads it, then answers `decision` ("allow" or "deny")

@@ -1,0 +1,180 @@
+//! `pkb-edge pairings …`: what an operator does to the token store by hand. Each command opens
+//! the store the same way the service does (keys checked first), prints what it did, and never
+//! prints a token.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use crate::audit::{Action, AuditLog, Event};
+use crate::clock::{rfc3339, SystemClock};
+use crate::config::Config;
+use crate::store::Pairings;
+
+const PAGE: u32 = 500;
+
+/// What a command reports: the text for standard output, or why it failed.
+pub type Outcome = Result<(), String>;
+
+async fn open(config: &Config) -> Result<Arc<Pairings>, String> {
+    crate::service::open_pairings(config, Arc::new(SystemClock))
+        .await
+        .map_err(|e| format!("cannot open the token store: {e}"))
+}
+
+/// One line per pairing: user id, created, last refreshed, access token expiry, key id.
+pub async fn list(config: &Config, out: &mut dyn Write) -> Outcome {
+    let pairings = open(config).await?;
+    let w = |out: &mut dyn Write, line: String| {
+        writeln!(out, "{line}").map_err(|e| format!("cannot write: {e}"))
+    };
+    w(
+        out,
+        "user_id\tcreated\trefreshed\taccess_expires\tkey_id".into(),
+    )?;
+    let (mut after, mut total) = (None::<String>, 0usize);
+    loop {
+        let page = pairings
+            .list_page(after.as_deref(), PAGE)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.user_id.clone());
+        total += page.len();
+        for p in &page {
+            w(
+                out,
+                format!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    p.user_id,
+                    rfc3339(p.created_at),
+                    rfc3339(p.refreshed_at),
+                    rfc3339(p.access_expires_at),
+                    p.key_id
+                ),
+            )?;
+        }
+    }
+    w(out, format!("# {total} pairing(s)"))
+}
+
+/// Deletes one user's pairing, and writes an audit line for it.
+pub async fn revoke(config: &Config, user: &str, out: &mut dyn Write) -> Outcome {
+    let pairings = open(config).await?;
+    let keys = crate::service::keyring(config).map_err(|e| e.to_string())?;
+    let audit = AuditLog::open(&config.audit, keys.derived_key())?;
+    let removed = pairings.remove(user).await.map_err(|e| e.to_string())?;
+    let request_id = format!("admin-{:016x}", rand::random::<u64>());
+    audit.record(Event {
+        request_id: &request_id,
+        user: Some(user),
+        action: Action::Revoke,
+        outcome: if removed { "revoked" } else { "was_not_paired" },
+        refused: false,
+        patient: None,
+        reason: None,
+    });
+    if !removed {
+        return Err(format!("`{user}` has no pairing; nothing was changed"));
+    }
+    writeln!(
+        out,
+        "revoked the pairing of `{user}`; running instances stop using it within store.cache_ttl_secs ({} s)",
+        config.store.cache_ttl.as_secs()
+    )
+    .map_err(|e| format!("cannot write: {e}"))
+}
+
+/// Re-encrypts every pairing under the first configured key, a page at a time.
+pub async fn rekey(config: &Config, out: &mut dyn Write) -> Outcome {
+    let pairings = open(config).await?;
+    let primary = crate::service::keyring(config)
+        .map_err(|e| e.to_string())?
+        .primary_id()
+        .to_string();
+    let (mut after, mut scanned, mut rekeyed, mut already, mut changed) =
+        (None::<String>, 0, 0, 0, 0);
+    loop {
+        let page = pairings
+            .rekey_page(after.as_deref(), PAGE)
+            .await
+            .map_err(|e| {
+                format!("stopped after {rekeyed} re-encrypted ({e}); run again to continue")
+            })?;
+        let Some(last) = page.last else { break };
+        after = Some(last);
+        scanned += page.scanned;
+        rekeyed += page.rekeyed;
+        already += page.already;
+        changed += page.changed;
+    }
+    writeln!(
+        out,
+        "{scanned} pairing(s): {rekeyed} re-encrypted under key `{primary}`, {already} already were, {changed} changed meanwhile{}",
+        if changed > 0 { " (run again to take them)" } else { "" }
+    )
+    .map_err(|e| format!("cannot write: {e}"))
+}
+
+/// Copies every pairing from the store at `from` to the store at `to`, sealed rows as they are
+/// (the same keys open both): new users are inserted, rows the source has refreshed since are
+/// replaced, the rest left alone; then opens every row of the target with the configured keys.
+/// Idempotent: run it again to resume, or just before the cut-over to bring rotated tokens over.
+pub async fn migrate(config: &Config, from: &str, to: &str, out: &mut dyn Write) -> Outcome {
+    let open = |url: &str| {
+        let mut c = config.clone();
+        c.store.url = url.to_string();
+        async move {
+            crate::service::open_pairings(&c, Arc::new(SystemClock))
+                .await
+                .map_err(|e| format!("{}: {e}", crate::store::redact_url(&c.store.url)))
+        }
+    };
+    let source = open(from).await?;
+    let target = open(to).await?;
+    // The target learns the source's key checks, so it refuses the wrong keys the same way.
+    for (key_id, check) in source
+        .backend()
+        .key_checks()
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        target
+            .backend()
+            .add_key_check(&key_id, check)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let (mut after, mut written, mut current) = (None::<String>, 0usize, 0usize);
+    loop {
+        let rows = source
+            .backend()
+            .page(after.clone(), PAGE)
+            .await
+            .map_err(|e| format!("reading the source: {e}"))?;
+        let Some(last) = rows.last() else { break };
+        after = Some(last.user_id.clone());
+        let n = rows.len();
+        let done = target.backend().import(rows).await.map_err(|e| {
+            format!("writing the target after {written} written ({e}); run again to continue")
+        })?;
+        written += done;
+        current += n - done;
+    }
+    let (mut after, mut verified) = (None::<String>, 0usize);
+    loop {
+        let (n, last) = target
+            .verify_page(after.as_deref(), PAGE)
+            .await
+            .map_err(|e| format!("checking the target: {e}"))?;
+        verified += n;
+        match last {
+            Some(l) => after = Some(l),
+            None => break,
+        }
+    }
+    writeln!(
+        out,
+        "{written} pairing(s) written, {current} already up to date; the target holds {verified}, all of which open with the configured keys"
+    )
+    .map_err(|e| format!("cannot write: {e}"))
+}

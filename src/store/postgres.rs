@@ -1,0 +1,619 @@
+//! The PostgreSQL backend, for several pkb-edge instances sharing one store.
+//!
+//! Connections are pooled (deadpool); the pool makes them on demand in whatever runtime asks,
+//! and replaces closed ones, so the store recovers by itself when the database comes back.
+//! Migrations are versioned in `pkb_edge_schema` and applied at start-up under an advisory lock,
+//! so instances starting together apply each one once.
+//!
+//! Cross-instance refresh: `locked` holds a transaction-scoped advisory lock keyed by the user
+//! id around the whole refresh (re-read, PKB call, compare-and-swap write). It runs on a second
+//! pool, so lock holders never starve the queries their own work needs. The lock dies with its
+//! transaction: a crashed or cancelled refresher releases it.
+//!
+//! Row versions come from one sequence, so a version is never reused, not even by a user who
+//! unpairs and pairs again: a cached pairing is current exactly when its version is the row's.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use sha2::{Digest, Sha256};
+
+use super::{PairingStore, SealedPairState, SealedPairing, StoreError};
+
+/// Each entry upgrades the schema by one version; never edit one that has shipped.
+const MIGRATIONS: &[&str] = &["CREATE SEQUENCE pairing_versions;
+    CREATE TABLE pairings (
+        user_id TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        access_token BYTEA NOT NULL,
+        refresh_token BYTEA,
+        access_expires_at BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        refreshed_at BIGINT NOT NULL,
+        version BIGINT NOT NULL
+    );
+    CREATE INDEX pairings_by_key ON pairings(key_id);
+    CREATE TABLE key_checks (
+        key_id TEXT PRIMARY KEY,
+        check_value BYTEA NOT NULL
+    );
+    CREATE TABLE pair_states (
+        state_hash BYTEA PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        verifier BYTEA NOT NULL,
+        return_to TEXT,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX pair_states_by_expiry ON pair_states(expires_at);"];
+
+/// The advisory lock that serialises migrations across instances starting together.
+const MIGRATION_LOCK: i64 = 0x706b_625f_6564_6765; // "pkb_edge"
+
+const COLUMNS: &str = "user_id, key_id, access_token, refresh_token, access_expires_at, created_at, refreshed_at, version";
+
+/// How long a caller waits for a connection, and for a new one to be made, before the store
+/// counts as unavailable: launches fail fast while the database is away.
+const POOL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a refresh waits for another instance's refresh of the same user.
+const LOCK_TIMEOUT: &str = "15s";
+
+pub struct PostgresPairingStore {
+    pool: Pool,
+    /// Connections that hold refresh locks.
+    lock_pool: Pool,
+}
+
+/// What `store.url` and its TLS settings resolve to.
+pub struct PostgresOptions {
+    pub url: String,
+    pub pool_size: usize,
+    /// PEM file with the CA(s) that sign the database's certificate; none: the public web PKI.
+    pub ca_file: Option<std::path::PathBuf>,
+    pub password: Option<crate::secret::SecretText>,
+    pub tls: TlsMode,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // The driver's Display hides the server's message; the source carries it.
+        match e.as_db_error() {
+            Some(db) => StoreError::Unavailable(format!("database: {}", db.message())),
+            None => StoreError::Unavailable(format!("database: {e}")),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            e => StoreError::Unavailable(format!("database: {e}")),
+        }
+    }
+}
+
+fn read_row(r: &tokio_postgres::Row) -> SealedPairing {
+    SealedPairing {
+        user_id: r.get(0),
+        key_id: r.get(1),
+        access_token: r.get(2),
+        refresh_token: r.get(3),
+        access_expires_at: r.get(4),
+        created_at: r.get(5),
+        refreshed_at: r.get(6),
+        version: r.get(7),
+    }
+}
+
+/// The advisory lock key of a user: 64 bits of SHA-256 over a namespaced id.
+fn lock_key(user_id: &str) -> i64 {
+    let digest = Sha256::digest(format!("pkb-edge refresh\0{user_id}").as_bytes());
+    i64::from_be_bytes(digest[..8].try_into().unwrap_or([0; 8]))
+}
+
+/// `store.tls`: how the connection to the database is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS when the server offers it, its certificate not checked (libpq's default, `prefer`):
+    /// protects against eavesdroppers, not against an impostor.
+    Prefer,
+    /// TLS always, the certificate checked against `store.tls_ca_file` (or the public web PKI)
+    /// and the host name (libpq's `verify-full`).
+    Verify,
+}
+
+/// Accepts any certificate (signatures on the handshake are still checked): `TlsMode::Prefer`.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn tls(
+    mode: TlsMode,
+    ca_file: Option<&std::path::Path>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Config(format!("TLS: {e}")))?;
+    if mode != TlsMode::Verify {
+        let config = builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth();
+        return Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                StoreError::Config(format!(
+                    "store.tls_ca_file: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let mut found = 0;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.map_err(|e| {
+                    StoreError::Config(format!("store.tls_ca_file: {}: {e}", path.display()))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    StoreError::Config(format!("store.tls_ca_file: {}: {e}", path.display()))
+                })?;
+                found += 1;
+            }
+            if found == 0 {
+                return Err(StoreError::Config(format!(
+                    "store.tls_ca_file: {} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = builder.with_root_certificates(roots).with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+impl PostgresPairingStore {
+    /// Builds the pools (no connection is made yet) and applies the migrations.
+    pub async fn open(options: &PostgresOptions) -> Result<Self, StoreError> {
+        let mut config = tokio_postgres::Config::from_str(&options.url)
+            .map_err(|e| StoreError::Config(format!("store.url: {e}")))?;
+        if let Some(p) = &options.password {
+            config.password(p.expose());
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(POOL_TIMEOUT);
+        }
+        // A database that vanishes without closing connections (a failover that drops packets)
+        // must not hang queries for the kernel's quarter of an hour: unacknowledged data for
+        // 10 s, or 30 s of silence unanswered by keepalives, closes the connection, and the pool
+        // makes a new one.
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(Duration::from_secs(10));
+        }
+        if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            config.keepalives_idle(Duration::from_secs(30));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("pkb-edge");
+        }
+        config.ssl_mode(match options.tls {
+            TlsMode::Disable => tokio_postgres::config::SslMode::Disable,
+            TlsMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            TlsMode::Verify => tokio_postgres::config::SslMode::Require,
+        });
+        let tls = tls(options.tls, options.ca_file.as_deref())?;
+        let pool = |size: usize| {
+            let manager = Manager::from_config(
+                config.clone(),
+                tls.clone(),
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(manager)
+                .max_size(size)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(POOL_TIMEOUT))
+                .create_timeout(Some(POOL_TIMEOUT))
+                .recycle_timeout(Some(POOL_TIMEOUT))
+                .build()
+                .map_err(|e| StoreError::Config(format!("store.url: {e}")))
+        };
+        let store = PostgresPairingStore {
+            pool: pool(options.pool_size)?,
+            lock_pool: pool(options.pool_size)?,
+        };
+        store.migrate().await.map_err(|e| match e {
+            StoreError::Unavailable(why) => {
+                StoreError::Config(format!("store.url: cannot prepare the database: {why}"))
+            }
+            other => other,
+        })?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS pkb_edge_schema (version INTEGER NOT NULL);")
+            .await?;
+        let current: i32 = tx
+            .query_opt("SELECT max(version) FROM pkb_edge_schema", &[])
+            .await?
+            .and_then(|r| r.get::<_, Option<i32>>(0))
+            .unwrap_or(0);
+        if current as usize > MIGRATIONS.len() {
+            return Err(StoreError::Config(format!(
+                "store.url: the database is at schema version {current}, newer than this pkb-edge knows ({}); use a newer pkb-edge",
+                MIGRATIONS.len()
+            )));
+        }
+        for (n, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            tx.batch_execute(sql).await?;
+            tx.execute(
+                "INSERT INTO pkb_edge_schema (version) VALUES ($1)",
+                &[&((n + 1) as i32)],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn conn(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+}
+
+#[async_trait]
+impl PairingStore for PostgresPairingStore {
+    async fn get(&self, user_id: &str) -> Result<Option<SealedPairing>, StoreError> {
+        let conn = self.conn().await?;
+        let stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM pairings WHERE user_id = $1"
+            ))
+            .await?;
+        Ok(conn
+            .query_opt(&stmt, &[&user_id])
+            .await?
+            .as_ref()
+            .map(read_row))
+    }
+
+    async fn version(&self, user_id: &str) -> Result<Option<i64>, StoreError> {
+        let conn = self.conn().await?;
+        let stmt = conn
+            .prepare_cached("SELECT version FROM pairings WHERE user_id = $1")
+            .await?;
+        Ok(conn.query_opt(&stmt, &[&user_id]).await?.map(|r| r.get(0)))
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn put(&self, row: SealedPairing) -> Result<SealedPairing, StoreError> {
+        let conn = self.conn().await?;
+        let stored = conn
+            .query_one(
+                &format!(
+                    "INSERT INTO pairings ({COLUMNS})
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, nextval('pairing_versions'))
+                     ON CONFLICT (user_id) DO UPDATE SET
+                        key_id = excluded.key_id, access_token = excluded.access_token,
+                        refresh_token = excluded.refresh_token,
+                        access_expires_at = excluded.access_expires_at,
+                        refreshed_at = excluded.refreshed_at,
+                        version = nextval('pairing_versions')
+                     RETURNING {COLUMNS}"
+                ),
+                &[
+                    &row.user_id,
+                    &row.key_id,
+                    &row.access_token,
+                    &row.refresh_token,
+                    &row.access_expires_at,
+                    &row.created_at,
+                    &row.refreshed_at,
+                ],
+            )
+            .await?;
+        Ok(read_row(&stored))
+    }
+
+    async fn replace_if_version(
+        &self,
+        row: SealedPairing,
+        expected_version: i64,
+    ) -> Result<Option<SealedPairing>, StoreError> {
+        let conn = self.conn().await?;
+        let stored = conn
+            .query_opt(
+                &format!(
+                    "UPDATE pairings SET key_id = $2, access_token = $3, refresh_token = $4,
+                        access_expires_at = $5, refreshed_at = $6,
+                        version = nextval('pairing_versions')
+                     WHERE user_id = $1 AND version = $7
+                     RETURNING {COLUMNS}"
+                ),
+                &[
+                    &row.user_id,
+                    &row.key_id,
+                    &row.access_token,
+                    &row.refresh_token,
+                    &row.access_expires_at,
+                    &row.refreshed_at,
+                    &expected_version,
+                ],
+            )
+            .await?;
+        Ok(stored.as_ref().map(read_row))
+    }
+
+    async fn reseal_if_version(
+        &self,
+        row: SealedPairing,
+        version: i64,
+    ) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        let changed = conn
+            .execute(
+                "UPDATE pairings SET key_id = $2, access_token = $3, refresh_token = $4
+                 WHERE user_id = $1 AND version = $5",
+                &[
+                    &row.user_id,
+                    &row.key_id,
+                    &row.access_token,
+                    &row.refresh_token,
+                    &version,
+                ],
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+
+    async fn page(
+        &self,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<SealedPairing>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = conn
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM pairings WHERE user_id > $1 ORDER BY user_id LIMIT $2"
+                ),
+                &[&after.unwrap_or_default(), &i64::from(limit)],
+            )
+            .await?;
+        Ok(rows.iter().map(read_row).collect())
+    }
+
+    async fn import(&self, rows: Vec<SealedPairing>) -> Result<usize, StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        let stmt = tx
+            .prepare(&format!(
+                "INSERT INTO pairings ({COLUMNS})
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, nextval('pairing_versions'))
+                 ON CONFLICT (user_id) DO UPDATE SET
+                    key_id = excluded.key_id, access_token = excluded.access_token,
+                    refresh_token = excluded.refresh_token,
+                    access_expires_at = excluded.access_expires_at,
+                    refreshed_at = excluded.refreshed_at,
+                    version = nextval('pairing_versions')
+                 WHERE pairings.refreshed_at < excluded.refreshed_at"
+            ))
+            .await?;
+        let mut inserted = 0;
+        for row in &rows {
+            inserted += tx
+                .execute(
+                    &stmt,
+                    &[
+                        &row.user_id,
+                        &row.key_id,
+                        &row.access_token,
+                        &row.refresh_token,
+                        &row.access_expires_at,
+                        &row.created_at,
+                        &row.refreshed_at,
+                    ],
+                )
+                .await? as usize;
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn delete(&self, user_id: &str) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        Ok(conn
+            .execute("DELETE FROM pairings WHERE user_id = $1", &[&user_id])
+            .await?
+            == 1)
+    }
+
+    async fn delete_if_version(&self, user_id: &str, version: i64) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        Ok(conn
+            .execute(
+                "DELETE FROM pairings WHERE user_id = $1 AND version = $2",
+                &[&user_id, &version],
+            )
+            .await?
+            == 1)
+    }
+
+    async fn key_checks(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = conn
+            .query("SELECT key_id, check_value FROM key_checks", &[])
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn add_key_check(&self, key_id: &str, check: Vec<u8>) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        conn.execute(
+            "INSERT INTO key_checks (key_id, check_value) VALUES ($1, $2) ON CONFLICT (key_id) DO NOTHING",
+            &[&key_id, &check],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn key_in_use(&self, key_id: &str) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        Ok(conn
+            .query_opt(
+                "SELECT 1 FROM pairings WHERE key_id = $1 LIMIT 1",
+                &[&key_id],
+            )
+            .await?
+            .is_some())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        conn.query_opt("SELECT 1 FROM pairings LIMIT 1", &[])
+            .await?;
+        Ok(())
+    }
+
+    async fn put_pair_state(&self, state: SealedPairState, now: i64) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        tx.execute("DELETE FROM pair_states WHERE expires_at < $1", &[&now])
+            .await?;
+        tx.execute(
+            "INSERT INTO pair_states (state_hash, user_id, key_id, verifier, return_to, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &state.state_hash,
+                &state.user_id,
+                &state.key_id,
+                &state.verifier,
+                &state.return_to,
+                &state.expires_at,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn take_pair_state(
+        &self,
+        state_hash: &[u8],
+    ) -> Result<Option<SealedPairState>, StoreError> {
+        let conn = self.conn().await?;
+        let row = conn
+            .query_opt(
+                "DELETE FROM pair_states WHERE state_hash = $1
+                 RETURNING state_hash, user_id, key_id, verifier, return_to, expires_at",
+                &[&state_hash],
+            )
+            .await?;
+        Ok(row.map(|r| SealedPairState {
+            state_hash: r.get(0),
+            user_id: r.get(1),
+            key_id: r.get(2),
+            verifier: r.get(3),
+            return_to: r.get(4),
+            expires_at: r.get(5),
+        }))
+    }
+
+    async fn locked<'a>(
+        &'a self,
+        user_id: &'a str,
+        work: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.lock_pool.get().await?;
+        let tx = conn.transaction().await?;
+        tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+            .await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(user_id)])
+            .await
+            .map_err(|e| unavailable(format!("refresh lock: {e}")))?;
+        work.await;
+        // Committing ends the transaction and with it the lock. If this fails, the connection
+        // is gone, and the lock went with it.
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_keys_are_stable_and_distinct() {
+        assert_eq!(lock_key("dr.jones"), lock_key("dr.jones"));
+        assert_ne!(lock_key("dr.jones"), lock_key("dr.jones2"));
+    }
+}
