@@ -134,7 +134,7 @@ fn decoration_hit(c: &mut Criterion) {
         let pairings = pkb_edge::service::open_pairings(&config, Arc::new(SystemClock)).await.unwrap();
         let tokens = obtain_tokens(&sim_url, "pkb-edge", "sim-secret", "bench@pkb.example").await.unwrap();
         pairings.save("dr.jones", tokens).await.unwrap();
-        let pkb = Arc::new(PkbClient::new(Arc::new(config.pkb.clone())));
+        let pkb = Arc::new(PkbClient::new(Arc::new(config.pkb.clone()), 1024));
         let source = Arc::new(TokenSource::new(pairings, pkb, Arc::new(SystemClock)));
         let decorator = Arc::new(Decorator::new(config.decorate.clone(), source));
         let warm = decorator.begin("dr.jones", "9990000018".into()).await;

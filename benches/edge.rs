@@ -1,0 +1,811 @@
+//! The launch path and passthrough, against the floor and against nginx, in one run.
+//!
+//! Everything on loopback: the PKB simulator (no added latency) and a small upstream in this
+//! process; the release `pkb-edge` binary (one instance per variant that needs its own store or
+//! settings); nginx as a plain forwarding hop when it is installed; and wrk, one load generator
+//! for every variant. Pairings used by launches are seeded through the simulator's real OAuth
+//! endpoints; the rows that only fill the big stores are bulk-loaded with made-up tokens.
+//!
+//! Load is closed-loop at fixed concurrency (wrk: N keep-alive connections, each sends its next
+//! request when the last answer is in). Latency is each request's own time from send to answer;
+//! with a fixed number of requests in flight there is no arrival schedule to fall behind, so
+//! there is no omitted latency to correct for. What this does not measure is latency at a fixed
+//! arrival rate above the saturation point (an open-loop test); the throughput columns say where
+//! that point is.
+//!
+//! Run: `cargo bench --bench edge` (needs wrk; nginx is optional: `scripts/setup.sh --bench`
+//! installs both). `PKB_EDGE_BENCH_SECS` (default 5) sets each measurement's length,
+//! `PKB_EDGE_BENCH_BIG` (default 1000000) the size of the largest store, and
+//! `PKB_EDGE_BENCH_CONCURRENCY` (default `1,16,64,256`) the levels. Results:
+//! `target/bench/edge.json`, and a table with the ratios on standard output.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use axum::Router;
+
+use pkb_edge::clock::SystemClock;
+use pkb_edge::secret::{AccessToken, RefreshToken};
+use pkb_edge::sim::{obtain_tokens, SimConfig, Simulator};
+use pkb_edge::store::crypto::Keyring;
+use pkb_edge::store::{open_backend, Pairings, TokenSet};
+
+const HOT_USER: &str = "hot.user";
+/// Users with real tokens in the big stores, spread evenly over their id space.
+const COLD_REAL: usize = 2_000;
+const REFRESH_USERS: usize = 500;
+const SMALL: &str = "/page/small";
+const LARGE: &str = "/page/large";
+const PATIENT_PAGE: &str = "/patients/9990000018";
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_listening(port: u16, what: &str) -> Duration {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{what} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    started.elapsed()
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A pkb-edge instance: its process, port and start-up time.
+struct Edge {
+    process: Killed,
+    port: u16,
+    startup: Duration,
+}
+
+impl Edge {
+    fn start(
+        dir: &Path,
+        name: &str,
+        db: &Path,
+        keys: &str,
+        settings: Settings,
+        common: &Common,
+    ) -> Edge {
+        let port = free_port();
+        let ops = free_port();
+        let config = format!(
+            r#"listen = "127.0.0.1:{port}"
+ops_listen = "127.0.0.1:{ops}"
+upstream = "http://{upstream}"
+public_url = "http://127.0.0.1:{port}"
+[server]
+threads = 2
+grace_period_seconds = 0
+[identity]
+trusted_peers = ["127.0.0.1/32"]
+[pkb]
+base_url = "{sim}"
+client_id = "pkb-edge"
+client_secret = "sim-secret"
+refresh_skew_secs = {skew}
+[store]
+url = "sqlite://{db}"
+keys = "{keys}"
+cache_capacity = {cache}
+[limits]
+launch_per_minute = 0
+pkb_concurrency = 4096
+[audit]
+file = "{audit}"
+{extra}
+"#,
+            upstream = common.upstream,
+            sim = common.sim_url,
+            db = db.display(),
+            audit = dir.join(format!("{name}-audit.log")).display(),
+            skew = settings.refresh_skew,
+            cache = settings.cache_capacity,
+            extra = settings.extra,
+        );
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pkb-edge"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("PKB_EDGE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let startup = wait_listening(port, name);
+        Edge {
+            process: Killed(child),
+            port,
+            startup,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// (resident now, peak resident) in MB, from /proc.
+    fn rss_mb(&self) -> (f64, f64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.process.0.id())).unwrap();
+        let kb = |key: &str| -> f64 {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0)
+        };
+        (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+    }
+}
+
+/// What differs between the instances.
+#[derive(Clone, Copy)]
+struct Settings {
+    /// 1: (nearly) every launch reads and decrypts its row.
+    cache_capacity: u64,
+    /// Longer than the token lifetime: every launch refreshes.
+    refresh_skew: i64,
+    extra: &'static str,
+}
+
+const DEFAULTS: Settings = Settings {
+    cache_capacity: 100_000,
+    refresh_skew: 60,
+    extra: "",
+};
+
+struct Common {
+    upstream: SocketAddr,
+    sim_url: String,
+}
+
+/// nginx as a plain forwarding hop: one port to the upstream, one to the simulator.
+struct Nginx {
+    _process: Killed,
+    upstream_port: u16,
+    sim_port: u16,
+}
+
+impl Nginx {
+    fn start(dir: &Path, upstream: SocketAddr, sim: SocketAddr) -> Option<Nginx> {
+        let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())?;
+        let (upstream_port, sim_port) = (free_port(), free_port());
+        let prefix = dir.join("nginx");
+        std::fs::create_dir_all(prefix.join("logs")).unwrap();
+        let conf = format!(
+            r#"worker_processes 2;
+daemon off;
+pid {pid};
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    upstream app {{ server {upstream}; keepalive 256; }}
+    upstream pkb {{ server {sim}; keepalive 256; }}
+    server {{
+        listen 127.0.0.1:{upstream_port};
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{sim_port};
+        location / {{
+            proxy_pass http://pkb;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"#,
+            pid = prefix.join("nginx.pid").display(),
+            prefix = prefix.display(),
+        );
+        let conf_path = prefix.join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = Command::new(binary)
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        wait_listening(upstream_port, "nginx");
+        wait_listening(sim_port, "nginx");
+        Some(Nginx {
+            _process: Killed(child),
+            upstream_port,
+            sim_port,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+struct Measured {
+    rps: f64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    requests: u64,
+    /// Answers outside 2xx/3xx, and socket errors.
+    errors: u64,
+}
+
+/// wrk's duration text (`812.00us`, `1.23ms`, `2.00s`) in milliseconds.
+fn millis(text: &str) -> f64 {
+    let (number, factor) = if let Some(n) = text.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60_000.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        (text, 1.0)
+    };
+    number.parse::<f64>().unwrap_or(f64::NAN) * factor
+}
+
+fn parse_wrk(out: &str) -> Measured {
+    let mut m = Measured::default();
+    for line in out.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["Latency", _avg, _stdev, max, ..] => m.max_ms = millis(max),
+            ["50%", v] => m.p50_ms = millis(v),
+            ["90%", v] => m.p90_ms = millis(v),
+            ["99%", v] => m.p99_ms = millis(v),
+            ["Requests/sec:", v] => m.rps = v.parse().unwrap_or(0.0),
+            [n, "requests", "in", ..] => m.requests = n.parse().unwrap_or(0),
+            ["Non-2xx", "or", "3xx", "responses:", n] => m.errors += n.parse::<u64>().unwrap_or(0),
+            ["Socket", "errors:", rest @ ..] => {
+                m.errors += rest
+                    .iter()
+                    .filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok())
+                    .sum::<u64>();
+            }
+            _ => {}
+        }
+    }
+    m
+}
+
+/// One wrk run: `connections` at once for `secs`, requests shaped by a Lua `script`.
+fn wrk(url: &str, connections: usize, secs: u64, script: &Path) -> Measured {
+    let threads = connections.min(2);
+    let out = Command::new("wrk")
+        .args([
+            "--latency",
+            "-t",
+            &threads.to_string(),
+            "-c",
+            &connections.to_string(),
+            "-d",
+            &format!("{secs}s"),
+            "--timeout",
+            "10s",
+            "-s",
+        ])
+        .arg(script)
+        .arg(url)
+        .output()
+        .expect("wrk runs (install it: scripts/setup.sh --bench)");
+    parse_wrk(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// A wrk script: fixed method, path and headers; or a random user out of `users` per request
+/// (`%d` in the user pattern is replaced by a number from the list's generator).
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.lua"));
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+fn fixed(dir: &Path, name: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> PathBuf {
+    let headers: Vec<String> = headers
+        .iter()
+        .map(|(k, v)| format!("wrk.headers[\"{k}\"] = \"{v}\""))
+        .collect();
+    script(
+        dir,
+        name,
+        &format!(
+            "wrk.method = \"{method}\"\nwrk.path = \"{path}\"\n{}\n",
+            headers.join("\n")
+        ),
+    )
+}
+
+/// Each request as a user chosen at random: `prefix` followed by `index * step` in 7 digits.
+fn random_users(
+    dir: &Path,
+    name: &str,
+    path: &str,
+    prefix: &str,
+    count: usize,
+    step: usize,
+) -> PathBuf {
+    script(
+        dir,
+        name,
+        &format!(
+            "math.randomseed(os.time())\nrequest = function()\n  local n = math.random(0, {last}) * {step}\n  return wrk.format(\"GET\", \"{path}\", {{[\"X-Authenticated-User\"] = string.format(\"{prefix}%07d\", n)}})\nend\n",
+            last = count - 1
+        ),
+    )
+}
+
+fn user(prefix: &str, n: usize) -> String {
+    format!("{prefix}{n:07}")
+}
+
+async fn open_store(db: &Path, keys: &str) -> Arc<Pairings> {
+    let backend = open_backend(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    Arc::new(
+        Pairings::open(
+            backend,
+            Keyring::parse(keys).unwrap(),
+            10,
+            Duration::from_secs(60),
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap(),
+    )
+}
+
+/// Tokens for `n` PKB accounts, through the simulator's real authorize and token endpoints.
+async fn real_tokens(sim_url: &str, prefix: &str, n: usize) -> Vec<TokenSet> {
+    let mut out = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(32) {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .map(|i| {
+                let sim_url = sim_url.to_string();
+                let account = format!("{prefix}{i}@pkb.example");
+                tokio::spawn(async move {
+                    obtain_tokens(&sim_url, "pkb-edge", "sim-secret", &account)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+    }
+    out
+}
+
+/// A store of `size` pairings, `prefix0000000`…: every `size / real.len()`-th user has real
+/// tokens, the rest made-up ones (they decrypt, but PKB would not know them).
+async fn big_store(db: &Path, keys: &str, prefix: &str, size: usize, real: &[TokenSet]) {
+    let store = open_store(db, keys).await;
+    let step = size / real.len();
+    let fake = |n: usize| TokenSet {
+        access_token: AccessToken::new(format!("filler-access-{n:07}-xxxxxxxxxxxxxxxx")),
+        refresh_token: Some(RefreshToken::new(format!(
+            "filler-refresh-{n:07}-xxxxxxxxxxxxxx"
+        ))),
+        access_expires_at: 4_000_000_000,
+    };
+    let mut batch = Vec::with_capacity(50_000);
+    for n in 0..size {
+        let tokens = if n % step == 0 && n / step < real.len() {
+            real[n / step].clone()
+        } else {
+            fake(n)
+        };
+        batch.push((user(prefix, n), tokens));
+        if batch.len() == 50_000 {
+            store.import_tokens(&batch).await.unwrap();
+            batch.clear();
+        }
+    }
+    store.import_tokens(&batch).await.unwrap();
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if Command::new("wrk").arg("--version").output().is_err() {
+        eprintln!("edge bench: wrk is not installed (scripts/setup.sh --bench installs wrk and nginx); skipped");
+        return;
+    }
+    let secs: u64 = env_or("PKB_EDGE_BENCH_SECS", 5);
+    let big: usize = env_or("PKB_EDGE_BENCH_BIG", 1_000_000);
+    let levels: Vec<usize> = std::env::var("PKB_EDGE_BENCH_CONCURRENCY")
+        .unwrap_or_else(|_| "1,16,64,256".into())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    // The simulator and the upstream, in this process.
+    let sim = Simulator::new(SimConfig::default());
+    let (sim_addr, upstream) = rt.block_on(async {
+        let sim_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim_addr = sim_l.local_addr().unwrap();
+        tokio::spawn(sim.clone().serve(sim_l));
+        let small: &'static str = Box::leak("<p>patient summary</p>".repeat(100).into_boxed_str());
+        let large = bytes::Bytes::from(vec![b'x'; 1 << 20]);
+        let app = Router::new()
+            .route(SMALL, get(move || async move { small }))
+            .route(PATIENT_PAGE, get(move || async move { small }))
+            .route(LARGE, get(move || async move { large.clone() }));
+        let up_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = up_l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(up_l, app).await });
+        (sim_addr, upstream)
+    });
+    let common = Common {
+        upstream,
+        sim_url: format!("http://{sim_addr}"),
+    };
+    let keys = Keyring::generate_line("bench");
+
+    // Stores, seeded before any proxy starts (so start-up times can be compared).
+    eprintln!("seeding stores ({big} pairings in the largest; this takes a while)…");
+    let seeding = Instant::now();
+    let (hot_tokens, real) = rt.block_on(async {
+        let hot = real_tokens(&common.sim_url, "hot", 1).await;
+        let hot_store = open_store(&d.join("hot.db"), &keys).await;
+        hot_store.save(HOT_USER, hot[0].clone()).await.unwrap();
+        let real = real_tokens(&common.sim_url, "cold", COLD_REAL).await;
+        big_store(&d.join("cold100k.db"), &keys, "c", 100_000, &real).await;
+        big_store(&d.join("coldbig.db"), &keys, "c", big, &real).await;
+        let refresh = real_tokens(&common.sim_url, "refresh", REFRESH_USERS).await;
+        let refresh_store = open_store(&d.join("refresh.db"), &keys).await;
+        let rows: Vec<_> = refresh
+            .into_iter()
+            .enumerate()
+            .map(|(n, t)| (user("r", n), t))
+            .collect();
+        refresh_store.import_tokens(&rows).await.unwrap();
+        (hot, real)
+    });
+    eprintln!("seeded in {:.1} s", seeding.elapsed().as_secs_f64());
+    let access = hot_tokens[0].access_token.expose().to_string();
+    drop(real);
+
+    // The proxies.
+    let decorated_settings = Settings {
+        extra: "[decorate]\npatient_from = { path_regex = '^/patients/(\\d{10})' }\n",
+        ..DEFAULTS
+    };
+    let cold = Settings {
+        cache_capacity: 1,
+        ..DEFAULTS
+    };
+    let hot = Edge::start(d, "hot", &d.join("hot.db"), &keys, DEFAULTS, &common);
+    let decorated = Edge::start(
+        d,
+        "decorated",
+        &d.join("hot.db"),
+        &keys,
+        decorated_settings,
+        &common,
+    );
+    let cold_small = Edge::start(d, "cold100k", &d.join("cold100k.db"), &keys, cold, &common);
+    let cold_big = Edge::start(d, "coldbig", &d.join("coldbig.db"), &keys, cold, &common);
+    let refresh = Edge::start(
+        d,
+        "refresh",
+        &d.join("refresh.db"),
+        &keys,
+        Settings {
+            refresh_skew: 3600,
+            ..DEFAULTS
+        },
+        &common,
+    );
+    let nginx = Nginx::start(d, upstream, sim_addr);
+    if nginx.is_none() {
+        eprintln!("nginx is not installed: the nginx rows are left out (scripts/setup.sh --bench)");
+    }
+
+    let s = |name: &str, method: &str, path: &str, headers: &[(&str, &str)]| {
+        fixed(d, name, method, path, headers)
+    };
+    let bearer = format!("Bearer {access}");
+    let as_hot = [("X-Authenticated-User", HOT_USER)];
+    let otp = s(
+        "otp",
+        "POST",
+        "/json/v1/users/self/otp",
+        &[
+            ("Authorization", bearer.as_str()),
+            ("Accept", "application/json"),
+        ],
+    );
+    let launch = s("launch", "GET", "/_pkb/launch", &as_hot);
+    let small = s("small", "GET", SMALL, &as_hot);
+    let large = s("large", "GET", LARGE, &as_hot);
+    let patient = s("patient", "GET", PATIENT_PAGE, &as_hot);
+    let cold_launch_small = random_users(
+        d,
+        "cold100k",
+        "/_pkb/launch",
+        "c",
+        COLD_REAL,
+        100_000 / COLD_REAL,
+    );
+    let cold_launch_big = random_users(
+        d,
+        "coldbig",
+        "/_pkb/launch",
+        "c",
+        COLD_REAL,
+        big / COLD_REAL,
+    );
+    let refresh_launch = random_users(d, "refresh", "/_pkb/launch", "r", REFRESH_USERS, 1);
+
+    let sim_url = |p: &str| format!("http://{sim_addr}{p}");
+    let up_url = |p: &str| format!("http://{upstream}{p}");
+    let mut variants: Vec<(&str, String, &Path)> = vec![
+        ("launch floor (OTP direct)", sim_url("/"), otp.as_path()),
+        ("launch via pkb-edge", hot.url("/"), launch.as_path()),
+        (
+            "cold launch, 100k pairings",
+            cold_small.url("/"),
+            cold_launch_small.as_path(),
+        ),
+        (
+            "cold launch, big store",
+            cold_big.url("/"),
+            cold_launch_big.as_path(),
+        ),
+        ("refresh launch", refresh.url("/"), refresh_launch.as_path()),
+        ("small page direct", up_url("/"), small.as_path()),
+        ("small page via pkb-edge", hot.url("/"), small.as_path()),
+        (
+            "small page via pkb-edge + decoration",
+            decorated.url("/"),
+            patient.as_path(),
+        ),
+        ("1 MB page direct", up_url("/"), large.as_path()),
+        ("1 MB page via pkb-edge", hot.url("/"), large.as_path()),
+    ];
+    if let Some(n) = &nginx {
+        variants.insert(
+            1,
+            (
+                "launch via nginx",
+                format!("http://127.0.0.1:{}/", n.sim_port),
+                otp.as_path(),
+            ),
+        );
+        variants.insert(
+            7,
+            (
+                "small page via nginx",
+                format!("http://127.0.0.1:{}/", n.upstream_port),
+                small.as_path(),
+            ),
+        );
+        variants.push((
+            "1 MB page via nginx",
+            format!("http://127.0.0.1:{}/", n.upstream_port),
+            large.as_path(),
+        ));
+    }
+    // Warm every path once (connection pools, the decoration cache, the hot pairing).
+    rt.block_on(async {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let r = http
+            .get(decorated.url(PATIENT_PAGE))
+            .header("X-Authenticated-User", HOT_USER)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-pkb-data-available"], "true");
+        let r = http
+            .get(hot.url("/_pkb/launch"))
+            .header("X-Authenticated-User", HOT_USER)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 302);
+    });
+    let refreshes_before = sim.count("token_refresh");
+
+    let mut results: BTreeMap<usize, Vec<(String, Measured)>> = BTreeMap::new();
+    for &c in &levels {
+        for (name, url, script) in &variants {
+            let m = wrk(url, c, secs, script);
+            eprintln!(
+                "c={c:<4} {name:<40} {:>9.0} req/s  p99 {:>8.2} ms  errors {}",
+                m.rps, m.p99_ms, m.errors
+            );
+            results.entry(c).or_default().push((name.to_string(), m));
+        }
+    }
+    let refresh_calls = sim.count("token_refresh") - refreshes_before;
+
+    // Resident memory with 100,000 pairings in the cache: a fresh instance on the 100k store,
+    // its cache filled by a status look-up of every user (no PKB call).
+    let rss_instance = Edge::start(d, "rss", &d.join("cold100k.db"), &keys, DEFAULTS, &common);
+    let (rss_before, _) = rss_instance.rss_mb();
+    let fill = script(
+        d,
+        "fill",
+        "counter = 0\nrequest = function()\n  counter = counter + 1\n  return wrk.format(\"GET\", \"/_pkb/status\", {[\"X-Authenticated-User\"] = string.format(\"c%07d\", counter % 100000)})\nend\n",
+    );
+    let filled = wrk(&rss_instance.url("/"), 1, 30.max(secs), &fill);
+    let (rss_cached, _) = rss_instance.rss_mb();
+
+    let startup = [
+        ("1 pairing", hot.startup),
+        ("100k pairings", cold_small.startup),
+        ("big store", cold_big.startup),
+    ];
+    let peak: Vec<(&str, f64)> = [
+        ("hot", &hot),
+        ("decorated", &decorated),
+        ("cold100k", &cold_small),
+        ("coldbig", &cold_big),
+        ("refresh", &refresh),
+    ]
+    .iter()
+    .map(|(n, e)| (*n, e.rss_mb().1))
+    .collect();
+
+    // The table.
+    let find = |c: usize, name: &str| -> Option<Measured> {
+        results
+            .get(&c)?
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, m)| m.clone())
+    };
+    println!("\npkb-edge benchmark: closed loop, wrk, {secs} s per cell, store of {big} pairings for the big cold launch");
+    for &c in &levels {
+        println!("\nconcurrency {c}");
+        println!(
+            "{:<40} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7}",
+            "variant", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"
+        );
+        for (name, m) in &results[&c] {
+            println!(
+                "{name:<40} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7}",
+                m.rps, m.p50_ms, m.p90_ms, m.p99_ms, m.max_ms, m.errors
+            );
+        }
+        let ratio = |a: &str, b: &str, f: fn(&Measured) -> f64| -> Option<f64> {
+            Some(f(&find(c, a)?) / f(&find(c, b)?))
+        };
+        let rps = |m: &Measured| m.rps;
+        let p99 = |m: &Measured| m.p99_ms;
+        let show = |label: &str, v: Option<f64>| {
+            if let Some(v) = v {
+                println!("  {label:<58} {v:>7.3}");
+            }
+        };
+        show(
+            "launch via pkb-edge / via nginx, throughput",
+            ratio("launch via pkb-edge", "launch via nginx", rps),
+        );
+        show(
+            "launch via pkb-edge / via nginx, p99",
+            ratio("launch via pkb-edge", "launch via nginx", p99),
+        );
+        show(
+            "launch via pkb-edge / floor, throughput",
+            ratio("launch via pkb-edge", "launch floor (OTP direct)", rps),
+        );
+        show(
+            "launch via pkb-edge / floor, p99",
+            ratio("launch via pkb-edge", "launch floor (OTP direct)", p99),
+        );
+        show(
+            "small page via pkb-edge / via nginx, throughput",
+            ratio("small page via pkb-edge", "small page via nginx", rps),
+        );
+        show(
+            "1 MB page via pkb-edge / via nginx, throughput",
+            ratio("1 MB page via pkb-edge", "1 MB page via nginx", rps),
+        );
+        show(
+            "decoration (cache hit) / passthrough, throughput",
+            ratio(
+                "small page via pkb-edge + decoration",
+                "small page via pkb-edge",
+                rps,
+            ),
+        );
+        if let (Some(cold), Some(hot)) = (
+            find(c, "cold launch, big store"),
+            find(c, "launch via pkb-edge"),
+        ) {
+            println!(
+                "  {:<58} {:>7.3}",
+                "cold launch (big store) p99 − hot launch p99, ms",
+                cold.p99_ms - hot.p99_ms
+            );
+        }
+    }
+    println!("\nrefresh calls during the refresh-launch runs: {refresh_calls}");
+    println!(
+        "start-up (spawn to listening): {}",
+        startup
+            .iter()
+            .map(|(n, t)| format!("{n} {:.0} ms", t.as_secs_f64() * 1000.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("resident memory, rss instance: {rss_before:.1} MB empty, {rss_cached:.1} MB after {} status look-ups over 100,000 users", filled.requests);
+    println!(
+        "peak resident memory: {}",
+        peak.iter()
+            .map(|(n, mb)| format!("{n} {mb:.1} MB"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    let json = serde_json::json!({
+        "seconds_per_cell": secs,
+        "big_store": big,
+        "nginx": nginx.is_some(),
+        "results": results.iter().map(|(c, rows)| (c.to_string(), serde_json::json!(rows.iter().map(|(n, m)| serde_json::json!({"variant": n, "measured": m})).collect::<Vec<_>>()))).collect::<serde_json::Map<_, _>>(),
+        "refresh_calls": refresh_calls,
+        "startup_ms": startup.iter().map(|(n, t)| (n.to_string(), serde_json::json!(t.as_secs_f64() * 1000.0))).collect::<serde_json::Map<_, _>>(),
+        "rss_mb": { "empty": rss_before, "with_100k_cached": rss_cached, "status_lookups": filled.requests },
+        "peak_rss_mb": peak.iter().map(|(n, mb)| (n.to_string(), serde_json::json!(mb))).collect::<serde_json::Map<_, _>>(),
+    });
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join("edge.json"),
+        serde_json::to_string_pretty(&json).unwrap(),
+    )
+    .unwrap();
+}
