@@ -15,8 +15,9 @@
 //!
 //! Run: `cargo bench --bench edge` (needs wrk; nginx is optional: `scripts/setup.sh --bench`
 //! installs both). `PKB_EDGE_BENCH_SECS` (default 5) sets each measurement's length,
-//! `PKB_EDGE_BENCH_BIG` (default 1000000) the size of the largest store, and
-//! `PKB_EDGE_BENCH_CONCURRENCY` (default `1,16,64,256`) the levels. Results:
+//! `PKB_EDGE_BENCH_BIG` (default 1000000, at least 100000) the size of the largest store, and
+//! `PKB_EDGE_BENCH_CONCURRENCY` (default `1,16,64,256`) the levels, and `PKB_EDGE_BENCH_ONLY`
+//! (comma-separated substrings of variant names, e.g. `launch via`) a subset to run. Results:
 //! `target/bench/edge.json`, and a table with the ratios on standard output.
 
 use std::collections::BTreeMap;
@@ -102,8 +103,9 @@ ops_listen = "127.0.0.1:{ops}"
 upstream = "http://{upstream}"
 public_url = "http://127.0.0.1:{port}"
 [server]
-threads = 2
+threads = {threads}
 grace_period_seconds = 0
+{server_extra}
 [identity]
 trusted_peers = ["127.0.0.1/32"]
 [pkb]
@@ -129,6 +131,9 @@ file = "{audit}"
             skew = settings.refresh_skew,
             cache = settings.cache_capacity,
             extra = settings.extra,
+            // For experiments: more `[server]` keys, e.g. `work_stealing = false`.
+            server_extra = std::env::var("PKB_EDGE_BENCH_SERVER").unwrap_or_default(),
+            threads = env_or("PKB_EDGE_BENCH_THREADS", 2),
         );
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, config).unwrap();
@@ -150,6 +155,10 @@ file = "{audit}"
 
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        vec![self.process.0.id()]
     }
 
     /// (resident now, peak resident) in MB, from /proc.
@@ -191,7 +200,7 @@ struct Common {
 
 /// nginx as a plain forwarding hop: one port to the upstream, one to the simulator.
 struct Nginx {
-    _process: Killed,
+    master: Option<Child>,
     upstream_port: u16,
     sim_port: u16,
 }
@@ -250,10 +259,43 @@ http {{
         wait_listening(upstream_port, "nginx");
         wait_listening(sim_port, "nginx");
         Some(Nginx {
-            _process: Killed(child),
+            master: Some(child),
             upstream_port,
             sim_port,
         })
+    }
+}
+
+impl Nginx {
+    /// The master and its workers.
+    fn pids(&self) -> Vec<u32> {
+        let Some(master) = self.master.as_ref().map(Child::id) else {
+            return Vec::new();
+        };
+        let mut pids = vec![master];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
+                continue;
+            };
+            if stat_fields(pid)
+                .is_some_and(|f| f.get(1).map(String::as_str) == Some(&master.to_string()))
+            {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
+
+/// SIGKILL would leave the workers running: SIGTERM asks the master to stop them first.
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if let Some(mut master) = self.master.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &master.id().to_string()])
+                .status();
+            let _ = master.wait();
+        }
     }
 }
 
@@ -267,6 +309,37 @@ struct Measured {
     requests: u64,
     /// Answers outside 2xx/3xx, and socket errors.
     errors: u64,
+    /// CPU time (user + system) the proxy in the path spent per request, in µs.
+    proxy_cpu_us: Option<f64>,
+}
+
+/// CPU time (user + system) these processes have used, in seconds, from /proc.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    let used: u64 = pids
+        .iter()
+        .filter_map(|pid| stat_fields(*pid))
+        .map(|f| {
+            let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            n(11) + n(12) // utime, stime
+        })
+        .sum();
+    used as f64 / ticks
+}
+
+/// The fields of /proc/PID/stat after the command name: state, ppid, …
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    Some(rest.split_whitespace().map(str::to_string).collect())
 }
 
 /// wrk's duration text (`812.00us`, `1.23ms`, `2.00s`) in milliseconds.
@@ -453,7 +526,8 @@ fn main() {
         return;
     }
     let secs: u64 = env_or("PKB_EDGE_BENCH_SECS", 5);
-    let big: usize = env_or("PKB_EDGE_BENCH_BIG", 1_000_000);
+    // The cold launches spread over COLD_REAL users with real tokens among the filler rows.
+    let big: usize = env_or("PKB_EDGE_BENCH_BIG", 1_000_000).max(100_000);
     let levels: Vec<usize> = std::env::var("PKB_EDGE_BENCH_CONCURRENCY")
         .unwrap_or_else(|_| "1,16,64,256".into())
         .split(',')
@@ -588,52 +662,54 @@ fn main() {
 
     let sim_url = |p: &str| format!("http://{sim_addr}{p}");
     let up_url = |p: &str| format!("http://{upstream}{p}");
-    let mut variants: Vec<(&str, String, &Path)> = vec![
-        ("launch floor (OTP direct)", sim_url("/"), otp.as_path()),
-        ("launch via pkb-edge", hot.url("/"), launch.as_path()),
+    let direct = Vec::new;
+    let mut variants: Vec<(&str, String, &Path, Vec<u32>)> = vec![
+        ("launch floor (OTP direct)", sim_url("/"), &otp, direct()),
+        ("launch via pkb-edge", hot.url("/"), &launch, hot.pids()),
         (
             "cold launch, 100k pairings",
             cold_small.url("/"),
-            cold_launch_small.as_path(),
+            &cold_launch_small,
+            cold_small.pids(),
         ),
         (
             "cold launch, big store",
             cold_big.url("/"),
-            cold_launch_big.as_path(),
+            &cold_launch_big,
+            cold_big.pids(),
         ),
-        ("refresh launch", refresh.url("/"), refresh_launch.as_path()),
-        ("small page direct", up_url("/"), small.as_path()),
-        ("small page via pkb-edge", hot.url("/"), small.as_path()),
+        (
+            "refresh launch",
+            refresh.url("/"),
+            &refresh_launch,
+            refresh.pids(),
+        ),
+        ("small page direct", up_url("/"), &small, direct()),
+        ("small page via pkb-edge", hot.url("/"), &small, hot.pids()),
         (
             "small page via pkb-edge + decoration",
             decorated.url("/"),
-            patient.as_path(),
+            &patient,
+            decorated.pids(),
         ),
-        ("1 MB page direct", up_url("/"), large.as_path()),
-        ("1 MB page via pkb-edge", hot.url("/"), large.as_path()),
+        ("1 MB page direct", up_url("/"), &large, direct()),
+        ("1 MB page via pkb-edge", hot.url("/"), &large, hot.pids()),
     ];
     if let Some(n) = &nginx {
-        variants.insert(
-            1,
-            (
-                "launch via nginx",
-                format!("http://127.0.0.1:{}/", n.sim_port),
-                otp.as_path(),
-            ),
+        let (sim_hop, app_hop) = (
+            format!("http://127.0.0.1:{}/", n.sim_port),
+            format!("http://127.0.0.1:{}/", n.upstream_port),
         );
+        variants.insert(1, ("launch via nginx", sim_hop, &otp, n.pids()));
         variants.insert(
             7,
-            (
-                "small page via nginx",
-                format!("http://127.0.0.1:{}/", n.upstream_port),
-                small.as_path(),
-            ),
+            ("small page via nginx", app_hop.clone(), &small, n.pids()),
         );
-        variants.push((
-            "1 MB page via nginx",
-            format!("http://127.0.0.1:{}/", n.upstream_port),
-            large.as_path(),
-        ));
+        variants.push(("1 MB page via nginx", app_hop, &large, n.pids()));
+    }
+    if let Ok(only) = std::env::var("PKB_EDGE_BENCH_ONLY") {
+        let wanted: Vec<&str> = only.split(',').map(str::trim).collect();
+        variants.retain(|(name, ..)| wanted.iter().any(|w| name.contains(w)));
     }
     // Warm every path once (connection pools, the decoration cache, the hot pairing).
     rt.block_on(async {
@@ -660,11 +736,18 @@ fn main() {
 
     let mut results: BTreeMap<usize, Vec<(String, Measured)>> = BTreeMap::new();
     for &c in &levels {
-        for (name, url, script) in &variants {
-            let m = wrk(url, c, secs, script);
+        for (name, url, script, pids) in &variants {
+            let cpu_before = cpu_seconds(pids);
+            let mut m = wrk(url, c, secs, script);
+            if !pids.is_empty() && m.requests > 0 {
+                m.proxy_cpu_us = Some((cpu_seconds(pids) - cpu_before) * 1e6 / m.requests as f64);
+            }
             eprintln!(
-                "c={c:<4} {name:<40} {:>9.0} req/s  p99 {:>8.2} ms  errors {}",
-                m.rps, m.p99_ms, m.errors
+                "c={c:<4} {name:<40} {:>9.0} req/s  p99 {:>8.2} ms  errors {}  proxy CPU/req {:.1} µs",
+                m.rps,
+                m.p99_ms,
+                m.errors,
+                m.proxy_cpu_us.unwrap_or(0.0)
             );
             results.entry(c).or_default().push((name.to_string(), m));
         }
@@ -675,12 +758,33 @@ fn main() {
     // its cache filled by a status look-up of every user (no PKB call).
     let rss_instance = Edge::start(d, "rss", &d.join("cold100k.db"), &keys, DEFAULTS, &common);
     let (rss_before, _) = rss_instance.rss_mb();
-    let fill = script(
-        d,
-        "fill",
-        "counter = 0\nrequest = function()\n  counter = counter + 1\n  return wrk.format(\"GET\", \"/_pkb/status\", {[\"X-Authenticated-User\"] = string.format(\"c%07d\", counter % 100000)})\nend\n",
-    );
-    let filled = wrk(&rss_instance.url("/"), 1, 30.max(secs), &fill);
+    let filled: u64 = rt.block_on(async {
+        let http = reqwest::Client::new();
+        let url = rss_instance.url("/_pkb/status");
+        let lanes = (0..16usize).map(|lane| {
+            let (http, url) = (http.clone(), url.clone());
+            tokio::spawn(async move {
+                let mut paired = 0u64;
+                for n in (lane..100_000).step_by(16) {
+                    let r = http
+                        .get(&url)
+                        .header("X-Authenticated-User", user("c", n))
+                        .send()
+                        .await
+                        .unwrap();
+                    let body: serde_json::Value = r.json().await.unwrap();
+                    paired += u64::from(body["paired"] == true);
+                }
+                paired
+            })
+        });
+        let mut total = 0;
+        for lane in lanes.collect::<Vec<_>>() {
+            total += lane.await.unwrap();
+        }
+        total
+    });
+    assert_eq!(filled, 100_000, "every status look-up found its pairing");
     let (rss_cached, _) = rss_instance.rss_mb();
 
     let startup = [
@@ -711,12 +815,13 @@ fn main() {
     for &c in &levels {
         println!("\nconcurrency {c}");
         println!(
-            "{:<40} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7}",
-            "variant", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"
+            "{:<40} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7} {:>12}",
+            "variant", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "proxy CPU µs"
         );
         for (name, m) in &results[&c] {
+            let cpu = m.proxy_cpu_us.map_or("-".into(), |us| format!("{us:.1}"));
             println!(
-                "{name:<40} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7}",
+                "{name:<40} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7} {cpu:>12}",
                 m.rps, m.p50_ms, m.p90_ms, m.p99_ms, m.max_ms, m.errors
             );
         }
@@ -782,7 +887,7 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!("resident memory, rss instance: {rss_before:.1} MB empty, {rss_cached:.1} MB after {} status look-ups over 100,000 users", filled.requests);
+    println!("resident memory, rss instance: {rss_before:.1} MB empty, {rss_cached:.1} MB with {filled} pairings cached");
     println!(
         "peak resident memory: {}",
         peak.iter()
@@ -798,7 +903,7 @@ fn main() {
         "results": results.iter().map(|(c, rows)| (c.to_string(), serde_json::json!(rows.iter().map(|(n, m)| serde_json::json!({"variant": n, "measured": m})).collect::<Vec<_>>()))).collect::<serde_json::Map<_, _>>(),
         "refresh_calls": refresh_calls,
         "startup_ms": startup.iter().map(|(n, t)| (n.to_string(), serde_json::json!(t.as_secs_f64() * 1000.0))).collect::<serde_json::Map<_, _>>(),
-        "rss_mb": { "empty": rss_before, "with_100k_cached": rss_cached, "status_lookups": filled.requests },
+        "rss_mb": { "empty": rss_before, "with_100k_cached": rss_cached, "cached": filled },
         "peak_rss_mb": peak.iter().map(|(n, mb)| (n.to_string(), serde_json::json!(mb))).collect::<serde_json::Map<_, _>>(),
     });
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");

@@ -78,6 +78,9 @@ pub struct Upstream {
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub threads: usize,
+    /// One tokio runtime shared by all threads (tasks move between them) when true; one
+    /// runtime per thread, each connection staying on the thread that accepted it, when false.
+    pub work_stealing: bool,
     pub grace_period_seconds: u64,
     pub graceful_shutdown_timeout_seconds: u64,
     pub upstream_keepalive_pool_size: usize,
@@ -302,6 +305,7 @@ fn default_prefix() -> String {
 #[serde(deny_unknown_fields, default)]
 struct RawServer {
     threads: usize,
+    work_stealing: bool,
     grace_period_seconds: u64,
     graceful_shutdown_timeout_seconds: u64,
     upstream_keepalive_pool_size: usize,
@@ -313,6 +317,7 @@ impl Default for RawServer {
     fn default() -> Self {
         RawServer {
             threads: 2,
+            work_stealing: true,
             grace_period_seconds: 30,
             graceful_shutdown_timeout_seconds: 10,
             upstream_keepalive_pool_size: 256,
@@ -777,6 +782,7 @@ impl Validator {
         }
         Some(ServerSettings {
             threads: s.threads,
+            work_stealing: s.work_stealing,
             grace_period_seconds: s.grace_period_seconds,
             graceful_shutdown_timeout_seconds: s.graceful_shutdown_timeout_seconds,
             upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,

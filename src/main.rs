@@ -11,6 +11,9 @@ use pkb_edge::demo;
 use pkb_edge::sim::{demo_patients, SimConfig, Simulator};
 use pkb_edge::store::crypto::Keyring;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "pkb-edge",

@@ -143,6 +143,7 @@ pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, St
 
     let conf = ServerConf {
         threads: config.server.threads,
+        work_stealing: config.server.work_stealing,
         grace_period_seconds: Some(config.server.grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_seconds),
         upstream_keepalive_pool_size: config.server.upstream_keepalive_pool_size,

@@ -135,6 +135,32 @@ struct Grants {
     access: HashMap<String, AccessGrant>,
     refresh: HashMap<String, RefreshGrant>,
     otps: HashMap<String, OtpGrant>,
+    /// The generation of OTPs before `otps` (see `remember_otp`).
+    older_otps: HashMap<String, OtpGrant>,
+}
+
+/// OTPs remembered per generation: the simulator forgets the older generation when the newer one
+/// fills, so it keeps between this many and twice this many. Unbounded, a load test's millions of
+/// OTPs would make the map's occasional doubling stall every request for hundreds of ms.
+const OTP_GENERATION: usize = 1 << 16;
+
+impl Grants {
+    /// Remembers an OTP; returns the generation it retired, to be dropped outside the lock.
+    fn remember_otp(&mut self, otp: String, grant: OtpGrant) -> Option<HashMap<String, OtpGrant>> {
+        let retired = (self.otps.len() >= OTP_GENERATION).then(|| {
+            let full = std::mem::replace(&mut self.otps, HashMap::with_capacity(OTP_GENERATION));
+            std::mem::replace(&mut self.older_otps, full)
+        });
+        self.otps.insert(otp, grant);
+        retired
+    }
+
+    fn otp(&mut self, otp: &str) -> Option<&mut OtpGrant> {
+        match self.otps.get_mut(otp) {
+            Some(grant) => Some(grant),
+            None => self.older_otps.get_mut(otp),
+        }
+    }
 }
 
 pub struct Simulator {
@@ -491,7 +517,7 @@ async fn issue_otp(State(sim): Sim, headers: HeaderMap) -> Response {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_token");
     };
     let otp = sim.mint(18);
-    sim.grants.lock().otps.insert(
+    let retired = sim.grants.lock().remember_otp(
         otp.clone(),
         OtpGrant {
             user,
@@ -499,6 +525,7 @@ async fn issue_otp(State(sim): Sim, headers: HeaderMap) -> Response {
             used: false,
         },
     );
+    drop(retired);
     Json(json!({ "otp": otp })).into_response()
 }
 
@@ -521,7 +548,7 @@ async fn otp_login(
     let now = sim.clock.now();
     let user = {
         let mut grants = sim.grants.lock();
-        match q.get("otpToken").and_then(|o| grants.otps.get_mut(o)) {
+        match q.get("otpToken").and_then(|o| grants.otp(o)) {
             Some(g) if !g.used && g.expires_at > now => {
                 g.used = true;
                 Some(g.user.clone())
@@ -695,6 +722,30 @@ pub async fn obtain_tokens(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn otps_are_remembered_for_at_least_one_generation_and_at_most_two() {
+        let mut grants = Grants::default();
+        let grant = |n: usize| OtpGrant {
+            user: format!("u{n}"),
+            expires_at: 0,
+            used: false,
+        };
+        for n in 0..=2 * OTP_GENERATION {
+            drop(grants.remember_otp(format!("otp{n}"), grant(n)));
+        }
+        assert!(
+            grants.otp("otp0").is_none(),
+            "the oldest generation is forgotten"
+        );
+        let recent = OTP_GENERATION + 1;
+        assert_eq!(
+            grants.otp(&format!("otp{recent}")).unwrap().user,
+            format!("u{recent}")
+        );
+        assert!(grants.otp(&format!("otp{}", 2 * OTP_GENERATION)).is_some());
+        assert!(grants.otps.len() + grants.older_otps.len() <= 2 * OTP_GENERATION);
+    }
 
     #[test]
     fn demo_patients_have_valid_nhs_numbers() {
