@@ -811,6 +811,66 @@ fn main() {
             .find(|(n, _)| n == name)
             .map(|(_, m)| m.clone())
     };
+    // (label, variant, against, p99 rather than throughput)
+    const RATIOS: [(&str, &str, &str, bool); 7] = [
+        (
+            "launch via pkb-edge / via nginx, throughput",
+            "launch via pkb-edge",
+            "launch via nginx",
+            false,
+        ),
+        (
+            "launch via pkb-edge / via nginx, p99",
+            "launch via pkb-edge",
+            "launch via nginx",
+            true,
+        ),
+        (
+            "launch via pkb-edge / floor, throughput",
+            "launch via pkb-edge",
+            "launch floor (OTP direct)",
+            false,
+        ),
+        (
+            "launch via pkb-edge / floor, p99",
+            "launch via pkb-edge",
+            "launch floor (OTP direct)",
+            true,
+        ),
+        (
+            "small page via pkb-edge / via nginx, throughput",
+            "small page via pkb-edge",
+            "small page via nginx",
+            false,
+        ),
+        (
+            "1 MB page via pkb-edge / via nginx, throughput",
+            "1 MB page via pkb-edge",
+            "1 MB page via nginx",
+            false,
+        ),
+        (
+            "decoration (cache hit) / passthrough, throughput",
+            "small page via pkb-edge + decoration",
+            "small page via pkb-edge",
+            false,
+        ),
+    ];
+    // The ratios both variants of which ran at concurrency `c`.
+    let ratios = |c: usize| -> Vec<(&str, f64)> {
+        RATIOS
+            .iter()
+            .filter_map(|&(label, a, b, p99)| {
+                let (a, b) = (find(c, a)?, find(c, b)?);
+                let value = if p99 {
+                    a.p99_ms / b.p99_ms
+                } else {
+                    a.rps / b.rps
+                };
+                Some((label, value))
+            })
+            .collect()
+    };
     println!("\npkb-edge benchmark: closed loop, wrk, {secs} s per cell, store of {big} pairings for the big cold launch");
     for &c in &levels {
         println!("\nconcurrency {c}");
@@ -825,48 +885,9 @@ fn main() {
                 m.rps, m.p50_ms, m.p90_ms, m.p99_ms, m.max_ms, m.errors
             );
         }
-        let ratio = |a: &str, b: &str, f: fn(&Measured) -> f64| -> Option<f64> {
-            Some(f(&find(c, a)?) / f(&find(c, b)?))
-        };
-        let rps = |m: &Measured| m.rps;
-        let p99 = |m: &Measured| m.p99_ms;
-        let show = |label: &str, v: Option<f64>| {
-            if let Some(v) = v {
-                println!("  {label:<58} {v:>7.3}");
-            }
-        };
-        show(
-            "launch via pkb-edge / via nginx, throughput",
-            ratio("launch via pkb-edge", "launch via nginx", rps),
-        );
-        show(
-            "launch via pkb-edge / via nginx, p99",
-            ratio("launch via pkb-edge", "launch via nginx", p99),
-        );
-        show(
-            "launch via pkb-edge / floor, throughput",
-            ratio("launch via pkb-edge", "launch floor (OTP direct)", rps),
-        );
-        show(
-            "launch via pkb-edge / floor, p99",
-            ratio("launch via pkb-edge", "launch floor (OTP direct)", p99),
-        );
-        show(
-            "small page via pkb-edge / via nginx, throughput",
-            ratio("small page via pkb-edge", "small page via nginx", rps),
-        );
-        show(
-            "1 MB page via pkb-edge / via nginx, throughput",
-            ratio("1 MB page via pkb-edge", "1 MB page via nginx", rps),
-        );
-        show(
-            "decoration (cache hit) / passthrough, throughput",
-            ratio(
-                "small page via pkb-edge + decoration",
-                "small page via pkb-edge",
-                rps,
-            ),
-        );
+        for (label, value) in ratios(c) {
+            println!("  {label:<58} {value:>7.3}");
+        }
         if let (Some(cold), Some(hot)) = (
             find(c, "cold launch, big store"),
             find(c, "launch via pkb-edge"),
@@ -901,6 +922,7 @@ fn main() {
         "big_store": big,
         "nginx": nginx.is_some(),
         "results": results.iter().map(|(c, rows)| (c.to_string(), serde_json::json!(rows.iter().map(|(n, m)| serde_json::json!({"variant": n, "measured": m})).collect::<Vec<_>>()))).collect::<serde_json::Map<_, _>>(),
+        "ratios": levels.iter().map(|&c| (c.to_string(), serde_json::json!(ratios(c).into_iter().collect::<BTreeMap<_, _>>()))).collect::<serde_json::Map<_, _>>(),
         "refresh_calls": refresh_calls,
         "startup_ms": startup.iter().map(|(n, t)| (n.to_string(), serde_json::json!(t.as_secs_f64() * 1000.0))).collect::<serde_json::Map<_, _>>(),
         "rss_mb": { "empty": rss_before, "with_100k_cached": rss_cached, "cached": filled },

@@ -236,13 +236,7 @@ fn no_code_token_refresh_token_or_otp_appears_in_any_output() {
                 .expose()
                 .to_string(),
         );
-        let r = client()
-            .post(w.proxy.url("/_pkb/unpair"))
-            .header(USER_HEADER, "dr.jones")
-            .header("sec-fetch-site", "same-origin")
-            .send()
-            .await
-            .unwrap();
+        let r = unpair_as(w.proxy.url("/_pkb/unpair"), "dr.jones").await;
         assert_eq!(r.status(), 200);
     });
     w.proxy.terminate();

@@ -203,13 +203,7 @@ fn an_unpairing_or_revocation_on_one_instance_is_seen_by_the_others_at_once() {
     rt().block_on(async {
         a.config.pair(&sim, "dr.jones", "jones@pkb.example").await;
         assert_eq!(launch(b, "dr.jones").await.status(), 302);
-        let r = client()
-            .post(a.url("/_pkb/unpair"))
-            .header(USER_HEADER, "dr.jones")
-            .header("sec-fetch-site", "same-origin")
-            .send()
-            .await
-            .unwrap();
+        let r = unpair_as(a.url("/_pkb/unpair"), "dr.jones").await;
         assert_eq!(r.status(), 200);
         // B had the pairing cached a moment ago; the bound is zero: the next launch knows.
         assert_eq!(launch(b, "dr.jones").await.status(), 404);

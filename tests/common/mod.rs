@@ -581,7 +581,19 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
-/// The same, connecting from a chosen loopback address (to be a trusted or untrusted peer).
+/// `POST {prefix}/unpair` as `user`, sent the way the site's own page sends it (same-origin).
+pub async fn unpair_as(url: String, user: &str) -> reqwest::Response {
+    client()
+        .post(url)
+        .header(USER_HEADER, user)
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A client like `client()`, connecting from a chosen loopback address (to be a trusted or
+/// untrusted peer).
 pub fn client_from(ip: &str) -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
