@@ -30,6 +30,11 @@ pub enum Action {
     Unpair,
     /// An admin command (`pkb-edge pairings revoke`).
     Revoke,
+    /// An NHS login sign-in (its callback), sign-out, and launch into PKB with
+    /// `assertedLoginIdentity`.
+    NhsLogin,
+    NhsLogout,
+    NhsLaunchPkb,
 }
 
 /// What happened, as one audit line says it.

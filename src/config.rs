@@ -23,6 +23,8 @@ pub const ENV_CLIENT_SECRET: &str = "PKB_EDGE_CLIENT_SECRET";
 pub const ENV_KEYS: &str = "PKB_EDGE_KEYS";
 /// Environment variable that may hold the PostgreSQL password.
 pub const ENV_STORE_PASSWORD: &str = "PKB_EDGE_STORE_PASSWORD";
+/// Environment variable that may hold the NHS login relying party's private key (PEM).
+pub const ENV_NHS_LOGIN_KEY: &str = "PKB_EDGE_NHS_LOGIN_KEY";
 /// Environment variable that may hold the audit log's patient-hash key.
 pub const ENV_AUDIT_KEY: &str = "PKB_EDGE_AUDIT_KEY";
 
@@ -42,8 +44,42 @@ pub struct Config {
     pub decorate: crate::decorate::DecorateSettings,
     pub limits: LimitSettings,
     pub audit: AuditSettings,
+    /// Set exactly when `identity.mode = "nhs_login"`.
+    pub nhs_login: Option<NhsLoginSettings>,
 }
 
+/// NHS login's vectors of trust: identity proofing P0/P5/P9 with authentication Cp/Cd/Ck/Cm.
+pub const DEFAULT_VTR: [&str; 3] = ["P9.Cp.Cd", "P9.Cp.Ck", "P9.Cm"];
+
+/// pkb-edge as the NHS login relying party (`[nhs_login]`).
+#[derive(Debug, Clone)]
+pub struct NhsLoginSettings {
+    /// `https://auth.login.nhs.uk` (production), `https://auth.aos.signin.nhs.uk` (integration),
+    /// `https://auth.sandpit.signin.nhs.uk` (sandpit); no trailing slash.
+    pub issuer: String,
+    pub client_id: String,
+    /// The RP's RSA private key (PEM, at least 2048 bits): signs client assertions and
+    /// `asserted_login_identity` tokens.
+    pub private_key: SecretText,
+    /// `kid` put in the header of what pkb-edge signs, when NHS login has the key under a kid.
+    pub key_id: Option<String>,
+    /// `{public_url}{prefix}/nhs/callback` unless set.
+    pub redirect_uri: String,
+    pub scopes: Vec<String>,
+    pub vtr: Vec<String>,
+    /// `prompt` sent with `assertedLoginIdentity` into PKB; none when empty.
+    pub pkb_prompt: Option<String>,
+    /// Re-authenticate after this long without a request (NHS login's rule: 30 minutes).
+    pub session_idle_secs: i64,
+    /// ...or this long after signing in, whatever the activity (NHS login's rule: 12 hours).
+    pub session_max_secs: i64,
+    pub cookie_name: String,
+    /// How long a sign-in may take from the redirect to NHS login to the callback.
+    pub login_ttl_secs: i64,
+    pub timeout: Duration,
+    /// Clock difference tolerated on `exp` and `iat` of tokens NHS login issues.
+    pub clock_skew_secs: i64,
+}
 #[derive(Debug, Clone)]
 pub struct LimitSettings {
     /// Launches one user may make per minute (bursts up to this many); 0 turns the limit off.
@@ -96,12 +132,27 @@ pub enum IdentitySettings {
         header: HeaderName,
         trusted_peers: Vec<IpNet>,
     },
+    /// pkb-edge signs users in with NHS login and sets `header` itself. `trusted_peers` only
+    /// says whose `X-Request-Id` is taken.
+    NhsLogin {
+        header: HeaderName,
+        trusted_peers: Vec<IpNet>,
+    },
 }
 
 impl IdentitySettings {
     pub fn header(&self) -> &HeaderName {
         match self {
-            IdentitySettings::Header { header, .. } => header,
+            IdentitySettings::Header { header, .. } | IdentitySettings::NhsLogin { header, .. } => {
+                header
+            }
+        }
+    }
+
+    pub fn trusted_peers(&self) -> &[IpNet] {
+        match self {
+            IdentitySettings::Header { trusted_peers, .. }
+            | IdentitySettings::NhsLogin { trusted_peers, .. } => trusted_peers,
         }
     }
 }
@@ -220,7 +271,66 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     audit: RawAudit,
+    nhs_login: Option<RawNhsLogin>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNhsLogin {
+    issuer: Option<String>,
+    client_id: Option<String>,
+    private_key: Option<String>,
+    private_key_file: Option<PathBuf>,
+    key_id: Option<String>,
+    redirect_uri: Option<String>,
+    #[serde(default = "default_nhs_scopes")]
+    scopes: Vec<String>,
+    #[serde(default = "default_vtr")]
+    vtr: Vec<String>,
+    #[serde(default = "default_pkb_prompt")]
+    pkb_prompt: String,
+    #[serde(default = "default_session_idle")]
+    session_idle_secs: i64,
+    #[serde(default = "default_session_max")]
+    session_max_secs: i64,
+    #[serde(default = "default_cookie_name")]
+    cookie_name: String,
+    #[serde(default = "default_state_ttl")]
+    login_ttl_secs: i64,
+    #[serde(default = "default_nhs_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_clock_skew")]
+    clock_skew_secs: i64,
+}
+
+fn default_nhs_scopes() -> Vec<String> {
+    vec!["openid".into(), "profile".into()]
+}
+fn default_vtr() -> Vec<String> {
+    DEFAULT_VTR.iter().map(|v| v.to_string()).collect()
+}
+fn default_pkb_prompt() -> String {
+    "none".into()
+}
+fn default_session_idle() -> i64 {
+    NHS_LOGIN_IDLE_SECS
+}
+fn default_session_max() -> i64 {
+    NHS_LOGIN_MAX_SECS
+}
+fn default_cookie_name() -> String {
+    "pkb_edge_session".into()
+}
+fn default_nhs_timeout_ms() -> u64 {
+    5000
+}
+fn default_clock_skew() -> i64 {
+    30
+}
+
+/// NHS login's session rules for relying parties.
+pub const NHS_LOGIN_IDLE_SECS: i64 = 30 * 60;
+pub const NHS_LOGIN_MAX_SECS: i64 = 12 * 60 * 60;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -600,6 +710,33 @@ impl Validator {
         let decorate = self.decorate(raw.decorate.unwrap_or_default());
         let limits = self.limits(raw.limits);
         let audit = self.audit(raw.audit, env);
+        let nhs_callback = match (&public_url, &prefix) {
+            (Some(base), Some(prefix)) => Some(format!(
+                "{}{prefix}/nhs/callback",
+                base.as_str().trim_end_matches('/')
+            )),
+            _ => None,
+        };
+        let wants_nhs_login = matches!(identity, Some(IdentitySettings::NhsLogin { .. }));
+        // Outer None: invalid (the problem is recorded); inner None: not configured.
+        let nhs_login = match (raw.nhs_login, wants_nhs_login) {
+            (Some(n), true) => self.nhs_login(n, nhs_callback, env).map(Some),
+            (None, true) => {
+                self.problem(
+                    "nhs_login",
+                    "identity.mode = \"nhs_login\" needs an [nhs_login] table (issuer, client_id, private_key_file)",
+                );
+                None
+            }
+            (Some(_), false) => {
+                self.problem(
+                    "nhs_login",
+                    "is used only with identity.mode = \"nhs_login\"; set that mode or remove the table",
+                );
+                None
+            }
+            (None, false) => Some(None),
+        };
         if let (Some(Some(ops)), Some(listen)) = (&ops_listen, &listen) {
             if ops == listen {
                 self.problem(
@@ -621,6 +758,149 @@ impl Validator {
             decorate: decorate?,
             limits: limits?,
             audit: audit?,
+            nhs_login: nhs_login?,
+        })
+    }
+
+    fn nhs_login(
+        &mut self,
+        n: RawNhsLogin,
+        callback: Option<String>,
+        env: &dyn Environment,
+    ) -> Option<NhsLoginSettings> {
+        let issuer = self
+            .required("nhs_login.issuer", n.issuer)
+            .and_then(|s| self.base_url("nhs_login.issuer", &s))
+            .map(|u| u.as_str().trim_end_matches('/').to_string());
+        let client_id = self
+            .required("nhs_login.client_id", n.client_id)
+            .filter(|id| {
+                let ok = !id.trim().is_empty();
+                if !ok {
+                    self.problem("nhs_login.client_id", "is empty");
+                }
+                ok
+            });
+        let private_key = self
+            .secret(
+                "nhs_login.private_key",
+                n.private_key,
+                "nhs_login.private_key_file",
+                n.private_key_file.as_deref(),
+                ENV_NHS_LOGIN_KEY,
+                env,
+            )
+            .and_then(
+                |pem| match crate::nhs_login::keys::check_private_key(pem.expose()) {
+                    Ok(()) => Some(pem),
+                    Err(e) => {
+                        self.problem("nhs_login.private_key_file", e);
+                        None
+                    }
+                },
+            );
+        let redirect_uri = match n.redirect_uri {
+            Some(uri) => self
+                .base_url("nhs_login.redirect_uri", &uri)
+                .map(|u| u.to_string()),
+            None => callback,
+        };
+        if !n.scopes.iter().any(|s| s == "openid") {
+            self.problem("nhs_login.scopes", "must include `openid`");
+        }
+        if let Some(bad) = n.scopes.iter().find(|s| {
+            s.is_empty()
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        }) {
+            self.problem("nhs_login.scopes", format!("`{bad}` is not a scope name"));
+        }
+        if n.vtr.is_empty() {
+            self.problem(
+                "nhs_login.vtr",
+                "needs at least one vector, e.g. \"P9.Cp.Cd\"",
+            );
+        }
+        for (i, v) in n.vtr.iter().enumerate() {
+            if crate::nhs_login::Vector::parse(v).is_none() {
+                self.problem(
+                    &format!("nhs_login.vtr[{i}]"),
+                    format!("`{v}` is not a vector of trust (P0, P5 or P9, then Cp, Cd, Ck or Cm, e.g. P9.Cp.Cd)"),
+                );
+            }
+        }
+        let pkb_prompt = match n.pkb_prompt.as_str() {
+            "" => Some(None),
+            "none" | "login" => Some(Some(n.pkb_prompt.clone())),
+            other => {
+                self.problem(
+                    "nhs_login.pkb_prompt",
+                    format!("`{other}` is not one of \"\" (blank), \"none\", \"login\""),
+                );
+                None
+            }
+        };
+        let mut within = |key: &str, value: i64, max: i64, rule: &str| {
+            if value < 60 || value > max {
+                self.problem(
+                    key,
+                    format!("must be between 60 and {max} seconds ({rule})"),
+                );
+            }
+        };
+        within(
+            "nhs_login.session_idle_secs",
+            n.session_idle_secs,
+            NHS_LOGIN_IDLE_SECS,
+            "NHS login requires re-authentication after 30 minutes idle",
+        );
+        within(
+            "nhs_login.session_max_secs",
+            n.session_max_secs,
+            NHS_LOGIN_MAX_SECS,
+            "NHS login requires re-authentication after 12 hours",
+        );
+        within(
+            "nhs_login.login_ttl_secs",
+            n.login_ttl_secs,
+            3600,
+            "how long a sign-in may take",
+        );
+        let cookie_ok = !n.cookie_name.is_empty()
+            && n.cookie_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !cookie_ok {
+            self.problem(
+                "nhs_login.cookie_name",
+                format!(
+                    "`{}` is not a cookie name (letters, digits, - _ .)",
+                    n.cookie_name
+                ),
+            );
+        }
+        if !(100..=60_000).contains(&n.timeout_ms) {
+            self.problem("nhs_login.timeout_ms", "must be between 100 and 60000");
+        }
+        if !(0..=300).contains(&n.clock_skew_secs) {
+            self.problem("nhs_login.clock_skew_secs", "must be between 0 and 300");
+        }
+        Some(NhsLoginSettings {
+            issuer: issuer?,
+            client_id: client_id?,
+            private_key: private_key?,
+            key_id: n.key_id.filter(|k| !k.is_empty()),
+            redirect_uri: redirect_uri?,
+            scopes: n.scopes,
+            vtr: n.vtr,
+            pkb_prompt: pkb_prompt?,
+            session_idle_secs: n.session_idle_secs,
+            session_max_secs: n.session_max_secs,
+            cookie_name: cookie_ok.then_some(n.cookie_name)?,
+            login_ttl_secs: n.login_ttl_secs,
+            timeout: Duration::from_millis(n.timeout_ms),
+            clock_skew_secs: n.clock_skew_secs,
         })
     }
 
@@ -806,18 +1086,18 @@ impl Validator {
                 None
             }
         };
+        let mut peers = Vec::new();
+        for (n, p) in i.trusted_peers.iter().enumerate() {
+            match parse_cidr(p) {
+                Some(net) => peers.push(net),
+                None => self.problem(
+                    &format!("identity.trusted_peers[{n}]"),
+                    format!("`{p}` is not a CIDR (e.g. 10.0.0.0/8) or an IP address"),
+                ),
+            }
+        }
         match i.mode.as_str() {
             "header" => {
-                let mut peers = Vec::new();
-                for (n, p) in i.trusted_peers.iter().enumerate() {
-                    match parse_cidr(p) {
-                        Some(net) => peers.push(net),
-                        None => self.problem(
-                            &format!("identity.trusted_peers[{n}]"),
-                            format!("`{p}` is not a CIDR (e.g. 10.0.0.0/8) or an IP address"),
-                        ),
-                    }
-                }
                 if i.trusted_peers.is_empty() {
                     self.problem(
                         "identity.trusted_peers",
@@ -829,13 +1109,14 @@ impl Validator {
                     trusted_peers: peers,
                 })
             }
-            "jwt" | "nhs_login" => {
+            "nhs_login" => Some(IdentitySettings::NhsLogin {
+                header: header?,
+                trusted_peers: peers,
+            }),
+            "jwt" => {
                 self.problem(
                     "identity.mode",
-                    format!(
-                        "`{}` is not available in this version; use `header`",
-                        i.mode
-                    ),
+                    "`jwt` is not available in this version; use `header` or `nhs_login`",
                 );
                 None
             }

@@ -20,19 +20,22 @@ const MAX_USER_ID_LEN: usize = 256;
 pub struct IdentityResolver {
     header: HeaderName,
     trusted_peers: Vec<IpNet>,
+    /// `nhs_login` mode: the header is pkb-edge's own, never read from a request.
+    header_is_ours: bool,
 }
 
 impl IdentityResolver {
     pub fn new(settings: &IdentitySettings) -> Self {
-        match settings {
-            IdentitySettings::Header {
-                header,
-                trusted_peers,
-            } => IdentityResolver {
-                header: header.clone(),
-                trusted_peers: trusted_peers.clone(),
-            },
+        IdentityResolver {
+            header: settings.header().clone(),
+            trusted_peers: settings.trusted_peers().to_vec(),
+            header_is_ours: matches!(settings, IdentitySettings::NhsLogin { .. }),
         }
+    }
+
+    /// Whether pkb-edge sets the identity header itself (`nhs_login`): every client copy goes.
+    pub fn header_is_ours(&self) -> bool {
+        self.header_is_ours
     }
 
     /// The identity header's name (lower case).
@@ -49,7 +52,7 @@ impl IdentityResolver {
     /// The user id, if the request carries exactly one well-formed identity header from a trusted
     /// peer. Anything else is "nobody": never an error the client could probe.
     pub fn resolve(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<String> {
-        if !self.peer_is_trusted(peer) {
+        if self.header_is_ours || !self.peer_is_trusted(peer) {
             return None;
         }
         let mut values = headers.get_all(&self.header).iter();

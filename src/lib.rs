@@ -10,6 +10,7 @@ pub mod demo;
 pub mod identity;
 pub mod launch;
 pub mod limits;
+pub mod nhs_login;
 pub mod ops;
 pub mod pages;
 pub mod pairing;

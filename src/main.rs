@@ -97,17 +97,28 @@ enum Command {
         #[arg(long)]
         deep: bool,
     },
-    /// Print a new encryption key line (KEY_ID:BASE64_32_BYTES) for store.keys_file.
+    /// Print a new encryption key line (KEY_ID:BASE64_32_BYTES) for store.keys_file; with
+    /// --nhs-login, write a new NHS login RP key (RSA 2048, PEM) to --out and print its public
+    /// half, the PEM to register with NHS login.
     Keygen {
         /// The key's id; defaults to one made from today's date.
         #[arg(long)]
         id: Option<String>,
+        #[arg(long)]
+        nhs_login: bool,
+        /// Where the NHS login private key goes (created with mode 0600; never overwritten).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
     /// Everything on loopback: the PKB simulator, a sample EHR, the proxy, and a stand-in for the
     /// hospital's sign-on in front. Prints the one URL to open.
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// A patient portal instead of an EHR: pkb-edge signs patients in with (simulated) NHS
+        /// login, and single sign-on works both ways with (simulated) PKB.
+        #[arg(long)]
+        portal: bool,
     },
     /// Run the PKB simulator alone.
     Sim {
@@ -233,14 +244,27 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Keygen { id } => {
+        Command::Keygen {
+            nhs_login: true,
+            out,
+            ..
+        } => keygen_nhs_login(out.as_deref()),
+        Command::Keygen { id, out, .. } => {
+            if out.is_some() {
+                eprintln!("--out is for --nhs-login keys; store keys are printed");
+                return ExitCode::from(2);
+            }
             let id = id.unwrap_or_else(|| format!("k{}", chrono_like_today()));
             println!("{}", Keyring::generate_line(&id));
             ExitCode::SUCCESS
         }
-        Command::Demo { listen } => {
+        Command::Demo { listen, portal } => {
             init_logging(log_format);
-            run_demo(&listen)
+            if portal {
+                run_portal_demo(&listen)
+            } else {
+                run_demo(&listen)
+            }
         }
         Command::Sim {
             listen,
@@ -384,6 +408,149 @@ file = "{audit}"
 }
 
 const USER_HEADER: &str = "X-Authenticated-User";
+
+/// `keygen --nhs-login --out FILE`: the private key to FILE (0600, never overwritten), the
+/// public key to stdout.
+fn keygen_nhs_login(out: Option<&std::path::Path>) -> ExitCode {
+    let Some(out) = out else {
+        eprintln!("keygen --nhs-login needs --out FILE: the private key is written there (mode 0600), the public key printed");
+        return ExitCode::from(2);
+    };
+    let private = pkb_edge::nhs_login::keys::generate_private_key();
+    let public = match pkb_edge::nhs_login::keys::public_pem(&private) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("cannot derive the public key: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let written = options
+        .open(out)
+        .and_then(|mut f| f.write_all(private.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("cannot write {}: {e}", out.display());
+        return ExitCode::from(1);
+    }
+    let _ = writeln!(
+        std::io::stdout(),
+        "{public}# private key written to {}; set nhs_login.private_key_file to it and register the public key above with NHS login",
+        out.display()
+    );
+    ExitCode::SUCCESS
+}
+
+/// `demo --portal`: the NHS login and PKB simulators, a sample patient portal, and pkb-edge in
+/// `nhs_login` mode in front of it on `listen`.
+fn run_portal_demo(listen: &str) -> ExitCode {
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        eprintln!("demo: {what}: {e}");
+        ExitCode::from(1)
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail("cannot start a runtime", &e),
+    };
+    let listen_addr: std::net::SocketAddr = match listen.parse() {
+        Ok(a) => a,
+        Err(e) => return fail(&format!("--listen {listen}"), &e),
+    };
+    let bound = runtime.block_on(async {
+        let sim_l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let op_l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let portal_l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Ok::<_, std::io::Error>((sim_l, op_l, portal_l))
+    });
+    let (sim_l, op_l, portal_l) = match bound {
+        Ok(b) => b,
+        Err(e) => return fail("cannot listen on loopback", &e),
+    };
+    let (sim_addr, op_addr, portal_addr) =
+        match (sim_l.local_addr(), op_l.local_addr(), portal_l.local_addr()) {
+            (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+            _ => return fail("cannot read the listening addresses", &"local_addr"),
+        };
+    let public_url = format!("http://{listen_addr}");
+    let client_id = "pkb-edge-portal";
+    let op = pkb_edge::sim::nhs::NhsLoginSim::new(
+        &format!("http://{op_addr}"),
+        pkb_edge::sim::nhs::demo_users(),
+        false,
+    );
+    let (rp_key, registration) =
+        pkb_edge::sim::nhs::new_client(client_id, vec![format!("{public_url}/_pkb/nhs/callback")]);
+    op.register(registration);
+    let sim = Simulator::new(SimConfig::default());
+    sim.attach_nhs_login(op.clone(), Some(public_url.clone()));
+    runtime.spawn(sim.clone().serve(sim_l));
+    runtime.spawn(op.clone().serve(op_l));
+    runtime.spawn(async move { axum::serve(portal_l, demo::sample_portal()).await });
+
+    let state_dir = std::env::temp_dir().join(format!("pkb-edge-demo-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&state_dir) {
+        return fail("cannot create the demo's state directory", &e);
+    }
+    let key_file = state_dir.join("nhs_login_rp.pem");
+    if let Err(e) = std::fs::write(&key_file, rp_key) {
+        return fail("cannot write the demo's NHS login key", &e);
+    }
+    let config_text = format!(
+        r#"
+listen = "{listen_addr}"
+upstream = "http://{portal_addr}"
+public_url = "{public_url}"
+[server]
+grace_period_seconds = 1
+graceful_shutdown_timeout_seconds = 2
+[identity]
+mode = "nhs_login"
+[nhs_login]
+issuer = "http://{op_addr}"
+client_id = "{client_id}"
+private_key_file = "{key_file}"
+[pkb]
+base_url = "http://{sim_addr}"
+client_id = "{pkb_client_id}"
+client_secret = "{pkb_client_secret}"
+scope = "PATIENT"
+[store]
+url = "sqlite://{db}"
+keys = "{keys}"
+[audit]
+file = "{audit}"
+"#,
+        key_file = key_file.display(),
+        pkb_client_id = sim.config().client_id,
+        pkb_client_secret = sim.config().client_secret,
+        db = state_dir.join("pairings.db").display(),
+        audit = state_dir.join("audit.log").display(),
+        keys = Keyring::generate_line("demo"),
+    );
+    let config = match Config::parse(&config_text, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => return fail("the demo's own configuration is invalid", &e),
+    };
+    let server = match pkb_edge::service::build_server(&config, Default::default()) {
+        Ok(s) => s,
+        Err(e) => return fail("cannot start the proxy", &e),
+    };
+    let _ = writeln!(
+        std::io::stdout(),
+        "pkb-edge patient-portal demo is running. Open {public_url}/ in a browser.\n  \
+         sign in with the simulated NHS login, click \"Open my record in Patients Know Best\" (no second sign-in),\n  \
+         then PKB's \"Open the patient portal\" link brings you back signed in. Ctrl-C to stop.\n  \
+         (portal {portal_addr}, NHS login simulator http://{op_addr}, PKB simulator {sim_addr}, state and audit log {})",
+        state_dir.display()
+    );
+    let _keep_alive = runtime;
+    server.run_forever()
+}
 
 /// `YYYYMMDD` in UTC, for default key ids.
 fn chrono_like_today() -> String {

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub token_cache_total: IntCounterVec,
     pub decoration_total: IntCounterVec,
     pub pairing_total: IntCounterVec,
+    pub nhs_login_total: IntCounterVec,
     pub audit_write_errors_total: IntCounter,
 }
 
@@ -85,6 +86,11 @@ pub fn metrics() -> &'static Metrics {
                 &["value"],
             ),
             pairing_total: counter("pairing_total", "Pairing steps by outcome.", &["outcome"]),
+            nhs_login_total: counter(
+                "nhs_login_total",
+                "NHS login steps (sign-in, sign-out, launch into PKB) by step and outcome.",
+                &["step", "outcome"],
+            ),
             audit_write_errors_total: register_int_counter!(
                 "pkb_edge_audit_write_errors_total",
                 "Audit lines that could not be written."

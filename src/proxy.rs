@@ -18,6 +18,8 @@ use crate::config::Upstream;
 use crate::decorate::{merged_vary, private_cache_control, Decorator, Lookup};
 use crate::identity::{hop_by_hop, IdentityResolver};
 use crate::launch::{LaunchError, LaunchService};
+use crate::nhs_login::web::{self as nhs_web, NhsWeb, Step};
+use crate::nhs_login::Session as NhsSession;
 use crate::ops::metrics;
 use crate::pairing::{same_origin, PairingError, PairingService};
 use crate::patient::PatientContext;
@@ -40,6 +42,8 @@ pub struct EdgeProxy {
     /// Set once the process is told to stop or hand over (SIGTERM, SIGQUIT): connections are
     /// no longer kept alive.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// `identity.mode = "nhs_login"`: pkb-edge signs users in itself.
+    pub nhs: Option<NhsWeb>,
 }
 
 /// The request id header: taken from trusted peers, generated otherwise, passed upstream and
@@ -54,6 +58,8 @@ pub struct RequestCtx {
     user: Option<String>,
     /// The data-availability look-up running beside the upstream call.
     lookup: Option<Lookup>,
+    /// `nhs_login` mode: the signed-in user's session.
+    session: Option<NhsSession>,
 }
 
 /// The reserved routes under the prefix.
@@ -65,6 +71,10 @@ enum Route {
     Unpair,
     Status,
     DataAvailability,
+    NhsLogin,
+    NhsCallback,
+    NhsLogout,
+    NhsLaunchPkb,
     Unknown,
 }
 
@@ -81,6 +91,10 @@ impl EdgeProxy {
             "/unpair" => Route::Unpair,
             "/status" => Route::Status,
             "/data-availability" => Route::DataAvailability,
+            "/nhs/login" if self.nhs.is_some() => Route::NhsLogin,
+            "/nhs/callback" if self.nhs.is_some() => Route::NhsCallback,
+            "/nhs/logout" if self.nhs.is_some() => Route::NhsLogout,
+            "/nhs/launch-pkb" if self.nhs.is_some() => Route::NhsLaunchPkb,
             _ => Route::Unknown,
         })
     }
@@ -95,7 +109,26 @@ impl EdgeProxy {
         let (method, log_user) = (&req.method, user.unwrap_or(""));
         match route {
             Route::Unknown => Reply::not_found(format),
-            Route::Unpair if method != Method::POST => Reply::method_not_allowed(format, "POST"),
+            Route::Unpair | Route::NhsLogout if method != Method::POST => {
+                Reply::method_not_allowed(format, "POST")
+            }
+            Route::NhsLogin | Route::NhsCallback | Route::NhsLaunchPkb | Route::NhsLogout => {
+                let Some(nhs) = &self.nhs else {
+                    return Reply::not_found(format);
+                };
+                if route != Route::NhsLogout && method != Method::GET {
+                    return Reply::method_not_allowed(format, "GET");
+                }
+                let session = ctx.session.as_ref();
+                let (reply, step) = match route {
+                    Route::NhsLogin => nhs.login(query, format).await,
+                    Route::NhsCallback => nhs.callback(query, format).await,
+                    Route::NhsLogout => nhs.logout(&req.headers, session, format).await,
+                    _ => nhs.launch_pkb(this_url, query, session, format).await,
+                };
+                self.nhs_step(ctx, step);
+                reply
+            }
             Route::Launch
             | Route::Pair
             | Route::Callback
@@ -273,6 +306,49 @@ impl EdgeProxy {
 }
 
 impl EdgeProxy {
+    /// An NHS login step: counted, logged and audited.
+    fn nhs_step(&self, ctx: &RequestCtx, step: Step) {
+        metrics()
+            .nhs_login_total
+            .with_label_values(&[step.name, step.outcome])
+            .inc();
+        let user = step.user.as_deref().or(ctx.user.as_deref());
+        tracing::info!(
+            user,
+            step = step.name,
+            outcome = step.outcome,
+            reason = step.reason,
+            "nhs_login"
+        );
+        let action = match step.name {
+            "logout" => Action::NhsLogout,
+            "launch_pkb" => Action::NhsLaunchPkb,
+            _ => Action::NhsLogin,
+        };
+        self.audit.record(Event {
+            request_id: &ctx.request_id,
+            user,
+            action,
+            outcome: step.outcome,
+            refused: step.refused,
+            patient: None,
+            reason: step.reason,
+        });
+    }
+
+    /// `nhs_login` mode: the session named by the cookie, if any (a store failure is an error:
+    /// the gate answers 503 rather than sending a signed-in user to sign in again).
+    async fn nhs_session(
+        &self,
+        nhs: &NhsWeb,
+        headers: &http::HeaderMap,
+    ) -> std::result::Result<Option<NhsSession>, crate::store::StoreError> {
+        match nhs_web::session_cookie(headers, &nhs.nhs.settings().cookie_name) {
+            Some(id) => nhs.nhs.sessions().get(&id).await,
+            None => Ok(None),
+        }
+    }
+
     /// A pairing step (or its refusal, when `reason` is given): counted, logged and audited.
     fn pairing_step(
         &self,
@@ -367,8 +443,42 @@ impl ProxyHttp for EdgeProxy {
         ctx.peer_trusted = self.identity.peer_is_trusted(peer);
         ctx.user = self.identity.resolve(peer, &session.req_header().headers);
         ctx.request_id = request_id(ctx.peer_trusted, &session.req_header().headers);
+        let mut session_state = Ok(None);
+        if let Some(nhs) = &self.nhs {
+            session_state = self.nhs_session(nhs, &session.req_header().headers).await;
+            if let Ok(Some(s)) = &session_state {
+                ctx.user = Some(s.sub.clone());
+                ctx.session = Some(s.clone());
+            }
+        }
         let Some(route) = self.route(session.req_header().uri.path()) else {
             let span = tracing::info_span!("request", request_id = %ctx.request_id);
+            if let Some(nhs) = &self.nhs {
+                let req = session.req_header();
+                let format = Format::from_accept(
+                    req.headers
+                        .get(http::header::ACCEPT)
+                        .and_then(|v| v.to_str().ok()),
+                );
+                let gate = nhs
+                    .gate(
+                        &req.method,
+                        req.uri.path(),
+                        req.uri.query(),
+                        format,
+                        session_state.as_ref().map(Option::as_ref),
+                    )
+                    .instrument(span.clone())
+                    .await;
+                if let Some((reply, step)) = gate {
+                    let _entered = span.enter();
+                    self.nhs_step(ctx, step);
+                    drop(_entered);
+                    let reply = reply.with_header("X-Request-Id", ctx.request_id.clone());
+                    write_reply(session, reply).await?;
+                    return Ok(true);
+                }
+            }
             self.begin_lookup(session, ctx).instrument(span).await;
             return Ok(false);
         };
@@ -417,11 +527,30 @@ impl ProxyHttp for EdgeProxy {
         if hop.keep_upgrade {
             upstream_request.insert_header(http::header::CONNECTION, "upgrade")?;
         }
-        if !ctx.peer_trusted {
+        if !ctx.peer_trusted || self.identity.header_is_ours() {
             upstream_request.remove_header(self.identity.header());
         }
         for name in &self.proxy_set_headers {
             upstream_request.remove_header(name);
+        }
+        if let Some(nhs) = &self.nhs {
+            let cookies = nhs_web::cookies_without(
+                &upstream_request.headers,
+                &nhs.nhs.settings().cookie_name,
+            );
+            upstream_request.remove_header(&http::header::COOKIE);
+            if let Some(cookies) = cookies {
+                upstream_request.insert_header(http::header::COOKIE, cookies)?;
+            }
+            if let Some(s) = &ctx.session {
+                upstream_request.insert_header(self.identity.header().clone(), s.sub.as_str())?;
+                if let Some(n) = &s.nhs_number {
+                    upstream_request.insert_header(nhs_web::NHS_NUMBER_HEADER, n.as_str())?;
+                }
+                if let Some(p) = &s.identity_proofing_level {
+                    upstream_request.insert_header(nhs_web::PROOFING_LEVEL_HEADER, p.as_str())?;
+                }
+            }
         }
         upstream_request.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
         Ok(())

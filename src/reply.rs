@@ -34,7 +34,11 @@ impl Format {
 }
 
 /// A page: title, explanation, and at most one link and one POST button.
-fn page<'a>(title: &'a str, text: &str, action: Option<(&'a str, String)>) -> MessagePage<'a> {
+pub(crate) fn page<'a>(
+    title: &'a str,
+    text: &str,
+    action: Option<(&'a str, String)>,
+) -> MessagePage<'a> {
     MessagePage {
         title,
         paragraphs: vec![text.to_string()],
@@ -93,7 +97,7 @@ impl Reply {
     }
 
     /// A page for people, or `{"error", "message", "action"?}` for API clients.
-    fn message(status: u16, format: Format, code: &str, page: MessagePage<'_>) -> Reply {
+    pub(crate) fn message(status: u16, format: Format, code: &str, page: MessagePage<'_>) -> Reply {
         match format {
             Format::Json => {
                 let mut body = json!({ "error": code, "message": page.paragraphs.join(" ") });

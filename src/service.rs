@@ -115,6 +115,30 @@ pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, St
         clock.clone(),
         config.pkb.state_ttl_secs,
     ));
+    let nhs = match &config.nhs_login {
+        Some(settings) => {
+            let nhs = crate::nhs_login::NhsLogin::new(
+                Arc::new(settings.clone()),
+                pairings.records(),
+                clock.clone(),
+            )
+            .map_err(StoreError::Config)?;
+            Some(crate::nhs_login::web::NhsWeb {
+                nhs: Arc::new(nhs),
+                prefix: config.prefix.clone(),
+                pkb_base: config.pkb.base_url.clone(),
+                public_origin: config.public_url.origin().ascii_serialization(),
+            })
+        }
+        None => None,
+    };
+    let mut proxy_set_headers = vec![config.decorate.header.clone()];
+    if nhs.is_some() {
+        proxy_set_headers.extend([
+            http::HeaderName::from_static(crate::nhs_login::web::NHS_NUMBER_HEADER),
+            http::HeaderName::from_static(crate::nhs_login::web::PROOFING_LEVEL_HEADER),
+        ]);
+    }
     let tokens = Arc::new(TokenSource::new(pairings, pkb, clock));
     let launch = Arc::new(LaunchService::new(
         tokens.clone(),
@@ -136,9 +160,10 @@ pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, St
         decorator,
         vary_on,
         public_origin: config.public_url.origin().ascii_serialization(),
-        proxy_set_headers: vec![config.decorate.header.clone()],
+        proxy_set_headers,
         audit,
         draining: draining.clone(),
+        nhs,
     };
 
     let conf = ServerConf {

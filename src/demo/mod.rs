@@ -118,6 +118,38 @@ async fn ehr_patient(
     .into_response()
 }
 
+/// The sample patient portal for `demo --portal`: pkb-edge signs patients in with NHS login and
+/// tells it who they are; it links into PKB through pkb-edge.
+pub fn sample_portal() -> Router {
+    Router::new()
+        .route("/", get(portal_home))
+        .route("/appointments", get(portal_home))
+}
+
+async fn portal_home(headers: HeaderMap, uri: axum::http::Uri) -> Html<String> {
+    let h = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("(none)")
+            .to_string()
+    };
+    let user = h("x-authenticated-user");
+    Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Patient portal</title><style>{STYLE}</style></head>\
+         <body><header><span>St Example Hospital · Patient portal</span><span id=\"signed-in\">Signed in with NHS login</span></header>\
+         <main><h1>Welcome</h1><dl><dt>NHS login user (sub)</dt><dd id=\"portal-user\">{user}</dd>\
+         <dt>NHS number</dt><dd id=\"portal-nhs-number\">{nhs}</dd><dt>Identity proofing level</dt><dd>{level}</dd>\
+         <dt>This page</dt><dd id=\"portal-path\">{path}</dd></dl>\
+         <p><a class=\"pkb\" id=\"open-pkb\" href=\"/_pkb/nhs/launch-pkb?path=%2Fpatient%2Frecord\">Open my record in Patients Know Best</a></p>\
+         <form method=\"post\" action=\"/_pkb/nhs/logout\"><button id=\"sign-out\">Sign out</button></form></main></body></html>",
+        user = escape(&user),
+        nhs = escape(&h("x-nhs-number")),
+        level = escape(&h("x-identity-proofing-level")),
+        path = escape(uri.path()),
+    ))
+}
+
 /// The front: signs people in (a cookie) and forwards everything else to the proxy.
 pub fn front(proxy: SocketAddr, identity_header: String) -> Result<Router, reqwest::Error> {
     let client = reqwest::Client::builder()

@@ -6,6 +6,7 @@
 //! after a configurable lifetime; OTPs are single-use and live 60 s. It counts calls per endpoint
 //! (`GET /_sim/stats`) and has knobs for added latency and failures (`POST /_sim/knobs`).
 
+pub mod nhs;
 mod pages;
 
 use std::collections::HashMap;
@@ -42,7 +43,19 @@ pub const ENDPOINTS: &[&str] = &[
     "otp",
     "otp_login",
     "data_from_other_org",
+    "asserted_login",
 ];
+
+/// PKB's client id at the simulated NHS login.
+pub const PKB_NHS_CLIENT_ID: &str = "pkb-sim";
+
+/// PKB as an NHS login relying party: its key, and where its pages link back to.
+struct NhsLink {
+    op: Arc<nhs::NhsLoginSim>,
+    key: jsonwebtoken::EncodingKey,
+    /// The patient-facing service PKB's pages offer a way back to (the demo's portal).
+    portal_url: Option<String>,
+}
 
 #[derive(Debug, Clone)]
 pub struct SimPatient {
@@ -171,6 +184,7 @@ pub struct Simulator {
     counters: HashMap<&'static str, AtomicU64>,
     clock: Arc<dyn Clock>,
     issued: Mutex<Vec<String>>,
+    nhs: std::sync::OnceLock<NhsLink>,
 }
 
 /// The paths the simulator serves; PKB's documented (or assumed) defaults.
@@ -217,7 +231,38 @@ impl Simulator {
             counters: ENDPOINTS.iter().map(|e| (*e, AtomicU64::new(0))).collect(),
             clock: Arc::new(SystemClock),
             issued: Mutex::new(Vec::new()),
+            nhs: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Makes PKB a relying party of the simulated NHS login: its pages then accept
+    /// `assertedLoginIdentity`, and offer a way back to `portal_url` carrying one of PKB's own.
+    pub fn attach_nhs_login(&self, op: Arc<nhs::NhsLoginSim>, portal_url: Option<String>) {
+        let (private, registration) = nhs::new_client(PKB_NHS_CLIENT_ID, Vec::new());
+        op.register(registration);
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(private.as_bytes()).expect("fresh key");
+        let _ = self.nhs.set(NhsLink {
+            op,
+            key,
+            portal_url: portal_url.map(|u| u.trim_end_matches('/').to_string()),
+        });
+    }
+
+    /// What PKB puts in a link to a service for an NHS login user it has signed in: an
+    /// `asserted_login_identity` signed with PKB's key, `code` the jti of PKB's id_token.
+    pub fn assertion_from_pkb(&self, user: usize) -> Option<String> {
+        let link = self.nhs.get()?;
+        let code = link.op.issue_id_token_jti(user, PKB_NHS_CLIENT_ID);
+        let now = self.clock.now();
+        let claims = json!({
+            "code": code,
+            "iss": PKB_NHS_CLIENT_ID,
+            "jti": random_token(24),
+            "iat": now,
+            "exp": now + 60,
+        });
+        let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS512);
+        jsonwebtoken::encode(&header, &claims, &link.key).ok()
     }
 
     /// A new random secret (code, token, OTP), remembered when `record_secrets` is on.
@@ -251,6 +296,7 @@ impl Simulator {
             .route("/_sim/stats", get(stats))
             .route("/_sim/knobs", post(set_knobs).get(get_knobs))
             .route("/", get(home))
+            .fallback(asserted_page)
             .with_state(self.clone())
     }
 
@@ -382,8 +428,85 @@ impl Simulator {
 
 type Sim = State<Arc<Simulator>>;
 
-async fn home() -> Html<String> {
-    Html(pages::home())
+async fn home(
+    State(sim): Sim,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if q.contains_key("assertedLoginIdentity") {
+        return asserted_page(State(sim), headers, uri, Query(q)).await;
+    }
+    Html(pages::home()).into_response()
+}
+
+/// What a PKB page shows a user who arrived with NHS login (JSON for tests that ask).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NhsLoginView {
+    pub sub: String,
+    pub nhs_number: String,
+    pub name: String,
+    pub path: String,
+    pub prompt: Option<String>,
+}
+
+/// Any PKB page opened with `assertedLoginIdentity`: PKB, as an NHS login RP, has NHS login check
+/// and spend it, and the user is in PKB without signing in.
+async fn asserted_page(
+    State(sim): Sim,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(asserted) = q.get("assertedLoginIdentity") else {
+        return (
+            StatusCode::NOT_FOUND,
+            Html(pages::authorize_error("no such page")),
+        )
+            .into_response();
+    };
+    if let Some(fail) = sim.enter("asserted_login").await {
+        return fail;
+    }
+    let Some(link) = sim.nhs.get() else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Html(pages::authorize_error("this PKB does not use NHS login")),
+        )
+            .into_response();
+    };
+    let user = match link.op.accept_assertion(asserted) {
+        Ok(user) => user,
+        Err(why) => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                Html(pages::authorize_error(&format!(
+                    "NHS login refused the assertedLoginIdentity: {why}"
+                ))),
+            )
+                .into_response()
+        }
+    };
+    let u = &link.op.users()[user];
+    let view = NhsLoginView {
+        sub: u.sub.clone(),
+        nhs_number: u.nhs_number.clone(),
+        name: format!("{} {}", u.given_name, u.family_name),
+        path: uri.path().to_string(),
+        prompt: q.get("prompt").cloned(),
+    };
+    let wants_json = headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"));
+    if wants_json {
+        return Json(view).into_response();
+    }
+    let back = link.portal_url.as_ref().and_then(|portal| {
+        let assertion = sim.assertion_from_pkb(user)?;
+        Some(format!("{portal}/?assertedLoginIdentity={assertion}"))
+    });
+    Html(pages::nhs_logged_in(&view, back.as_deref())).into_response()
 }
 
 async fn authorize_page(State(sim): Sim, Query(q): Query<HashMap<String, String>>) -> Response {

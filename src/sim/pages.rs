@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{LoginView, SimPatient};
+use super::{LoginView, NhsLoginView, SimPatient};
 use crate::pages::escape;
 
 const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#eef3f7;color:#1b1f23}\
@@ -25,6 +25,28 @@ pub fn home() -> String {
     page(
         "PKB simulator",
         "<p>This is a local simulator of Patients Know Best, for pkb-edge's demo and tests.</p>",
+    )
+}
+
+/// A PKB page reached with NHS login (`assertedLoginIdentity`), with a way back to the service.
+pub fn nhs_logged_in(view: &NhsLoginView, back: Option<&str>) -> String {
+    let back = back
+        .map(|href| {
+            format!(
+                "<p><a id=\"back-to-portal\" href=\"{}\">Open the patient portal</a> (signed in with NHS login, no password)</p>",
+                escape(href)
+            )
+        })
+        .unwrap_or_default();
+    page(
+        "Signed in to PKB with NHS login",
+        &format!(
+            "<dl><dt>NHS login user</dt><dd id=\"nhs-name\">{}</dd><dt>NHS number</dt><dd id=\"nhs-number\">{}</dd>\
+             <dt>PKB page</dt><dd id=\"pkb-path\">{}</dd></dl>{back}",
+            escape(&view.name),
+            escape(&view.nhs_number),
+            escape(&view.path)
+        ),
     )
 }
 

@@ -8,6 +8,7 @@
 pub mod crypto;
 mod pairings;
 pub mod postgres;
+pub mod records;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -56,6 +57,35 @@ pub struct SealedPairState {
     pub key_id: String,
     pub verifier: Vec<u8>,
     pub return_to: Option<String>,
+    pub expires_at: i64,
+}
+
+/// What a sealed record is (a table of its own in spirit; one table in fact).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// An NHS login in progress: `state` → nonce and where to go afterwards. Single use.
+    LoginState,
+    /// A browser session signed in with NHS login.
+    Session,
+}
+
+impl RecordKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::LoginState => "login_state",
+            RecordKind::Session => "session",
+        }
+    }
+}
+
+/// A short-lived record for browser flows, found by the SHA-256 of a secret id the browser holds
+/// (so a copy of the database gives no usable cookie or `state`), its content sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedRecord {
+    pub id_hash: Vec<u8>,
+    pub key_id: String,
+    pub sealed: Vec<u8>,
+    /// Seconds since the epoch; the record is gone from then on.
     pub expires_at: i64,
 }
 
@@ -122,6 +152,36 @@ pub trait PairingStore: Send + Sync + 'static {
         &self,
         state_hash: &[u8],
     ) -> Result<Option<SealedPairState>, StoreError>;
+    /// Inserts or replaces a record, and forgets records of its kind that expired before `now`.
+    async fn put_record(
+        &self,
+        kind: RecordKind,
+        record: SealedRecord,
+        now: i64,
+    ) -> Result<(), StoreError>;
+    /// The record, unless it expired at or before `now`.
+    async fn get_record(
+        &self,
+        kind: RecordKind,
+        id_hash: &[u8],
+        now: i64,
+    ) -> Result<Option<SealedRecord>, StoreError>;
+    /// Removes and returns the record (unless expired): a record can be taken once.
+    async fn take_record(
+        &self,
+        kind: RecordKind,
+        id_hash: &[u8],
+        now: i64,
+    ) -> Result<Option<SealedRecord>, StoreError>;
+    /// Moves a live record's expiry; false if it is gone.
+    async fn extend_record(
+        &self,
+        kind: RecordKind,
+        id_hash: &[u8],
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+    async fn delete_record(&self, kind: RecordKind, id_hash: &[u8]) -> Result<bool, StoreError>;
 }
 
 /// How to reach a backend beyond its URL.

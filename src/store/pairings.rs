@@ -99,7 +99,7 @@ pub enum FreshError<E> {
 
 pub struct Pairings {
     backend: Arc<dyn PairingStore>,
-    keyring: Keyring,
+    keyring: Arc<Keyring>,
     cache: Cache<String, Arc<Pairing>>,
     locks: UserLocks,
     clock: Arc<dyn Clock>,
@@ -133,7 +133,7 @@ impl Pairings {
         backend.add_key_check(keyring.primary_id(), check).await?;
         Ok(Pairings {
             backend,
-            keyring,
+            keyring: Arc::new(keyring),
             cache: Cache::builder()
                 .max_capacity(cache_capacity)
                 .time_to_live(cache_ttl)
@@ -261,6 +261,16 @@ impl Pairings {
     }
 
     /// The backend itself, for copying sealed rows between stores.
+    /// The short-lived sealed records (NHS login states and sessions) in the same store, under
+    /// the same keys.
+    pub fn records(&self) -> super::records::Records {
+        super::records::Records::new(
+            self.backend.clone(),
+            self.keyring.clone(),
+            self.clock.clone(),
+        )
+    }
+
     pub fn backend(&self) -> &Arc<dyn PairingStore> {
         &self.backend
     }

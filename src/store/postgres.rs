@@ -23,10 +23,11 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use sha2::{Digest, Sha256};
 
-use super::{PairingStore, SealedPairState, SealedPairing, StoreError};
+use super::{PairingStore, RecordKind, SealedPairState, SealedPairing, SealedRecord, StoreError};
 
 /// Each entry upgrades the schema by one version; never edit one that has shipped.
-const MIGRATIONS: &[&str] = &["CREATE SEQUENCE pairing_versions;
+const MIGRATIONS: &[&str] = &[
+    "CREATE SEQUENCE pairing_versions;
     CREATE TABLE pairings (
         user_id TEXT PRIMARY KEY,
         key_id TEXT NOT NULL,
@@ -50,7 +51,18 @@ const MIGRATIONS: &[&str] = &["CREATE SEQUENCE pairing_versions;
         return_to TEXT,
         expires_at BIGINT NOT NULL
     );
-    CREATE INDEX pair_states_by_expiry ON pair_states(expires_at);"];
+    CREATE INDEX pair_states_by_expiry ON pair_states(expires_at);",
+    // 2: short-lived sealed records for browser flows (NHS login states and sessions).
+    "CREATE TABLE records (
+        kind TEXT NOT NULL,
+        id_hash BYTEA NOT NULL,
+        key_id TEXT NOT NULL,
+        sealed BYTEA NOT NULL,
+        expires_at BIGINT NOT NULL,
+        PRIMARY KEY (kind, id_hash)
+    );
+    CREATE INDEX records_by_expiry ON records(kind, expires_at);",
+];
 
 /// The advisory lock that serialises migrations across instances starting together.
 const MIGRATION_LOCK: i64 = 0x706b_625f_6564_6765; // "pkb_edge"
@@ -587,6 +599,100 @@ impl PairingStore for PostgresPairingStore {
         }))
     }
 
+    async fn put_record(
+        &self,
+        kind: RecordKind,
+        record: SealedRecord,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        tx.execute(
+            "DELETE FROM records WHERE kind = $1 AND expires_at <= $2",
+            &[&kind.as_str(), &now],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO records (kind, id_hash, key_id, sealed, expires_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (kind, id_hash) DO UPDATE
+             SET key_id = EXCLUDED.key_id, sealed = EXCLUDED.sealed, expires_at = EXCLUDED.expires_at",
+            &[
+                &kind.as_str(),
+                &record.id_hash,
+                &record.key_id,
+                &record.sealed,
+                &record.expires_at,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_record(
+        &self,
+        kind: RecordKind,
+        id_hash: &[u8],
+        now: i64,
+    ) -> Result<Option<SealedRecord>, StoreError> {
+        let conn = self.conn().await?;
+        let row = conn
+            .query_opt(
+                "SELECT id_hash, key_id, sealed, expires_at FROM records
+                 WHERE kind = $1 AND id_hash = $2 AND expires_at > $3",
+                &[&kind.as_str(), &id_hash, &now],
+            )
+            .await?;
+        Ok(row.as_ref().map(read_record))
+    }
+
+    async fn take_record(
+        &self,
+        kind: RecordKind,
+        id_hash: &[u8],
+        now: i64,
+    ) -> Result<Option<SealedRecord>, StoreError> {
+        let conn = self.conn().await?;
+        let row = conn
+            .query_opt(
+                "DELETE FROM records WHERE kind = $1 AND id_hash = $2
+                 RETURNING id_hash, key_id, sealed, expires_at",
+                &[&kind.as_str(), &id_hash],
+            )
+            .await?;
+        Ok(row.as_ref().map(read_record).filter(|r| r.expires_at > now))
+    }
+
+    async fn extend_record(
+        &self,
+        kind: RecordKind,
+        id_hash: &[u8],
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        let n = conn
+            .execute(
+                "UPDATE records SET expires_at = $1
+                 WHERE kind = $2 AND id_hash = $3 AND expires_at > $4",
+                &[&expires_at, &kind.as_str(), &id_hash, &now],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn delete_record(&self, kind: RecordKind, id_hash: &[u8]) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        let n = conn
+            .execute(
+                "DELETE FROM records WHERE kind = $1 AND id_hash = $2",
+                &[&kind.as_str(), &id_hash],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
     async fn locked<'a>(
         &'a self,
         user_id: &'a str,
@@ -604,6 +710,15 @@ impl PairingStore for PostgresPairingStore {
         // is gone, and the lock went with it.
         tx.commit().await?;
         Ok(())
+    }
+}
+
+fn read_record(r: &tokio_postgres::Row) -> SealedRecord {
+    SealedRecord {
+        id_hash: r.get(0),
+        key_id: r.get(1),
+        sealed: r.get(2),
+        expires_at: r.get(3),
     }
 }
 

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{PairingStore, SealedPairState, SealedPairing, StoreError};
+use super::{PairingStore, RecordKind, SealedPairState, SealedPairing, SealedRecord, StoreError};
 
 /// Each entry upgrades the schema by one version; never edit one that has shipped.
 const MIGRATIONS: &[&str] = &[
@@ -42,6 +42,16 @@ const MIGRATIONS: &[&str] = &[
     // unpairs and pairs again), and a compare-and-swap can never match a different pairing.
     "CREATE TABLE version_counter (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
     INSERT INTO version_counter VALUES (1, (SELECT COALESCE(MAX(version), 0) FROM pairings));",
+    // 4: short-lived sealed records for browser flows (NHS login states and sessions).
+    "CREATE TABLE records (
+        kind TEXT NOT NULL,
+        id_hash BLOB NOT NULL,
+        key_id TEXT NOT NULL,
+        sealed BLOB NOT NULL,
+        expires_at INTEGER NOT NULL,
+        PRIMARY KEY (kind, id_hash)
+    );
+    CREATE INDEX records_by_expiry ON records(kind, expires_at);",
 ];
 
 /// The next row version, inside the caller's transaction.
@@ -404,4 +414,111 @@ impl PairingStore for SqlitePairingStore {
         })
         .await
     }
+
+    async fn put_record(
+        &self,
+        kind: RecordKind,
+        record: SealedRecord,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "DELETE FROM records WHERE kind = ?1 AND expires_at <= ?2",
+                params![kind.as_str(), now],
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO records (kind, id_hash, key_id, sealed, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    kind.as_str(),
+                    record.id_hash,
+                    record.key_id,
+                    record.sealed,
+                    record.expires_at
+                ],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_record(
+        &self,
+        kind: RecordKind,
+        id_hash: &[u8],
+        now: i64,
+    ) -> Result<Option<SealedRecord>, StoreError> {
+        let id_hash = id_hash.to_vec();
+        self.with(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT id_hash, key_id, sealed, expires_at FROM records
+                 WHERE kind = ?1 AND id_hash = ?2 AND expires_at > ?3",
+            )?
+            .query_row(params![kind.as_str(), id_hash, now], read_record)
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn take_record(
+        &self,
+        kind: RecordKind,
+        id_hash: &[u8],
+        now: i64,
+    ) -> Result<Option<SealedRecord>, StoreError> {
+        let id_hash = id_hash.to_vec();
+        self.with(move |c| {
+            let taken = c
+                .prepare_cached(
+                    "DELETE FROM records WHERE kind = ?1 AND id_hash = ?2
+                     RETURNING id_hash, key_id, sealed, expires_at",
+                )?
+                .query_row(params![kind.as_str(), id_hash], read_record)
+                .optional()?;
+            Ok(taken.filter(|r| r.expires_at > now))
+        })
+        .await
+    }
+
+    async fn extend_record(
+        &self,
+        kind: RecordKind,
+        id_hash: &[u8],
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let id_hash = id_hash.to_vec();
+        self.with(move |c| {
+            Ok(c.prepare_cached(
+                "UPDATE records SET expires_at = ?1
+                 WHERE kind = ?2 AND id_hash = ?3 AND expires_at > ?4",
+            )?
+            .execute(params![expires_at, kind.as_str(), id_hash, now])?
+                == 1)
+        })
+        .await
+    }
+
+    async fn delete_record(&self, kind: RecordKind, id_hash: &[u8]) -> Result<bool, StoreError> {
+        let id_hash = id_hash.to_vec();
+        self.with(move |c| {
+            Ok(
+                c.prepare_cached("DELETE FROM records WHERE kind = ?1 AND id_hash = ?2")?
+                    .execute(params![kind.as_str(), id_hash])?
+                    == 1,
+            )
+        })
+        .await
+    }
+}
+
+fn read_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<SealedRecord> {
+    Ok(SealedRecord {
+        id_hash: r.get(0)?,
+        key_id: r.get(1)?,
+        sealed: r.get(2)?,
+        expires_at: r.get(3)?,
+    })
 }

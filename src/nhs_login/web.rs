@@ -1,0 +1,507 @@
+//! NHS login's routes and the sign-in gate in front of the upstream, as replies. The proxy calls
+//! these and records what they report (metrics, audit); the decisions are here.
+//!
+//! Loops are ruled out by construction: the only automatic retry is one interactive sign-in after
+//! a silent one (`prompt=none`) was refused, and an interactive sign-in never becomes silent.
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+use serde_json::json;
+
+use super::{NhsLogin, NhsLoginError, Session};
+use crate::pages::MessagePage;
+use crate::relative_path::{self, RelativePath};
+use crate::reply::{page, Format, Reply};
+
+/// The query parameter PKB and the NHS App carry a signed-in user's identity in.
+pub const ASSERTED_PARAM: &str = "assertedLoginIdentity";
+
+/// Headers pkb-edge sets towards the upstream in `nhs_login` mode (besides the identity header).
+pub const NHS_NUMBER_HEADER: &str = "x-nhs-number";
+pub const PROOFING_LEVEL_HEADER: &str = "x-identity-proofing-level";
+
+/// What a route did, for the proxy's metrics and audit line.
+#[derive(Debug)]
+pub struct Step {
+    pub name: &'static str,
+    pub outcome: &'static str,
+    /// The user it concerned, when known.
+    pub user: Option<String>,
+    pub refused: bool,
+    pub reason: Option<String>,
+}
+
+pub struct NhsWeb {
+    pub nhs: Arc<NhsLogin>,
+    pub prefix: String,
+    pub pkb_base: url::Url,
+    pub public_origin: String,
+}
+
+fn step(name: &'static str, outcome: &'static str, user: Option<&Session>) -> Step {
+    Step {
+        name,
+        outcome,
+        user: user.map(|s| s.sub.clone()),
+        refused: false,
+        reason: None,
+    }
+}
+
+fn refused(name: &'static str, e: &NhsLoginError, user: Option<&Session>) -> Step {
+    Step {
+        name,
+        outcome: e.outcome(),
+        user: user.map(|s| s.sub.clone()),
+        refused: true,
+        reason: Some(e.to_string()),
+    }
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// The session id from the `Cookie` header(s), if the browser sent exactly one.
+pub fn session_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    let mut found = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().to_string());
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
+}
+
+/// The `Cookie` header without pkb-edge's session cookie (the upstream never sees it), or
+/// `None` when nothing else is left.
+pub fn cookies_without(headers: &HeaderMap, name: &str) -> Option<String> {
+    let kept: Vec<&str> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(k, _)| k != name))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; "))
+}
+
+/// `path?query` without the asserted identity (and the `prompt` that may come with it).
+fn without_assertion(path: &str, query: Option<&str>) -> String {
+    let kept: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(k, _)| k != ASSERTED_PARAM)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if kept.is_empty() {
+        return path.to_string();
+    }
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(kept)
+        .finish();
+    format!("{path}?{q}")
+}
+
+impl NhsWeb {
+    fn cookie_name(&self) -> &str {
+        &self.nhs.settings().cookie_name
+    }
+
+    fn set_cookie(&self, id: &str) -> String {
+        format!(
+            "{}={id}; Path=/; HttpOnly; Secure; SameSite=Lax",
+            self.cookie_name()
+        )
+    }
+
+    fn clear_cookie(&self) -> String {
+        format!(
+            "{}=; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age=0",
+            self.cookie_name()
+        )
+    }
+
+    pub fn login_href(&self, return_to: &str) -> String {
+        let encoded: String = form_urlencoded::byte_serialize(return_to.as_bytes()).collect();
+        format!("{}/nhs/login?return_to={encoded}", self.prefix)
+    }
+
+    /// Off to NHS login; on failure, the page that says why.
+    async fn sign_in(
+        &self,
+        return_to: &RelativePath,
+        asserted: Option<&str>,
+        format: Format,
+    ) -> (Reply, Step) {
+        let name = if asserted.is_some() {
+            "login_silent"
+        } else {
+            "login"
+        };
+        match self.nhs.start(return_to, asserted).await {
+            Ok(url) => (Reply::redirect(url), step(name, "started", None)),
+            Err(e) => (
+                self.error_page(&e, format, return_to.as_str()),
+                refused(name, &e, None),
+            ),
+        }
+    }
+
+    /// The gate in front of the upstream. `None`: let the request through (signed in).
+    pub async fn gate(
+        &self,
+        method: &http::Method,
+        path: &str,
+        query: Option<&str>,
+        format: Format,
+        session: Result<Option<&Session>, &crate::store::StoreError>,
+    ) -> Option<(Reply, Step)> {
+        let readable = *method == http::Method::GET || *method == http::Method::HEAD;
+        if readable {
+            if let Some(asserted) = query_param(query, ASSERTED_PARAM) {
+                // From PKB or the NHS App: sign in as the asserted user, even over a session
+                // (the person at the browser may have changed).
+                let return_to = relative_path::parse(&without_assertion(path, query))
+                    .unwrap_or_else(|_| root());
+                return Some(self.sign_in(&return_to, Some(&asserted), format).await);
+            }
+        }
+        let session = match session {
+            Ok(Some(_)) => return None,
+            Ok(None) => None,
+            Err(e) => {
+                let e = NhsLoginError::Store(crate::store::StoreError::Unavailable(e.to_string()));
+                return Some((
+                    self.error_page(&e, format, path),
+                    refused("session", &e, None),
+                ));
+            }
+        };
+        let here = match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        };
+        let return_to = relative_path::parse(&here).unwrap_or_else(|_| root());
+        if readable && format == Format::Html {
+            return Some(self.sign_in(&return_to, None, format).await);
+        }
+        let reply = Reply::message(
+            401,
+            format,
+            "unauthenticated",
+            page(
+                "Sign in with NHS login",
+                "You need to sign in with NHS login to use this service.",
+                Some((
+                    "Sign in with NHS login",
+                    self.login_href(return_to.as_str()),
+                )),
+            ),
+        );
+        Some((reply, step("session", "unauthenticated", session)))
+    }
+
+    /// `GET {prefix}/nhs/login?return_to=REL[&assertedLoginIdentity=…]`
+    pub async fn login(&self, query: Option<&str>, format: Format) -> (Reply, Step) {
+        let return_to = match query_param(query, "return_to") {
+            None => root(),
+            Some(r) => match relative_path::parse(&r) {
+                Ok(p) => p,
+                Err(why) => {
+                    let e = NhsLoginError::BadRequest(format!("`return_to` {why}"));
+                    return (self.error_page(&e, format, "/"), refused("login", &e, None));
+                }
+            },
+        };
+        let asserted = query_param(query, ASSERTED_PARAM);
+        self.sign_in(&return_to, asserted.as_deref(), format).await
+    }
+
+    /// `GET {prefix}/nhs/callback`
+    pub async fn callback(&self, query: Option<&str>, format: Format) -> (Reply, Step) {
+        match self.nhs.callback(query).await {
+            Ok(signed_in) => {
+                let name = if signed_in.silent {
+                    "callback_silent"
+                } else {
+                    "callback"
+                };
+                let reply = Reply::redirect(signed_in.return_to.clone())
+                    .with_header("Set-Cookie", self.set_cookie(&signed_in.session_id.0));
+                (reply, step(name, "signed_in", Some(&signed_in.session)))
+            }
+            Err(failure) => {
+                let return_to = failure
+                    .return_to
+                    .as_deref()
+                    .and_then(|r| relative_path::parse(r).ok())
+                    .unwrap_or_else(root);
+                if let NhsLoginError::NeedsInteraction(_) = failure.error {
+                    // Silent sign-in was refused: once, interactively.
+                    let (reply, _) = self.sign_in(&return_to, None, format).await;
+                    return (reply, refused("callback_silent", &failure.error, None));
+                }
+                (
+                    self.error_page(&failure.error, format, return_to.as_str()),
+                    refused("callback", &failure.error, None),
+                )
+            }
+        }
+    }
+
+    /// `POST {prefix}/nhs/logout` (same-origin only).
+    pub async fn logout(
+        &self,
+        headers: &HeaderMap,
+        session: Option<&Session>,
+        format: Format,
+    ) -> (Reply, Step) {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        if !crate::pairing::same_origin(
+            &self.public_origin,
+            header("origin"),
+            header("sec-fetch-site"),
+        ) {
+            let mut s = step("logout", "cross_site", session);
+            s.refused = true;
+            s.reason = Some("not sent by this site's own pages (Origin / Sec-Fetch-Site)".into());
+            return (Reply::cross_site(format), s);
+        }
+        let ended = match session_cookie(headers, self.cookie_name()) {
+            Some(id) => match self.nhs.sessions().end(&id).await {
+                Ok(ended) => ended,
+                Err(e) => {
+                    let e = NhsLoginError::Store(e);
+                    return (
+                        self.error_page(&e, format, "/"),
+                        refused("logout", &e, session),
+                    );
+                }
+            },
+            None => false,
+        };
+        let reply = match format {
+            Format::Json => Reply::json(200, json!({ "signed_in": false })),
+            Format::Html => Reply::html(
+                200,
+                page(
+                    "You have signed out",
+                    "You have signed out of this service. NHS login may still remember you; close your browser to end that too.",
+                    Some(("Sign in again", self.login_href("/"))),
+                )
+                .render(),
+            ),
+        }
+        .with_header("Set-Cookie", self.clear_cookie());
+        let outcome = if ended { "signed_out" } else { "no_session" };
+        (reply, step("logout", outcome, session))
+    }
+
+    /// `GET {prefix}/nhs/launch-pkb?path=REL`: into PKB as the signed-in user.
+    pub async fn launch_pkb(
+        &self,
+        path_and_query: &str,
+        query: Option<&str>,
+        session: Option<&Session>,
+        format: Format,
+    ) -> (Reply, Step) {
+        let path = match query_param(query, "path") {
+            None => root(),
+            Some(p) => match relative_path::parse(&p) {
+                Ok(p) => p,
+                Err(why) => {
+                    let e = NhsLoginError::BadRequest(format!("`path` {why}"));
+                    return (
+                        self.error_page(&e, format, "/"),
+                        refused("launch_pkb", &e, session),
+                    );
+                }
+            },
+        };
+        let Some(session) = session else {
+            // Sign in first, then carry on into PKB.
+            let here = relative_path::parse(path_and_query).unwrap_or_else(|_| root());
+            return self.sign_in(&here, None, format).await;
+        };
+        match self.nhs.pkb_url(&self.pkb_base, &path, session) {
+            Ok(url) => (
+                Reply::redirect(url),
+                step("launch_pkb", "redirect", Some(session)),
+            ),
+            Err(e) => (
+                self.error_page(&e, format, "/"),
+                refused("launch_pkb", &e, Some(session)),
+            ),
+        }
+    }
+
+    /// The page for every way NHS login can fail. Each offers only links the person chooses.
+    pub fn error_page(&self, e: &NhsLoginError, format: Format, return_to: &str) -> Reply {
+        let retry = self.login_href(return_to);
+        let msg = |status: u16, code: &str, title: &str, text: String, action, footnote| {
+            Reply::message(
+                status,
+                format,
+                code,
+                MessagePage {
+                    title,
+                    paragraphs: vec![text],
+                    action,
+                    form: None,
+                    footnote,
+                },
+            )
+        };
+        let home = || Some(("Go to the home page", "/".to_string()));
+        let try_again = || Some(("Try again", retry.clone()));
+        match e {
+            NhsLoginError::StateUnknown => msg(
+                400,
+                "state_unknown",
+                "This sign-in has expired",
+                "The sign-in link was already used, has expired, or was opened in another browser.".into(),
+                Some(("Sign in again", retry.clone())),
+                None,
+            ),
+            NhsLoginError::Denied(description) => {
+                let text = if description.contains("ConsentNotGiven") {
+                    "You chose not to share your NHS login information with this service, so you have not been signed in."
+                } else {
+                    "NHS login did not let you sign in to this service."
+                };
+                msg(
+                    403,
+                    "access_denied",
+                    "You have not been signed in",
+                    text.into(),
+                    home(),
+                    Some("You can try again at any time; NHS login will ask you again.".into()),
+                )
+            }
+            NhsLoginError::Provider { code, .. }
+                if code == "server_error" || code == "temporarily_unavailable" =>
+            {
+                msg(
+                    503,
+                    "nhs_login_unavailable",
+                    "NHS login is not available",
+                    "NHS login is not working at the moment. Please try again in a few minutes.".into(),
+                    try_again(),
+                    None,
+                )
+                .with_header("Retry-After", "30")
+            }
+            NhsLoginError::Provider { code, .. }
+                if code == "login_required" || code == "interaction_required" =>
+            {
+                msg(
+                    401,
+                    "login_required",
+                    "Sign in with NHS login",
+                    "NHS login needs you to sign in.".into(),
+                    Some(("Sign in with NHS login", retry.clone())),
+                    None,
+                )
+            }
+            NhsLoginError::Provider { code, .. } | NhsLoginError::NeedsInteraction(code) => msg(
+                502,
+                "nhs_login_error",
+                "Sign-in could not be completed",
+                "NHS login did not accept this service's sign-in request. The team that runs this service needs to know; please tell them.".into(),
+                home(),
+                Some(format!("NHS login's error code: {code}")),
+            ),
+            NhsLoginError::Unavailable(_) => msg(
+                503,
+                "nhs_login_unavailable",
+                "NHS login is not responding",
+                "NHS login did not answer in time. Please try again in a moment.".into(),
+                try_again(),
+                None,
+            )
+            .with_header("Retry-After", "5"),
+            NhsLoginError::Refused(_) | NhsLoginError::IdToken(_) | NhsLoginError::Userinfo(_) => {
+                msg(
+                    502,
+                    e.outcome(),
+                    "Sign-in could not be completed",
+                    "Your NHS login could not be confirmed, so you have not been signed in. Please try again; if it keeps happening, tell the team that runs this service.".into(),
+                    try_again(),
+                    Some(format!("Reason: {e}")),
+                )
+            }
+            NhsLoginError::BadRequest(why) => msg(
+                400,
+                "bad_request",
+                "This link is not valid",
+                format!("The link that brought you here is not valid: {why}"),
+                home(),
+                None,
+            ),
+            NhsLoginError::Store(_) => msg(
+                503,
+                "store_unavailable",
+                "Temporarily unavailable",
+                "This service cannot read its records right now. Please try again in a moment.".into(),
+                try_again(),
+                None,
+            )
+            .with_header("Retry-After", "5"),
+        }
+    }
+}
+
+fn root() -> RelativePath {
+    relative_path::parse("/").expect("`/` is a relative path")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(cookies: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for c in cookies {
+            h.append(http::header::COOKIE, c.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn session_cookie_is_read_once_and_never_passed_upstream() {
+        let h = headers(&["a=1; pkb_edge_session=abc; b=2", "c=3"]);
+        assert_eq!(
+            session_cookie(&h, "pkb_edge_session").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            cookies_without(&h, "pkb_edge_session").as_deref(),
+            Some("a=1; b=2; c=3")
+        );
+        let twice = headers(&["pkb_edge_session=abc", "pkb_edge_session=def"]);
+        assert_eq!(session_cookie(&twice, "pkb_edge_session"), None);
+        assert_eq!(cookies_without(&twice, "pkb_edge_session"), None);
+        assert_eq!(
+            session_cookie(&headers(&["pkb_edge_sessionx=1"]), "pkb_edge_session"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_assertion_is_taken_off_the_return_path() {
+        assert_eq!(
+            without_assertion("/records", Some("assertedLoginIdentity=a.b.c&tab=2")),
+            "/records?tab=2"
+        );
+        assert_eq!(
+            without_assertion("/", Some("assertedLoginIdentity=a.b.c")),
+            "/"
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! Typed, sealed, short-lived records beside the pairings: NHS login states and sessions.
+//!
+//! A record is found by the SHA-256 of a secret id only the browser holds (the `state`, the
+//! session cookie), and its content is sealed with the store's keys, bound to its kind and id.
+//! A record that no longer opens (its key was retired) reads as absent: the user signs in again.
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::crypto::Keyring;
+use super::{PairingStore, RecordKind, SealedRecord, StoreError};
+use crate::clock::Clock;
+
+#[derive(Clone)]
+pub struct Records {
+    backend: Arc<dyn PairingStore>,
+    keyring: Arc<Keyring>,
+    clock: Arc<dyn Clock>,
+}
+
+/// A record's content and when it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record<T> {
+    pub value: T,
+    pub expires_at: i64,
+}
+
+fn id_hash(kind: RecordKind, id: &str) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(kind.as_str().as_bytes());
+    h.update([0]);
+    h.update(id.as_bytes());
+    h.finalize().to_vec()
+}
+
+fn aad(kind: RecordKind, id_hash: &[u8]) -> Vec<u8> {
+    let mut aad = b"pkb-edge|record|".to_vec();
+    aad.extend_from_slice(kind.as_str().as_bytes());
+    aad.push(b'|');
+    aad.extend_from_slice(id_hash);
+    aad
+}
+
+impl Records {
+    pub fn new(
+        backend: Arc<dyn PairingStore>,
+        keyring: Arc<Keyring>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Records {
+            backend,
+            keyring,
+            clock,
+        }
+    }
+
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    pub async fn put<T: Serialize>(
+        &self,
+        kind: RecordKind,
+        id: &str,
+        value: &T,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let id_hash = id_hash(kind, id);
+        let plain = serde_json::to_vec(value)
+            .map_err(|e| StoreError::Config(format!("cannot encode a {}: {e}", kind.as_str())))?;
+        let record = SealedRecord {
+            sealed: self.keyring.seal(&plain, &aad(kind, &id_hash)),
+            key_id: self.keyring.primary_id().to_string(),
+            id_hash,
+            expires_at,
+        };
+        self.backend
+            .put_record(kind, record, self.clock.now())
+            .await
+    }
+
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        kind: RecordKind,
+        id: &str,
+    ) -> Result<Option<Record<T>>, StoreError> {
+        let row = self
+            .backend
+            .get_record(kind, &id_hash(kind, id), self.clock.now())
+            .await?;
+        Ok(row.and_then(|r| self.open(kind, r)))
+    }
+
+    /// Removes and returns the record: whatever happens next, it cannot be used again.
+    pub async fn take<T: DeserializeOwned>(
+        &self,
+        kind: RecordKind,
+        id: &str,
+    ) -> Result<Option<Record<T>>, StoreError> {
+        let row = self
+            .backend
+            .take_record(kind, &id_hash(kind, id), self.clock.now())
+            .await?;
+        Ok(row.and_then(|r| self.open(kind, r)))
+    }
+
+    pub async fn extend(
+        &self,
+        kind: RecordKind,
+        id: &str,
+        expires_at: i64,
+    ) -> Result<bool, StoreError> {
+        self.backend
+            .extend_record(kind, &id_hash(kind, id), expires_at, self.clock.now())
+            .await
+    }
+
+    pub async fn delete(&self, kind: RecordKind, id: &str) -> Result<bool, StoreError> {
+        self.backend.delete_record(kind, &id_hash(kind, id)).await
+    }
+
+    fn open<T: DeserializeOwned>(&self, kind: RecordKind, row: SealedRecord) -> Option<Record<T>> {
+        let plain = match self
+            .keyring
+            .open(&row.key_id, &row.sealed, &aad(kind, &row.id_hash))
+        {
+            Ok(plain) => plain,
+            Err(e) => {
+                tracing::warn!(kind = kind.as_str(), error = %e, "a stored record does not open with the configured keys; treated as absent");
+                return None;
+            }
+        };
+        match serde_json::from_slice(&plain) {
+            Ok(value) => Some(Record {
+                value,
+                expires_at: row.expires_at,
+            }),
+            Err(e) => {
+                tracing::warn!(kind = kind.as_str(), error = %e, "a stored record is not in the expected shape; treated as absent");
+                None
+            }
+        }
+    }
+}
