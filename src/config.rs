@@ -1537,6 +1537,74 @@ keys = "{KEY}"
         err.problems.into_iter().map(|p| p.key).collect()
     }
 
+    fn nhs_login_config(table: &str) -> String {
+        minimal().replace("[identity]\n", "[identity]\nmode = \"nhs_login\"\n") + table
+    }
+
+    #[test]
+    fn nhs_login_mode_needs_its_table_and_checks_each_key() {
+        let keys = keys_of(Config::parse(&nhs_login_config(""), &no_env()).unwrap_err());
+        assert_eq!(keys, vec!["nhs_login"]);
+        let ignored = minimal() + "[nhs_login]\nissuer = \"https://auth.login.nhs.uk\"\n";
+        let keys = keys_of(Config::parse(&ignored, &no_env()).unwrap_err());
+        assert_eq!(
+            keys,
+            vec!["nhs_login"],
+            "a table that would be ignored is an error"
+        );
+        let table = r#"
+[nhs_login]
+issuer = "auth.login.nhs.uk"
+client_id = ""
+private_key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+scopes = ["profile"]
+vtr = ["P9.Cp.Cd", "P7.Cx"]
+pkb_prompt = "consent"
+session_idle_secs = 3600
+session_max_secs = 86400
+cookie_name = "a b"
+"#;
+        let mut keys = keys_of(Config::parse(&nhs_login_config(table), &no_env()).unwrap_err());
+        keys.sort();
+        assert_eq!(
+            keys,
+            vec![
+                "nhs_login.client_id",
+                "nhs_login.cookie_name",
+                "nhs_login.issuer",
+                "nhs_login.pkb_prompt",
+                "nhs_login.private_key_file",
+                "nhs_login.scopes",
+                "nhs_login.session_idle_secs",
+                "nhs_login.session_max_secs",
+                "nhs_login.vtr[1]",
+            ]
+        );
+    }
+
+    #[test]
+    fn nhs_login_defaults_follow_nhs_login_rules() {
+        let pem = crate::nhs_login::keys::generate_private_key();
+        let table = format!(
+            "[nhs_login]\nissuer = \"https://auth.sandpit.signin.nhs.uk/\"\nclient_id = \"portal\"\nprivate_key = '''{pem}'''\n"
+        );
+        let c = Config::parse(&nhs_login_config(&table), &no_env()).unwrap();
+        let n = c.nhs_login.unwrap();
+        assert_eq!(n.issuer, "https://auth.sandpit.signin.nhs.uk");
+        assert_eq!(
+            n.redirect_uri,
+            "https://ehr.example.nhs.uk/_pkb/nhs/callback"
+        );
+        assert_eq!(n.vtr, DEFAULT_VTR);
+        assert_eq!(n.scopes, ["openid", "profile"]);
+        assert_eq!(n.pkb_prompt.as_deref(), Some("none"));
+        assert_eq!((n.session_idle_secs, n.session_max_secs), (1800, 43200));
+        assert!(
+            !format!("{n:?}").contains("PRIVATE KEY"),
+            "the key is never printed"
+        );
+    }
+
     #[test]
     fn minimal_config_gets_documented_defaults() {
         let c = Config::parse(&minimal(), &no_env()).unwrap();

@@ -88,20 +88,31 @@ impl Steps {
     }
 }
 
-#[test]
-fn demo_click_through_in_chromium() {
+/// A running `pkb-edge demo` (with `extra` arguments), chromedriver, and a headless Chromium
+/// session; `None` (skipped) when Chromium is not installed outside CI.
+struct Session {
+    _demo: Killed,
+    _driver: Killed,
+    _profile: tempfile::TempDir,
+    url: String,
+    rt: tokio::runtime::Runtime,
+    steps: Option<Steps>,
+}
+
+fn start_session(extra: &[&str], screenshots: &str) -> Option<Session> {
     if !std::path::Path::new(CHROMIUM).exists() || !std::path::Path::new(CHROMEDRIVER).exists() {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI must have Chromium: scripts/setup.sh installs it"
         );
         eprintln!("skipped: {CHROMIUM} or {CHROMEDRIVER} missing (scripts/setup.sh installs them)");
-        return;
+        return None;
     }
-    let front_port = free_port();
-    let demo_log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-demo.log");
+    let port = free_port();
+    let demo_log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{screenshots}.log"));
     let mut demo = Command::new(env!("CARGO_BIN_EXE_pkb-edge"))
-        .args(["demo", "--listen", &format!("127.0.0.1:{front_port}")])
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&demo_log).unwrap())
         .spawn()
@@ -114,18 +125,18 @@ fn demo_click_through_in_chromium() {
             let _ = lines_tx.send(line);
         }
     });
-    let _demo = Killed(demo);
+    let demo = Killed(demo);
     let first_line = lines_rx
         .recv_timeout(Duration::from_secs(30))
         .unwrap_or_else(|_| panic!("the demo printed no URL; its log: {}", demo_log.display()));
-    let url = format!("http://127.0.0.1:{front_port}/");
+    let url = format!("http://127.0.0.1:{port}/");
     assert!(
         first_line.contains(&url),
         "the demo prints the URL to open: {first_line}"
     );
 
     let driver_port = free_port();
-    let _driver = Killed(
+    let driver = Killed(
         Command::new(CHROMEDRIVER)
             .arg(format!("--port={driver_port}"))
             .stdout(Stdio::null())
@@ -134,10 +145,10 @@ fn demo_click_through_in_chromium() {
             .unwrap(),
     );
     wait_for_port(driver_port, "chromedriver");
-    wait_for_port(front_port, "the demo");
+    wait_for_port(port, "the demo");
 
     let profile = tempfile::tempdir().unwrap();
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-screenshots");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(screenshots);
     std::fs::create_dir_all(&dir).unwrap();
 
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -145,7 +156,7 @@ fn demo_click_through_in_chromium() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
+    let browser = rt.block_on(async {
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
@@ -157,14 +168,31 @@ fn demo_click_through_in_chromium() {
                          format!("--user-data-dir={}", profile.path().display())]
             }),
         );
-        let browser = ClientBuilder::rustls()
+        ClientBuilder::rustls()
             .unwrap()
             .capabilities(caps)
             .connect(&format!("http://127.0.0.1:{driver_port}"))
             .await
-            .expect("chromedriver session");
-        let mut s = Steps { browser, dir, n: 0 };
+            .expect("chromedriver session")
+    });
+    Some(Session {
+        _demo: demo,
+        _driver: driver,
+        _profile: profile,
+        url,
+        rt,
+        steps: Some(Steps { browser, dir, n: 0 }),
+    })
+}
 
+#[test]
+fn demo_click_through_in_chromium() {
+    let Some(mut session) = start_session(&[], "browser-screenshots") else {
+        return;
+    };
+    let url = session.url.clone();
+    let mut s = session.steps.take().unwrap();
+    session.rt.block_on(async {
         // The hospital's sign-on (the demo's front).
         s.browser.goto(&url).await.unwrap();
         s.expect_page("Sign in").await;
@@ -180,7 +208,13 @@ fn demo_click_through_in_chromium() {
         // Not linked yet: offered linking.
         s.expect_page("Link your Patients Know Best account").await;
         s.shot("offered-linking").await;
-        s.browser.find(Locator::LinkText("Link your PKB account")).await.unwrap().click().await.unwrap();
+        s.browser
+            .find(Locator::LinkText("Link your PKB account"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
 
         // PKB's consent page (the simulator).
         s.expect_page("Allow access to your PKB account?").await;
@@ -194,7 +228,10 @@ fn demo_click_through_in_chromium() {
         s.expect_page("You are signed in to PKB").await;
         assert_eq!(s.text("#user").await, "jones@pkb.example");
         assert_eq!(s.text("#patient-name").await, "Ada Lovelace");
-        assert_eq!(s.text("dd[data-context=contextNationalId]").await, "9990000018");
+        assert_eq!(
+            s.text("dd[data-context=contextNationalId]").await,
+            "9990000018"
+        );
         s.shot("in-pkb-ada").await;
 
         // Launch again, another patient: no linking this time.
@@ -203,6 +240,55 @@ fn demo_click_through_in_chromium() {
         s.expect_page("You are signed in to PKB").await;
         assert_eq!(s.text("#patient-name").await, "Mary Seacole");
         s.shot("in-pkb-mary").await;
+
+        s.browser.close().await.unwrap();
+    });
+}
+
+#[test]
+fn portal_demo_single_sign_on_both_ways_in_chromium() {
+    let Some(mut session) = start_session(&["--portal"], "browser-screenshots-portal") else {
+        return;
+    };
+    let url = session.url.clone();
+    let mut s = session.steps.take().unwrap();
+    session.rt.block_on(async {
+        // The portal sends an unknown browser to NHS login (the simulator).
+        s.browser.goto(&url).await.unwrap();
+        s.expect_page("Sign in with NHS login").await;
+        s.shot("nhs-login").await;
+        s.click("#continue").await;
+
+        // Back in the portal, signed in: pkb-edge told the portal who this is.
+        s.expect_page("Patient portal").await;
+        assert_eq!(s.text("#portal-nhs-number").await, "9990000018");
+        let sub = s.text("#portal-user").await;
+        assert!(!sub.is_empty() && sub != "(none)", "{sub}");
+        s.shot("portal-signed-in").await;
+
+        // Into PKB with NHS login: no second sign-in.
+        s.click("#open-pkb").await;
+        s.expect_page("Signed in to PKB with NHS login").await;
+        assert_eq!(s.text("#nhs-number").await, "9990000018");
+        assert_eq!(s.text("#pkb-path").await, "/patient/record");
+        s.shot("pkb-via-nhs-login").await;
+
+        // The portal session ends (as after 30 minutes idle); PKB's link brings the user back
+        // signed in, silently, with no NHS login page on the way.
+        s.browser.delete_cookie("pkb_edge_session").await.unwrap();
+        s.click("#back-to-portal").await;
+        s.expect_page("Patient portal").await;
+        assert_eq!(s.text("#portal-user").await, sub);
+        assert_eq!(s.text("#portal-path").await, "/");
+        let here = s.browser.current_url().await.unwrap();
+        assert!(!here.as_str().contains("assertedLoginIdentity"), "{here}");
+        s.shot("portal-from-pkb").await;
+
+        // Sign out: the next visit goes to NHS login again.
+        s.click("#sign-out").await;
+        s.expect_page("You have signed out").await;
+        s.browser.goto(&url).await.unwrap();
+        s.expect_page("Sign in with NHS login").await;
 
         s.browser.close().await.unwrap();
     });
