@@ -9,10 +9,9 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
+use common::nhs::*;
 use common::*;
 use pkb_edge::sim::nhs::{new_client, IdTokenFault, NhsKnobs, NhsLoginSim};
-
-const RP_CLIENT_ID: &str = "pkb-edge-test";
 
 struct NhsWorld {
     w: World,
@@ -28,29 +27,9 @@ impl Drop for NhsWorld {
 }
 
 fn start() -> NhsWorld {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let issuer = format!("http://{}", listener.local_addr().unwrap());
-    let op = NhsLoginSim::new(&issuer, pkb_edge::sim::nhs::demo_users(), true);
-    {
-        let op = op.clone();
-        listener.set_nonblocking(true).unwrap();
-        rt().spawn(async move {
-            let l = tokio::net::TcpListener::from_std(listener).unwrap();
-            op.serve(l).await
-        });
-    }
+    let op = start_op();
     let registered = op.clone();
-    let w = World::start_with(move |c| {
-        let callback = format!("http://127.0.0.1:{}/_pkb/nhs/callback", c.port);
-        let (key, registration) = new_client(RP_CLIENT_ID, vec![callback]);
-        registered.register(registration);
-        let key_file = c.db_path.with_file_name("nhs_login_rp.pem");
-        std::fs::write(&key_file, key).unwrap();
-        c.nhs_login = Some(format!(
-            "[nhs_login]\nissuer = \"{issuer}\"\nclient_id = \"{RP_CLIENT_ID}\"\nprivate_key_file = \"{}\"\n",
-            key_file.display()
-        ));
-    });
+    let w = World::start_with(move |c| use_nhs_login(c, &registered));
     w.sim
         .sim
         .attach_nhs_login(op.clone(), Some(w.proxy.url("")));
@@ -86,50 +65,6 @@ impl NhsWorld {
     fn knobs(&self, knobs: NhsKnobs) {
         self.op.set_knobs(knobs);
     }
-}
-
-/// `name=value` of the session cookie a response sets, after checking its attributes.
-fn session_cookie(r: &reqwest::Response) -> String {
-    let set = header(r.headers(), "set-cookie");
-    assert!(set.starts_with("pkb_edge_session="), "{set}");
-    for attribute in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/"] {
-        assert!(set.contains(attribute), "{attribute} missing: {set}");
-    }
-    set.split(';').next().unwrap().to_string()
-}
-
-/// Plays the person at NHS login's page: loads it, then continues as `user` or declines.
-/// Returns where NHS login sends the browser (the callback URL).
-async fn nhs_login_page(authorize_url: &str, user: usize, decision: &str) -> String {
-    let page = client().get(authorize_url).send().await.unwrap();
-    assert_eq!(page.status(), 200, "NHS login's sign-in page");
-    let url = url::Url::parse(authorize_url).unwrap();
-    let mut form: Vec<(String, String)> = url
-        .query_pairs()
-        .into_owned()
-        .filter(|(k, _)| {
-            ["client_id", "redirect_uri", "state", "nonce", "vtr"].contains(&k.as_str())
-        })
-        .collect();
-    form.push(("user".into(), user.to_string()));
-    form.push(("decision".into(), decision.into()));
-    let origin = url.origin().ascii_serialization();
-    let answer = client()
-        .post(format!("{origin}/authorize"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    assert!(answer.status().is_redirection(), "{}", answer.status());
-    header(answer.headers(), "location").to_string()
-}
-
-fn query_of(url: &str) -> std::collections::HashMap<String, String> {
-    url::Url::parse(url)
-        .unwrap()
-        .query_pairs()
-        .into_owned()
-        .collect()
 }
 
 fn jwt_claims(token: &str) -> serde_json::Value {

@@ -401,3 +401,48 @@ fn migrating_10000_pairings_from_sqlite_keeps_every_one_decryptable() {
         }
     });
 }
+
+#[test]
+fn nhs_login_sessions_are_shared_by_every_instance() {
+    let Some(schema) = Schema::create() else {
+        return;
+    };
+    let op = nhs::start_op();
+    let (_sim, _upstream, _dir, proxies) =
+        instances(2, &schema.url(), |c| nhs::use_nhs_login(c, &op));
+    let (a, b) = (&proxies[0], &proxies[1]);
+    rt().block_on(async {
+        let get = |p: &Proxy, cookie: Option<&str>| {
+            let mut r = client().get(p.url("/records"));
+            if let Some(c) = cookie {
+                r = r.header("cookie", c);
+            }
+            r.send()
+        };
+        let r = get(a, None).await.unwrap();
+        let callback = nhs::nhs_login_page(header(r.headers(), "location"), 0, "allow").await;
+        let r = client().get(&callback).send().await.unwrap();
+        let cookie = nhs::session_cookie(&r);
+        // Signed in on A, known on B.
+        let r = get(b, Some(&cookie)).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = r.json().await.unwrap();
+        let user = body["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p[0] == "x-authenticated-user")
+            .map(|p| p[1].clone());
+        assert_eq!(user, Some(serde_json::json!(op.users()[0].sub)));
+        // Signed out on B, gone on A.
+        let r = client()
+            .post(b.url("/_pkb/nhs/logout"))
+            .header("cookie", &cookie)
+            .header("sec-fetch-site", "same-origin")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(get(a, Some(&cookie)).await.unwrap().status(), 302);
+    });
+}

@@ -221,6 +221,10 @@ impl NhsLoginSim {
         self.clients.lock().insert(client.client_id.clone(), client);
     }
 
+    pub fn registration(&self, client_id: &str) -> Option<RegisteredClient> {
+        self.clients.lock().get(client_id).cloned()
+    }
+
     pub fn set_knobs(&self, knobs: NhsKnobs) {
         *self.knobs.lock() = knobs;
     }

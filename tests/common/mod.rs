@@ -3,6 +3,8 @@
 //! and pairings seeded through the simulator's real OAuth endpoints.
 #![allow(dead_code)]
 
+pub mod nhs;
+
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
