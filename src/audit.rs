@@ -35,6 +35,10 @@ pub enum Action {
     NhsLogin,
     NhsLogout,
     NhsLaunchPkb,
+    /// GP integration credentials retrieved at a sign-in (the outcome is their status; never
+    /// their values), and a refresh of them.
+    GpCredentials,
+    GpCredentialsRefresh,
 }
 
 /// What happened, as one audit line says it.

@@ -79,6 +79,31 @@ pub struct NhsLoginSettings {
     pub timeout: Duration,
     /// Clock difference tolerated on `exp` and `iat` of tokens NHS login issues.
     pub clock_skew_secs: i64,
+    /// Set when `gp_integration_credentials` is among the scopes.
+    pub gp_credentials: Option<GpCredentialSettings>,
+}
+
+/// GP integration credentials for IM1 services (`[nhs_login.gp_credentials]`).
+#[derive(Debug, Clone)]
+pub struct GpCredentialSettings {
+    /// Upstream paths that receive the credentials: exact, or a prefix when ending in `*`.
+    pub paths: Vec<String>,
+    /// Practices whose credentials NHS login returns as dummies (ODS codes, upper case).
+    pub unusable_ods_codes: Vec<String>,
+    /// GP systems whose credentials are dummies (`gp_system_id`, upper case), e.g. MICROTEST.
+    pub unusable_gp_systems: Vec<String>,
+    /// Silent re-sign-ins to refresh invalid credentials, per user per window.
+    pub max_refreshes: u32,
+    pub window_secs: i64,
+}
+
+impl GpCredentialSettings {
+    pub fn applies_to(&self, path: &str) -> bool {
+        self.paths.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => path.starts_with(prefix),
+            None => path == p,
+        })
+    }
 }
 #[derive(Debug, Clone)]
 pub struct LimitSettings {
@@ -301,6 +326,30 @@ struct RawNhsLogin {
     timeout_ms: u64,
     #[serde(default = "default_clock_skew")]
     clock_skew_secs: i64,
+    gp_credentials: Option<RawGpCredentials>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawGpCredentials {
+    paths: Vec<String>,
+    unusable_ods_codes: Vec<String>,
+    unusable_gp_systems: Vec<String>,
+    max_refreshes: u32,
+    window_secs: i64,
+}
+
+impl Default for RawGpCredentials {
+    fn default() -> Self {
+        RawGpCredentials {
+            paths: Vec::new(),
+            unusable_ods_codes: Vec::new(),
+            // NHS login returns dummy credentials for practices on Microtest.
+            unusable_gp_systems: vec!["MICROTEST".into()],
+            max_refreshes: 2,
+            window_secs: 3600,
+        }
+    }
 }
 
 fn default_nhs_scopes() -> Vec<String> {
@@ -830,6 +879,26 @@ impl Validator {
                 );
             }
         }
+        let wants_gp = n.scopes.iter().any(|s| s == "gp_integration_credentials");
+        // Outer None: invalid; inner None: not used.
+        let gp_credentials = match (n.gp_credentials, wants_gp) {
+            (Some(g), true) => self.gp_credentials(g).map(Some),
+            (None, true) => {
+                self.problem(
+                    "nhs_login.gp_credentials",
+                    "the gp_integration_credentials scope needs [nhs_login.gp_credentials] with the paths that receive them",
+                );
+                None
+            }
+            (Some(_), false) => {
+                self.problem(
+                    "nhs_login.scopes",
+                    "[nhs_login.gp_credentials] needs `gp_integration_credentials` in the scopes",
+                );
+                None
+            }
+            (None, false) => Some(None),
+        };
         let pkb_prompt = match n.pkb_prompt.as_str() {
             "" => Some(None),
             "none" | "login" => Some(Some(n.pkb_prompt.clone())),
@@ -901,6 +970,55 @@ impl Validator {
             login_ttl_secs: n.login_ttl_secs,
             timeout: Duration::from_millis(n.timeout_ms),
             clock_skew_secs: n.clock_skew_secs,
+            gp_credentials: gp_credentials?,
+        })
+    }
+
+    fn gp_credentials(&mut self, g: RawGpCredentials) -> Option<GpCredentialSettings> {
+        let key = "nhs_login.gp_credentials";
+        if g.paths.is_empty() {
+            self.problem(
+                &format!("{key}.paths"),
+                "name at least one upstream path that receives the credentials (e.g. \"/im1/register\")",
+            );
+        }
+        for (i, p) in g.paths.iter().enumerate() {
+            let bare = p.strip_suffix('*').unwrap_or(p);
+            if !bare.starts_with('/') || bare.contains(['?', '#', '*']) {
+                self.problem(
+                    &format!("{key}.paths[{i}]"),
+                    format!("`{p}` is not a path (starts with /, no query; a trailing * makes it a prefix)"),
+                );
+            }
+        }
+        for (i, code) in g.unusable_ods_codes.iter().enumerate() {
+            if !crate::nhs_login::gp::ods_code_is_well_formed(&code.to_ascii_uppercase()) {
+                self.problem(
+                    &format!("{key}.unusable_ods_codes[{i}]"),
+                    format!("`{code}` is not a GP practice ODS code (a letter and five digits, e.g. A12345)"),
+                );
+            }
+        }
+        if !(1..=10).contains(&g.max_refreshes) {
+            self.problem(&format!("{key}.max_refreshes"), "must be between 1 and 10");
+        }
+        if !(60..=86_400).contains(&g.window_secs) {
+            self.problem(
+                &format!("{key}.window_secs"),
+                "must be between 60 and 86400",
+            );
+        }
+        let upper = |v: Vec<String>| {
+            v.into_iter()
+                .map(|s| s.trim().to_ascii_uppercase())
+                .collect()
+        };
+        Some(GpCredentialSettings {
+            paths: g.paths,
+            unusable_ods_codes: upper(g.unusable_ods_codes),
+            unusable_gp_systems: upper(g.unusable_gp_systems),
+            max_refreshes: g.max_refreshes,
+            window_secs: g.window_secs,
         })
     }
 
@@ -1603,6 +1721,44 @@ cookie_name = "a b"
             !format!("{n:?}").contains("PRIVATE KEY"),
             "the key is never printed"
         );
+    }
+
+    #[test]
+    fn gp_credentials_need_their_scope_and_table() {
+        let pem = crate::nhs_login::keys::generate_private_key();
+        let base = format!(
+            "[nhs_login]\nissuer = \"https://auth.login.nhs.uk\"\nclient_id = \"portal\"\nprivate_key = '''{pem}'''\n"
+        );
+        let with_scope = format!("{base}scopes = [\"openid\", \"gp_integration_credentials\"]\n");
+        let keys = keys_of(Config::parse(&nhs_login_config(&with_scope), &no_env()).unwrap_err());
+        assert_eq!(keys, vec!["nhs_login.gp_credentials"]);
+        let table_only = format!("{base}[nhs_login.gp_credentials]\npaths = [\"/im1\"]\n");
+        let keys = keys_of(Config::parse(&nhs_login_config(&table_only), &no_env()).unwrap_err());
+        assert_eq!(keys, vec!["nhs_login.scopes"]);
+        let bad = format!(
+            "{with_scope}[nhs_login.gp_credentials]\npaths = [\"im1\"]\nunusable_ods_codes = [\"XYZ\"]\nmax_refreshes = 0\n"
+        );
+        let mut keys = keys_of(Config::parse(&nhs_login_config(&bad), &no_env()).unwrap_err());
+        keys.sort();
+        assert_eq!(
+            keys,
+            vec![
+                "nhs_login.gp_credentials.max_refreshes",
+                "nhs_login.gp_credentials.paths[0]",
+                "nhs_login.gp_credentials.unusable_ods_codes[0]",
+            ]
+        );
+        let good = format!(
+            "{with_scope}[nhs_login.gp_credentials]\npaths = [\"/im1/register\", \"/im1/api/*\"]\n"
+        );
+        let gp = Config::parse(&nhs_login_config(&good), &no_env())
+            .unwrap()
+            .nhs_login
+            .unwrap()
+            .gp_credentials
+            .unwrap();
+        assert_eq!(gp.unusable_gp_systems, ["MICROTEST"]);
+        assert_eq!((gp.max_refreshes, gp.window_secs), (2, 3600));
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub decoration_total: IntCounterVec,
     pub pairing_total: IntCounterVec,
     pub nhs_login_total: IntCounterVec,
+    pub gp_credentials_total: IntCounterVec,
+    pub gp_credentials_refresh_total: IntCounterVec,
     pub audit_write_errors_total: IntCounter,
 }
 
@@ -90,6 +92,16 @@ pub fn metrics() -> &'static Metrics {
                 "nhs_login_total",
                 "NHS login steps (sign-in, sign-out, launch into PKB) by step and outcome.",
                 &["step", "outcome"],
+            ),
+            gp_credentials_total: counter(
+                "gp_credentials_total",
+                "GP integration credentials retrieved at sign-in, by status.",
+                &["status"],
+            ),
+            gp_credentials_refresh_total: counter(
+                "gp_credentials_refresh_total",
+                "GP credential refreshes (silent re-sign-ins) by outcome.",
+                &["outcome"],
             ),
             audit_write_errors_total: register_int_counter!(
                 "pkb_edge_audit_write_errors_total",

@@ -58,8 +58,12 @@ pub struct RequestCtx {
     user: Option<String>,
     /// The data-availability look-up running beside the upstream call.
     lookup: Option<Lookup>,
-    /// `nhs_login` mode: the signed-in user's session.
+    /// `nhs_login` mode: the signed-in user's session, and its id (the cookie).
     session: Option<NhsSession>,
+    session_id: Option<String>,
+    /// A response pkb-edge puts in place of the upstream's (headers already swapped in
+    /// `response_filter`; the body goes out in `response_body_filter`).
+    replacement_body: Option<Bytes>,
 }
 
 /// The reserved routes under the prefix.
@@ -122,7 +126,7 @@ impl EdgeProxy {
                 let session = ctx.session.as_ref();
                 let (reply, step) = match route {
                     Route::NhsLogin => nhs.login(query, format).await,
-                    Route::NhsCallback => nhs.callback(query, format).await,
+                    Route::NhsCallback => nhs.callback(query, &req.headers, format).await,
                     Route::NhsLogout => nhs.logout(&req.headers, session, format).await,
                     _ => nhs.launch_pkb(this_url, query, session, format).await,
                 };
@@ -320,6 +324,34 @@ impl EdgeProxy {
             reason = step.reason,
             "nhs_login"
         );
+        let m = metrics();
+        if let Some((status, reason)) = step.gp {
+            m.gp_credentials_total.with_label_values(&[status]).inc();
+            tracing::info!(user, status, reason, "gp_credentials");
+            self.audit.record(Event {
+                request_id: &ctx.request_id,
+                user,
+                action: Action::GpCredentials,
+                outcome: status,
+                refused: false,
+                patient: None,
+                reason: reason.map(str::to_string),
+            });
+        }
+        if let Some(outcome) = step.gp_refresh {
+            m.gp_credentials_refresh_total
+                .with_label_values(&[outcome])
+                .inc();
+            self.audit.record(Event {
+                request_id: &ctx.request_id,
+                user,
+                action: Action::GpCredentialsRefresh,
+                outcome,
+                refused: outcome == "gave_up" || outcome == "failed",
+                patient: None,
+                reason: None,
+            });
+        }
         let action = match step.name {
             "logout" => Action::NhsLogout,
             "launch_pkb" => Action::NhsLaunchPkb,
@@ -342,11 +374,52 @@ impl EdgeProxy {
         &self,
         nhs: &NhsWeb,
         headers: &http::HeaderMap,
-    ) -> std::result::Result<Option<NhsSession>, crate::store::StoreError> {
+    ) -> std::result::Result<Option<(String, NhsSession)>, crate::store::StoreError> {
         match nhs_web::session_cookie(headers, &nhs.nhs.settings().cookie_name) {
-            Some(id) => nhs.nhs.sessions().get(&id).await,
+            Some(id) => Ok(nhs.nhs.sessions().get(&id).await?.map(|s| (id, s))),
             None => Ok(None),
         }
+    }
+
+    /// `X-GP-Credentials-Invalid: 1` from the upstream on a GP credentials path: the reply that
+    /// replaces the upstream's response (a silent refresh, or the give-up page). The signal never
+    /// reaches the browser.
+    async fn gp_signal(
+        &self,
+        nhs: &NhsWeb,
+        session: &Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &RequestCtx,
+    ) -> Option<Reply> {
+        let gp = nhs.nhs.settings().gp_credentials.as_ref()?;
+        let signalled = upstream_response
+            .headers
+            .get(nhs_web::GP_INVALID_HEADER)
+            .is_some_and(|v| v.as_bytes().trim_ascii() == b"1");
+        upstream_response.remove_header(nhs_web::GP_INVALID_HEADER);
+        let req = session.req_header();
+        if !signalled || !gp.applies_to(req.uri.path()) {
+            return None;
+        }
+        let (Some(id), Some(user_session)) = (&ctx.session_id, &ctx.session) else {
+            return None;
+        };
+        let return_to = if req.method == Method::GET || req.method == Method::HEAD {
+            req.uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string()
+        } else {
+            same_origin_referer(&nhs.public_origin, &req.headers).unwrap_or_else(|| "/".into())
+        };
+        let format = Format::from_accept(
+            req.headers
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let (reply, step) = nhs.gp_invalid(id, user_session, &return_to, format).await;
+        self.nhs_step(ctx, step);
+        Some(reply)
     }
 
     /// A pairing step (or its refusal, when `reason` is given): counted, logged and audited.
@@ -398,6 +471,19 @@ pub fn loggable_path(path: &str) -> String {
     masked.join("/")
 }
 
+/// The path and query of a `Referer` on this site: where a form was posted from.
+fn same_origin_referer(public_origin: &str, headers: &http::HeaderMap) -> Option<String> {
+    let referer = headers.get(http::header::REFERER)?.to_str().ok()?;
+    let url = url::Url::parse(referer).ok()?;
+    if url.origin().ascii_serialization() != public_origin {
+        return None;
+    }
+    Some(match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    })
+}
+
 /// The request id a trusted peer sent, if it is a sane token; otherwise a new random one.
 fn request_id(trusted: bool, headers: &http::HeaderMap) -> String {
     let sent = headers
@@ -445,9 +531,17 @@ impl ProxyHttp for EdgeProxy {
         ctx.request_id = request_id(ctx.peer_trusted, &session.req_header().headers);
         let mut session_state = Ok(None);
         if let Some(nhs) = &self.nhs {
-            session_state = self.nhs_session(nhs, &session.req_header().headers).await;
+            session_state = self
+                .nhs_session(nhs, &session.req_header().headers)
+                .await
+                .map(|found| {
+                    found.map(|(id, s)| {
+                        ctx.user = Some(s.sub.clone());
+                        ctx.session_id = Some(id);
+                        s
+                    })
+                });
             if let Ok(Some(s)) = &session_state {
-                ctx.user = Some(s.sub.clone());
                 ctx.session = Some(s.clone());
             }
         }
@@ -551,6 +645,23 @@ impl ProxyHttp for EdgeProxy {
                     upstream_request.insert_header(nhs_web::PROOFING_LEVEL_HEADER, p.as_str())?;
                 }
             }
+            let gp_path = nhs
+                .nhs
+                .settings()
+                .gp_credentials
+                .as_ref()
+                .is_some_and(|gp| gp.applies_to(_session.req_header().uri.path()));
+            if let (true, Some(s)) = (gp_path, &ctx.session) {
+                let status = s
+                    .gp_status
+                    .unwrap_or(crate::nhs_login::gp::GpStatus::Missing);
+                upstream_request.insert_header("x-gp-credentials-status", status.as_str())?;
+                if let (crate::nhs_login::gp::GpStatus::Valid, Some(gp)) = (status, &s.gp) {
+                    upstream_request.insert_header("x-gp-user-id", gp.user_id.as_str())?;
+                    upstream_request.insert_header("x-gp-linkage-key", gp.linkage_key.as_str())?;
+                    upstream_request.insert_header("x-gp-ods-code", gp.ods_code.as_str())?;
+                }
+            }
         }
         upstream_request.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
         Ok(())
@@ -558,10 +669,25 @@ impl ProxyHttp for EdgeProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(nhs) = &self.nhs {
+            if let Some(reply) = self.gp_signal(nhs, session, upstream_response, ctx).await {
+                let mut header =
+                    ResponseHeader::build(reply.status, Some(reply.headers.len() + 2))?;
+                for (name, value) in reply.headers {
+                    header.insert_header(name, value)?;
+                }
+                header.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+                header.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+                *upstream_response = header;
+                ctx.replacement_body = Some(Bytes::from(reply.body));
+                ctx.lookup = None;
+                return Ok(());
+            }
+        }
         let header = &self.decorator.settings().header;
         // The header is pkb-edge's: an upstream copy is never passed on, nor duplicated.
         upstream_response.remove_header(header);
@@ -592,6 +718,19 @@ impl ProxyHttp for EdgeProxy {
         upstream_response.insert_header(http::header::VARY, vary)?;
         upstream_response.insert_header(http::header::CACHE_CONTROL, cache_control)?;
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(replacement) = &ctx.replacement_body {
+            *body = end_of_stream.then(|| replacement.clone());
+        }
+        Ok(None)
     }
 
     /// Used in Pingora's error log lines: the request id and a path that cannot carry a

@@ -134,10 +134,15 @@ pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, St
     };
     let mut proxy_set_headers = vec![config.decorate.header.clone()];
     if nhs.is_some() {
-        proxy_set_headers.extend([
-            http::HeaderName::from_static(crate::nhs_login::web::NHS_NUMBER_HEADER),
-            http::HeaderName::from_static(crate::nhs_login::web::PROOFING_LEVEL_HEADER),
-        ]);
+        proxy_set_headers.extend(
+            [
+                crate::nhs_login::web::NHS_NUMBER_HEADER,
+                crate::nhs_login::web::PROOFING_LEVEL_HEADER,
+            ]
+            .into_iter()
+            .chain(crate::nhs_login::web::GP_HEADERS)
+            .map(http::HeaderName::from_static),
+        );
     }
     let tokens = Arc::new(TokenSource::new(pairings, pkb, clock));
     let launch = Arc::new(LaunchService::new(

@@ -446,3 +446,31 @@ fn nhs_login_sessions_are_shared_by_every_instance() {
         assert_eq!(get(a, Some(&cookie)).await.unwrap().status(), 302);
     });
 }
+
+#[test]
+fn event_counts_in_a_window_are_shared_and_restart_when_it_ends() {
+    let Some(schema) = Schema::create() else {
+        return;
+    };
+    rt().block_on(async {
+        let a = pkb_edge::store::open_backend(&schema.url()).await.unwrap();
+        let b = pkb_edge::store::open_backend(&schema.url()).await.unwrap();
+        let id = b"user-hash";
+        let mut counts = Vec::new();
+        for (store, now) in [(&a, 1000), (&b, 1001), (&a, 4599), (&b, 4600), (&a, 4601)] {
+            counts.push(
+                store
+                    .count_in_window("gp_refresh", id, now, 3600)
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(counts, [1, 2, 3, 1, 2]);
+        assert_eq!(
+            a.count_in_window("gp_refresh", b"other", 4601, 3600)
+                .await
+                .unwrap(),
+            1
+        );
+    });
+}

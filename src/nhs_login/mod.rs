@@ -7,6 +7,7 @@
 //! Not here: HTTP routing and pages (`proxy`, `reply`). Signatures are jsonwebtoken's; nothing in
 //! this module handles signature bytes itself.
 
+pub mod gp;
 pub mod keys;
 pub mod session;
 pub mod web;
@@ -138,7 +139,13 @@ struct LoginState {
     return_to: String,
     /// Started with `asserted_login_identity` and `prompt=none`.
     silent: bool,
+    /// Why it was started, when not by the user: `gp_refresh`.
+    #[serde(default)]
+    purpose: Option<String>,
 }
+
+/// A sign-in started to fetch fresh GP credentials.
+pub const PURPOSE_GP_REFRESH: &str = "gp_refresh";
 
 /// How a callback ended well.
 #[derive(Debug)]
@@ -147,6 +154,9 @@ pub struct SignedIn {
     pub session: Session,
     pub return_to: String,
     pub silent: bool,
+    pub purpose: Option<String>,
+    /// Why the GP credentials are not `valid`, when they are asked for.
+    pub gp_reason: Option<&'static str>,
 }
 
 /// What a failed callback should lead to.
@@ -155,6 +165,7 @@ pub struct CallbackFailure {
     pub error: NhsLoginError,
     /// Where the user was going, when the state was known.
     pub return_to: Option<String>,
+    pub purpose: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -369,6 +380,27 @@ impl NhsLogin {
         return_to: &RelativePath,
         asserted: Option<&str>,
     ) -> Result<String, NhsLoginError> {
+        self.start_for(return_to, asserted, None).await
+    }
+
+    /// A silent sign-in as the session's own user (pkb-edge asserts the identity itself), to
+    /// fetch fresh claims: GP credentials the service found invalid.
+    pub async fn start_refresh(
+        &self,
+        return_to: &RelativePath,
+        session: &Session,
+    ) -> Result<String, NhsLoginError> {
+        let assertion = self.assertion(session)?;
+        self.start_for(return_to, Some(&assertion), Some(PURPOSE_GP_REFRESH))
+            .await
+    }
+
+    async fn start_for(
+        &self,
+        return_to: &RelativePath,
+        asserted: Option<&str>,
+        purpose: Option<&str>,
+    ) -> Result<String, NhsLoginError> {
         if let Some(a) = asserted {
             let jwt_like = !a.is_empty()
                 && a.len() <= MAX_ASSERTION_LEN
@@ -387,6 +419,7 @@ impl NhsLogin {
             nonce: nonce.clone(),
             return_to: return_to.as_str().to_string(),
             silent: asserted.is_some(),
+            purpose: purpose.map(str::to_string),
         };
         let expires_at = self.clock.now() + self.settings.login_ttl_secs;
         self.records
@@ -422,7 +455,11 @@ impl NhsLogin {
                 .entry(k.into_owned())
                 .or_insert_with(|| v.into_owned());
         }
-        let fail = |error, return_to: Option<String>| CallbackFailure { error, return_to };
+        let fail = |error, return_to: Option<String>| CallbackFailure {
+            error,
+            return_to,
+            purpose: None,
+        };
         let Some(state) = params
             .get("state")
             .filter(|s| crate::pairing::state_is_well_formed(s))
@@ -435,6 +472,11 @@ impl NhsLogin {
             Err(e) => return Err(fail(e.into(), None)),
         };
         let return_to = Some(pending.return_to.clone());
+        let fail = |error, return_to: Option<String>| CallbackFailure {
+            error,
+            return_to,
+            purpose: pending.purpose.clone(),
+        };
         if let Some(code) = params.get("error") {
             let description = params.get("error_description").cloned().unwrap_or_default();
             let error = match code.as_str() {
@@ -461,11 +503,13 @@ impl NhsLogin {
             ));
         };
         match self.finish(code, &pending).await {
-            Ok((session_id, session)) => Ok(SignedIn {
+            Ok((session_id, session, gp_reason)) => Ok(SignedIn {
                 session_id,
                 session,
                 return_to: pending.return_to,
                 silent: pending.silent,
+                purpose: pending.purpose,
+                gp_reason,
             }),
             Err(error) => Err(fail(error, return_to)),
         }
@@ -475,7 +519,7 @@ impl NhsLogin {
         &self,
         code: &str,
         pending: &LoginState,
-    ) -> Result<(SessionId, Session), NhsLoginError> {
+    ) -> Result<(SessionId, Session, Option<&'static str>), NhsLoginError> {
         let metadata = self.metadata().await?;
         let now = self.clock.now();
         let assertion = self.sign(&ClientAssertion {
@@ -534,6 +578,18 @@ impl NhsLogin {
         let userinfo = self
             .userinfo(&metadata.userinfo_endpoint, &access_token, &claims.sub)
             .await?;
+        let verdict = self.settings.gp_credentials.as_ref().map(|gp| {
+            gp::evaluate(
+                userinfo.gp_integration_credentials.as_ref(),
+                userinfo.identity_proofing_level.as_deref(),
+                gp,
+            )
+        });
+        let gp_reason = verdict.as_ref().and_then(|v| v.reason);
+        let (gp_status, gp) = match verdict {
+            Some(v) => (Some(v.status), v.credentials),
+            None => (None, None),
+        };
         let session = Session {
             sub: claims.sub,
             nhs_number: userinfo.nhs_number,
@@ -541,9 +597,11 @@ impl NhsLogin {
             id_token_jti: claims.jti.unwrap_or_default(),
             vot: claims.vot.unwrap_or_default(),
             created_at: self.clock.now(),
+            gp_status,
+            gp,
         };
         let id = self.sessions.create(&session).await?;
-        Ok((id, session))
+        Ok((id, session, gp_reason))
     }
 
     async fn verify_id_token(
@@ -648,14 +706,7 @@ impl NhsLogin {
         path: &RelativePath,
         session: &Session,
     ) -> Result<String, NhsLoginError> {
-        let now = self.clock.now();
-        let token = self.sign(&AssertedLoginIdentity {
-            code: &session.id_token_jti,
-            iss: &self.settings.client_id,
-            jti: random_id(),
-            iat: now,
-            exp: now + ASSERTION_LIFETIME_SECS,
-        })?;
+        let token = self.assertion(session)?;
         let (before_fragment, fragment) = match path.as_str().split_once('#') {
             Some((p, f)) => (p, Some(f)),
             None => (path.as_str(), None),
@@ -683,12 +734,40 @@ impl NhsLogin {
     }
 }
 
+impl NhsLogin {
+    /// A fresh `asserted_login_identity` for the session's user.
+    fn assertion(&self, session: &Session) -> Result<String, NhsLoginError> {
+        let now = self.clock.now();
+        self.sign(&AssertedLoginIdentity {
+            code: &session.id_token_jti,
+            iss: &self.settings.client_id,
+            jti: random_id(),
+            iat: now,
+            exp: now + ASSERTION_LIFETIME_SECS,
+        })
+    }
+
+    /// One more refresh of `user`'s GP credentials in the current window, counted in the store
+    /// (so every instance counts together); true while within `max_refreshes`.
+    pub async fn may_refresh_gp(&self, user: &str) -> Result<bool, NhsLoginError> {
+        let Some(gp) = &self.settings.gp_credentials else {
+            return Ok(false);
+        };
+        let n = self
+            .records
+            .count_in_window(PURPOSE_GP_REFRESH, user, gp.window_secs)
+            .await?;
+        Ok(n <= i64::from(gp.max_refreshes))
+    }
+}
+
 /// userinfo, as much as pkb-edge passes on.
 #[derive(Debug, Deserialize)]
 struct Userinfo {
     sub: String,
     nhs_number: Option<String>,
     identity_proofing_level: Option<String>,
+    gp_integration_credentials: Option<serde_json::Value>,
 }
 
 /// jsonwebtoken's error, said in terms of the check that failed.

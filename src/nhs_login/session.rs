@@ -33,6 +33,12 @@ pub struct Session {
     pub id_token_jti: String,
     pub vot: String,
     pub created_at: i64,
+    /// With the `gp_integration_credentials` scope: what the upstream is told, and the
+    /// credentials when `valid`.
+    #[serde(default)]
+    pub gp_status: Option<super::gp::GpStatus>,
+    #[serde(default)]
+    pub gp: Option<super::gp::GpCredentials>,
 }
 
 impl std::fmt::Debug for Session {
@@ -41,6 +47,7 @@ impl std::fmt::Debug for Session {
             .field("sub", &self.sub)
             .field("vot", &self.vot)
             .field("created_at", &self.created_at)
+            .field("gp_status", &self.gp_status)
             .finish_non_exhaustive()
     }
 }
@@ -93,6 +100,17 @@ impl Sessions {
             return Ok(None); // ended meanwhile (signed out elsewhere)
         }
         Ok(Some(session))
+    }
+
+    /// Writes a changed session under the same id, keeping its expiry; false if it is gone.
+    pub async fn replace(&self, id: &str, session: &Session) -> Result<bool, StoreError> {
+        let Some(record) = self.records.get::<Session>(RecordKind::Session, id).await? else {
+            return Ok(false);
+        };
+        self.records
+            .put(RecordKind::Session, id, session, record.expires_at)
+            .await?;
+        Ok(true)
     }
 
     pub async fn end(&self, id: &str) -> Result<bool, StoreError> {
@@ -149,6 +167,8 @@ mod tests {
             id_token_jti: "jti-1".into(),
             vot: "P9.Cp.Cd".into(),
             created_at,
+            gp_status: None,
+            gp: None,
         }
     }
 

@@ -30,7 +30,21 @@ pub struct Step {
     pub user: Option<String>,
     pub refused: bool,
     pub reason: Option<String>,
+    /// GP credentials retrieved at this sign-in: their status, and why not `valid`.
+    pub gp: Option<(&'static str, Option<&'static str>)>,
+    /// A step of a GP credential refresh: `started`, `refreshed`, `failed`, `gave_up`.
+    pub gp_refresh: Option<&'static str>,
 }
+
+/// Headers carrying GP credentials to the upstream (on the configured paths only), and the
+/// upstream's signal that they failed. None of them ever comes from, or goes to, the browser.
+pub const GP_HEADERS: [&str; 4] = [
+    "x-gp-user-id",
+    "x-gp-linkage-key",
+    "x-gp-ods-code",
+    "x-gp-credentials-status",
+];
+pub const GP_INVALID_HEADER: &str = "x-gp-credentials-invalid";
 
 pub struct NhsWeb {
     pub nhs: Arc<NhsLogin>,
@@ -46,6 +60,8 @@ fn step(name: &'static str, outcome: &'static str, user: Option<&Session>) -> St
         user: user.map(|s| s.sub.clone()),
         refused: false,
         reason: None,
+        gp: None,
+        gp_refresh: None,
     }
 }
 
@@ -56,6 +72,8 @@ fn refused(name: &'static str, e: &NhsLoginError, user: Option<&Session>) -> Ste
         user: user.map(|s| s.sub.clone()),
         refused: true,
         reason: Some(e.to_string()),
+        gp: None,
+        gp_refresh: None,
     }
 }
 
@@ -223,10 +241,20 @@ impl NhsWeb {
         self.sign_in(&return_to, asserted.as_deref(), format).await
     }
 
-    /// `GET {prefix}/nhs/callback`
-    pub async fn callback(&self, query: Option<&str>, format: Format) -> (Reply, Step) {
+    /// `GET {prefix}/nhs/callback`. A new session replaces the browser's old one.
+    pub async fn callback(
+        &self,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        format: Format,
+    ) -> (Reply, Step) {
         match self.nhs.callback(query).await {
             Ok(signed_in) => {
+                if let Some(old) = session_cookie(headers, self.cookie_name()) {
+                    if let Err(e) = self.nhs.sessions().end(&old).await {
+                        tracing::warn!(error = %e, "the replaced session could not be ended; it expires by itself");
+                    }
+                }
                 let name = if signed_in.silent {
                     "callback_silent"
                 } else {
@@ -234,22 +262,34 @@ impl NhsWeb {
                 };
                 let reply = Reply::redirect(signed_in.return_to.clone())
                     .with_header("Set-Cookie", self.set_cookie(&signed_in.session_id.0));
-                (reply, step(name, "signed_in", Some(&signed_in.session)))
+                let mut s = step(name, "signed_in", Some(&signed_in.session));
+                s.gp = signed_in
+                    .session
+                    .gp_status
+                    .map(|status| (status.as_str(), signed_in.gp_reason));
+                if signed_in.purpose.as_deref() == Some(super::PURPOSE_GP_REFRESH) {
+                    s.gp_refresh = Some("refreshed");
+                }
+                (reply, s)
             }
             Err(failure) => {
+                let refreshing = failure.purpose.as_deref() == Some(super::PURPOSE_GP_REFRESH);
                 let return_to = failure
                     .return_to
                     .as_deref()
                     .and_then(|r| relative_path::parse(r).ok())
                     .unwrap_or_else(root);
+                let mut s = refused("callback", &failure.error, None);
+                s.gp_refresh = refreshing.then_some("failed");
                 if let NhsLoginError::NeedsInteraction(_) = failure.error {
                     // Silent sign-in was refused: once, interactively.
                     let (reply, _) = self.sign_in(&return_to, None, format).await;
-                    return (reply, refused("callback_silent", &failure.error, None));
+                    s.name = "callback_silent";
+                    return (reply, s);
                 }
                 (
                     self.error_page(&failure.error, format, return_to.as_str()),
-                    refused("callback", &failure.error, None),
+                    s,
                 )
             }
         }
@@ -339,6 +379,57 @@ impl NhsWeb {
                 refused("launch_pkb", &e, Some(session)),
             ),
         }
+    }
+
+    /// The upstream said the session's GP credentials failed (`X-GP-Credentials-Invalid: 1`).
+    /// Within `max_refreshes` per window, a silent sign-in fetches fresh ones and brings the
+    /// user back to `return_to`; past that, the user is told and the session's status becomes
+    /// `unavailable`, so nothing loops.
+    pub async fn gp_invalid(
+        &self,
+        session_id: &str,
+        session: &Session,
+        return_to: &str,
+        format: Format,
+    ) -> (Reply, Step) {
+        let return_to = relative_path::parse(return_to).unwrap_or_else(|_| root());
+        let give_up = match self.nhs.may_refresh_gp(&session.sub).await {
+            Ok(true) => match self.nhs.start_refresh(&return_to, session).await {
+                Ok(url) => {
+                    let mut s = step("gp_refresh", "started", Some(session));
+                    s.gp_refresh = Some("started");
+                    return (Reply::redirect(url), s);
+                }
+                Err(e) => e,
+            },
+            Ok(false) => NhsLoginError::Refused("too many refreshes".into()),
+            Err(e) => e,
+        };
+        let mut unavailable = session.clone();
+        unavailable.gp_status = Some(super::gp::GpStatus::Unavailable);
+        unavailable.gp = None;
+        if let Err(e) = self.nhs.sessions().replace(session_id, &unavailable).await {
+            tracing::warn!(error = %e, "could not mark GP credentials unavailable in the session");
+        }
+        let reply = Reply::message(
+            502,
+            format,
+            "gp_credentials_unavailable",
+            MessagePage {
+                title: "We could not get your GP online services details",
+                paragraphs: vec![
+                    "This service could not get the details it needs to connect to your GP practice's online services, so that part of the service is not available right now.".into(),
+                    "You can keep using the rest of the service. Try again later, or ask your GP practice for your online services registration details (an account ID, linkage key and practice ODS code).".into(),
+                ],
+                action: Some(("Go to the home page", "/".to_string())),
+                form: None,
+                footnote: None,
+            },
+        );
+        let mut s = refused("gp_refresh", &give_up, Some(session));
+        s.outcome = "gave_up";
+        s.gp_refresh = Some("gave_up");
+        (reply, s)
     }
 
     /// The page for every way NHS login can fail. Each offers only links the person chooses.

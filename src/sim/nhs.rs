@@ -52,33 +52,64 @@ pub struct NhsUser {
     pub email: String,
     /// P0, P5 or P9.
     pub proofing_level: String,
+    /// What `gp_integration_credentials` holds for this user (P9 users only); the linkage key
+    /// gets a fresh suffix on every userinfo call, as if the practice had issued a new one.
+    pub gp: Option<SimGpCredentials>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimGpCredentials {
+    pub user_id: String,
+    pub linkage_key: String,
+    pub ods_code: String,
+    pub system_id: Option<String>,
 }
 
 pub fn demo_users() -> Vec<NhsUser> {
-    let u = |sub: &str, nhs: &str, given: &str, family: &str| NhsUser {
-        sub: sub.into(),
-        nhs_number: nhs.into(),
-        given_name: given.into(),
-        family_name: family.into(),
-        email: format!(
-            "{}.{}@example.com",
-            given.to_lowercase(),
-            family.to_lowercase()
-        ),
-        proofing_level: "P9".into(),
+    let u = |sub: &str, nhs: &str, name: (&str, &str), level: &str, gp: Option<(&str, &str)>| {
+        let (given, family) = name;
+        NhsUser {
+            sub: sub.into(),
+            nhs_number: nhs.into(),
+            given_name: given.into(),
+            family_name: family.into(),
+            email: format!(
+                "{}.{}@example.com",
+                given.to_lowercase(),
+                family.to_lowercase()
+            ),
+            proofing_level: level.into(),
+            gp: gp.map(|(ods, system)| SimGpCredentials {
+                user_id: format!("{}-{}", given.to_uppercase(), &sub[..8]),
+                linkage_key: format!("LK{}", &nhs[6..]),
+                ods_code: ods.into(),
+                system_id: Some(system.into()),
+            }),
+        }
     };
     vec![
         u(
             "49f470a1-cc52-49b7-beba-0f9cec937c46",
             "9990000018",
-            "Ada",
-            "Lovelace",
+            ("Ada", "Lovelace"),
+            "P9",
+            Some(("A12345", "EMIS")),
         ),
+        // Her practice is on Microtest: NHS login returns dummy credentials.
         u(
             "8f1c2d3e-4b5a-4c6d-9e8f-7a6b5c4d3e2f",
             "9990000026",
-            "Mary",
-            "Seacole",
+            ("Mary", "Seacole"),
+            "P9",
+            Some(("B82001", "MICROTEST")),
+        ),
+        // P5: no GP credentials, whatever the scope.
+        u(
+            "0d7e6f5a-1b2c-4d3e-8f9a-0b1c2d3e4f5a",
+            "9990000034",
+            ("Alan", "Turing"),
+            "P5",
+            None,
         ),
     ]
 }
@@ -121,10 +152,15 @@ pub struct NhsKnobs {
     /// userinfo names another `sub` than the id_token.
     #[serde(default)]
     pub userinfo_other_sub: bool,
+    /// `gp_integration_credentials` as userinfo answers it, in place of the user's own (e.g. a
+    /// partial claim).
+    #[serde(default)]
+    pub gp_credentials: Option<serde_json::Value>,
 }
 
 struct CodeGrant {
     user: usize,
+    scope: String,
     client_id: String,
     redirect_uri: String,
     nonce: String,
@@ -154,7 +190,9 @@ pub struct NhsLoginSim {
     signing: EncodingKey,
     impostor: EncodingKey,
     codes: Mutex<HashMap<String, CodeGrant>>,
-    access: Mutex<HashMap<String, usize>>,
+    /// Access token → (user, scope).
+    access: Mutex<HashMap<String, (usize, String)>>,
+    userinfo_calls: AtomicU64,
     /// `jti` of every id_token issued → (user, client it was issued to).
     id_token_jtis: Mutex<HashMap<String, (usize, String)>>,
     /// `jti`s of assertions and client assertions already presented.
@@ -196,6 +234,7 @@ impl NhsLoginSim {
             impostor: EncodingKey::from_rsa_pem(k.impostor_pem.as_bytes()).expect("sim key"),
             codes: Mutex::new(HashMap::new()),
             access: Mutex::new(HashMap::new()),
+            userinfo_calls: AtomicU64::new(0),
             id_token_jtis: Mutex::new(HashMap::new()),
             spent: Mutex::new(HashSet::new()),
             knobs: Mutex::new(NhsKnobs::default()),
@@ -551,11 +590,14 @@ async fn authorize(State(op): Op, Query(q): Query<HashMap<String, String>>) -> R
         };
         return issue_code(
             &op,
-            user,
-            &client.client_id,
-            &redirect_uri,
-            &get("nonce"),
-            vot,
+            CodeGrant {
+                user,
+                scope: get("scope"),
+                client_id: client.client_id.clone(),
+                redirect_uri: redirect_uri.clone(),
+                nonce: get("nonce"),
+                vot,
+            },
             &state,
         );
     }
@@ -564,7 +606,14 @@ async fn authorize(State(op): Op, Query(q): Query<HashMap<String, String>>) -> R
     }
     op.bump("login_page");
     let mut hidden = String::new();
-    for key in ["client_id", "redirect_uri", "state", "nonce", "vtr"] {
+    for key in [
+        "client_id",
+        "redirect_uri",
+        "state",
+        "nonce",
+        "vtr",
+        "scope",
+    ] {
         hidden.push_str(&format!(
             "<input type=\"hidden\" name=\"{key}\" value=\"{}\">",
             escape(&get(key))
@@ -593,28 +642,13 @@ async fn authorize(State(op): Op, Query(q): Query<HashMap<String, String>>) -> R
     .into_response()
 }
 
-fn issue_code(
-    op: &NhsLoginSim,
-    user: usize,
-    client_id: &str,
-    redirect_uri: &str,
-    nonce: &str,
-    vot: String,
-    state: &str,
-) -> Response {
+/// Issues a code for `grant` and sends the browser back to the RP with it.
+fn issue_code(op: &NhsLoginSim, grant: CodeGrant, state: &str) -> Response {
     let code = crate::pairing::random_token();
     op.remember(&code);
-    op.codes.lock().insert(
-        code.clone(),
-        CodeGrant {
-            user,
-            client_id: client_id.to_string(),
-            redirect_uri: redirect_uri.to_string(),
-            nonce: nonce.to_string(),
-            vot,
-        },
-    );
-    redirect_with(redirect_uri, &[("code", &code), ("state", state)])
+    let redirect_uri = grant.redirect_uri.clone();
+    op.codes.lock().insert(code.clone(), grant);
+    redirect_with(&redirect_uri, &[("code", &code), ("state", state)])
 }
 
 async fn login_decision(State(op): Op, Form(f): Form<HashMap<String, String>>) -> Response {
@@ -655,11 +689,14 @@ async fn login_decision(State(op): Op, Form(f): Form<HashMap<String, String>>) -
     };
     issue_code(
         &op,
-        user,
-        &client.client_id,
-        &redirect_uri,
-        &get("nonce"),
-        vot,
+        CodeGrant {
+            user,
+            scope: get("scope"),
+            client_id: client.client_id.clone(),
+            redirect_uri: redirect_uri.clone(),
+            nonce: get("nonce"),
+            vot,
+        },
         &state,
     )
 }
@@ -712,7 +749,9 @@ async fn token(State(op): Op, Form(f): Form<HashMap<String, String>>) -> Respons
     }
     let access = crate::pairing::random_token();
     op.remember(&access);
-    op.access.lock().insert(access.clone(), grant.user);
+    op.access
+        .lock()
+        .insert(access.clone(), (grant.user, grant.scope.clone()));
     let id_token = op.id_token(grant.user, &client_id, &grant.nonce, &grant.vot);
     op.remember(&id_token);
     Json(json!({
@@ -730,8 +769,8 @@ async fn userinfo(State(op): Op, headers: HeaderMap) -> Response {
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(|t| op.access.lock().get(t).copied());
-    let Some(user) = user else {
+        .and_then(|t| op.access.lock().get(t).cloned());
+    let Some((user, scope)) = user else {
         return (
             StatusCode::UNAUTHORIZED,
             Json(json!({ "error": "invalid_token" })),
@@ -744,7 +783,7 @@ async fn userinfo(State(op): Op, headers: HeaderMap) -> Response {
     } else {
         u.sub.clone()
     };
-    Json(json!({
+    let mut info = json!({
         "sub": sub,
         "nhs_number": u.nhs_number,
         "given_name": u.given_name,
@@ -752,8 +791,32 @@ async fn userinfo(State(op): Op, headers: HeaderMap) -> Response {
         "email": u.email,
         "email_verified": true,
         "identity_proofing_level": u.proofing_level,
-    }))
-    .into_response()
+    });
+    if scope.split(' ').any(|s| s == "gp_integration_credentials") {
+        let n = op.userinfo_calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let claim = match op.knobs.lock().gp_credentials.clone() {
+            Some(forced) => Some(forced),
+            None => {
+                u.gp.as_ref()
+                    .filter(|_| u.proofing_level == "P9")
+                    .map(|gp| {
+                        let linkage_key = format!("{}-{n}", gp.linkage_key);
+                        op.remember(&linkage_key);
+                        op.remember(&gp.user_id);
+                        json!({
+                            "gp_user_id": gp.user_id,
+                            "gp_linkage_key": linkage_key,
+                            "gp_ods_code": gp.ods_code,
+                            "gp_system_id": gp.system_id,
+                        })
+                    })
+            }
+        };
+        if let Some(claim) = claim {
+            info["gp_integration_credentials"] = claim;
+        }
+    }
+    Json(info).into_response()
 }
 
 async fn set_knobs(State(op): Op, Json(knobs): Json<NhsKnobs>) -> Json<NhsKnobs> {

@@ -182,6 +182,16 @@ pub trait PairingStore: Send + Sync + 'static {
         now: i64,
     ) -> Result<bool, StoreError>;
     async fn delete_record(&self, kind: RecordKind, id_hash: &[u8]) -> Result<bool, StoreError>;
+    /// Counts one more event for `id_hash` in a fixed window of `window_secs` that starts at its
+    /// first event; returns the count in the current window (1 for the first). Atomic across
+    /// every process using the store.
+    async fn count_in_window(
+        &self,
+        kind: &str,
+        id_hash: &[u8],
+        now: i64,
+        window_secs: i64,
+    ) -> Result<i64, StoreError>;
 }
 
 /// How to reach a backend beyond its URL.

@@ -62,6 +62,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (kind, id_hash)
     );
     CREATE INDEX records_by_expiry ON records(kind, expires_at);",
+    // 3: per-user event counts in a window (GP credential refreshes), shared by instances.
+    "CREATE TABLE counters (
+        kind TEXT NOT NULL,
+        id_hash BYTEA NOT NULL,
+        window_start BIGINT NOT NULL,
+        count BIGINT NOT NULL,
+        PRIMARY KEY (kind, id_hash)
+    );",
 ];
 
 /// The advisory lock that serialises migrations across instances starting together.
@@ -691,6 +699,27 @@ impl PairingStore for PostgresPairingStore {
             )
             .await?;
         Ok(n == 1)
+    }
+
+    async fn count_in_window(
+        &self,
+        kind: &str,
+        id_hash: &[u8],
+        now: i64,
+        window_secs: i64,
+    ) -> Result<i64, StoreError> {
+        let conn = self.conn().await?;
+        let row = conn
+            .query_one(
+                "INSERT INTO counters (kind, id_hash, window_start, count) VALUES ($1, $2, $3, 1)
+                 ON CONFLICT (kind, id_hash) DO UPDATE SET
+                   count = CASE WHEN counters.window_start <= $3 - $4 THEN 1 ELSE counters.count + 1 END,
+                   window_start = CASE WHEN counters.window_start <= $3 - $4 THEN $3 ELSE counters.window_start END
+                 RETURNING count",
+                &[&kind, &id_hash, &now, &window_secs],
+            )
+            .await?;
+        Ok(row.get(0))
     }
 
     async fn locked<'a>(

@@ -122,6 +122,24 @@ impl Records {
         self.backend.delete_record(kind, &id_hash(kind, id)).await
     }
 
+    /// One more event for `id` in its window (see `PairingStore::count_in_window`); the id is
+    /// stored only as a hash.
+    pub async fn count_in_window(
+        &self,
+        kind: &str,
+        id: &str,
+        window_secs: i64,
+    ) -> Result<i64, StoreError> {
+        let mut h = Sha256::new();
+        h.update(b"counter|");
+        h.update(kind.as_bytes());
+        h.update([0]);
+        h.update(id.as_bytes());
+        self.backend
+            .count_in_window(kind, &h.finalize(), self.clock.now(), window_secs)
+            .await
+    }
+
     fn open<T: DeserializeOwned>(&self, kind: RecordKind, row: SealedRecord) -> Option<Record<T>> {
         let plain = match self
             .keyring

@@ -52,6 +52,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (kind, id_hash)
     );
     CREATE INDEX records_by_expiry ON records(kind, expires_at);",
+    // 5: per-user event counts in a window (GP credential refreshes), shared by instances.
+    "CREATE TABLE counters (
+        kind TEXT NOT NULL,
+        id_hash BLOB NOT NULL,
+        window_start INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (kind, id_hash)
+    );",
 ];
 
 /// The next row version, inside the caller's transaction.
@@ -509,6 +517,27 @@ impl PairingStore for SqlitePairingStore {
                     .execute(params![kind.as_str(), id_hash])?
                     == 1,
             )
+        })
+        .await
+    }
+
+    async fn count_in_window(
+        &self,
+        kind: &str,
+        id_hash: &[u8],
+        now: i64,
+        window_secs: i64,
+    ) -> Result<i64, StoreError> {
+        let (kind, id_hash) = (kind.to_string(), id_hash.to_vec());
+        self.with(move |c| {
+            Ok(c.prepare_cached(
+                "INSERT INTO counters (kind, id_hash, window_start, count) VALUES (?1, ?2, ?3, 1)
+                 ON CONFLICT (kind, id_hash) DO UPDATE SET
+                   count = CASE WHEN counters.window_start <= ?3 - ?4 THEN 1 ELSE counters.count + 1 END,
+                   window_start = CASE WHEN counters.window_start <= ?3 - ?4 THEN ?3 ELSE counters.window_start END
+                 RETURNING count",
+            )?
+            .query_row(params![kind, id_hash, now, window_secs], |r| r.get(0))?)
         })
         .await
     }

@@ -155,6 +155,9 @@ async fn echo(Query(q): Query<Vec<(String, String)>>, request: Request) -> Respo
             "forge" => {
                 h.insert("x-pkb-data-available", v.parse().unwrap());
             }
+            "gp_invalid" => {
+                h.insert("x-gp-credentials-invalid", v.parse().unwrap());
+            }
             _ => {}
         }
     }

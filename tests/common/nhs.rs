@@ -89,7 +89,15 @@ pub async fn nhs_login_page(authorize_url: &str, user: usize, decision: &str) ->
         .query_pairs()
         .into_owned()
         .filter(|(k, _)| {
-            ["client_id", "redirect_uri", "state", "nonce", "vtr"].contains(&k.as_str())
+            [
+                "client_id",
+                "redirect_uri",
+                "state",
+                "nonce",
+                "vtr",
+                "scope",
+            ]
+            .contains(&k.as_str())
         })
         .collect();
     form.push(("user".into(), user.to_string()));
