@@ -98,11 +98,19 @@ pub struct GpCredentialSettings {
 }
 
 impl GpCredentialSettings {
+    /// Whether requests to `path` carry the credentials. A path that a later hop could read
+    /// differently (dot segments, escaped `/`, `.` or `\\`, `//`) never matches.
     pub fn applies_to(&self, path: &str) -> bool {
-        self.paths.iter().any(|p| match p.strip_suffix('*') {
-            Some(prefix) => path.starts_with(prefix),
-            None => path == p,
-        })
+        let lower = path.to_ascii_lowercase();
+        let ambiguous = path.contains("//")
+            || path.contains('\\')
+            || path.split('/').any(|seg| seg == "." || seg == "..")
+            || ["%2f", "%2e", "%5c"].iter().any(|e| lower.contains(e));
+        !ambiguous
+            && self.paths.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => path.starts_with(prefix),
+                None => path == p,
+            })
     }
 }
 #[derive(Debug, Clone)]
@@ -368,7 +376,7 @@ fn default_session_max() -> i64 {
     NHS_LOGIN_MAX_SECS
 }
 fn default_cookie_name() -> String {
-    "pkb_edge_session".into()
+    "__Host-pkb-edge-session".into()
 }
 fn default_nhs_timeout_ms() -> u64 {
     5000

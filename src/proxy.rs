@@ -61,6 +61,9 @@ pub struct RequestCtx {
     /// `nhs_login` mode: the signed-in user's session, and its id (the cookie).
     session: Option<NhsSession>,
     session_id: Option<String>,
+    /// The session store could not be read: routes that need the user answer 503 rather than
+    /// treat a signed-in user as signed out.
+    session_unavailable: bool,
     /// A response pkb-edge puts in place of the upstream's (headers already swapped in
     /// `response_filter`; the body goes out in `response_body_filter`).
     replacement_body: Option<Bytes>,
@@ -111,6 +114,14 @@ impl EdgeProxy {
         let this_url = req.uri.path_and_query().map_or("", |p| p.as_str());
         let restart_pairing = format!("{}/pair", self.prefix);
         let (method, log_user) = (&req.method, user.unwrap_or(""));
+        if let (true, Some(nhs)) = (ctx.session_unavailable, &self.nhs) {
+            if !matches!(route, Route::Unknown | Route::NhsLogin | Route::NhsCallback) {
+                let e = crate::nhs_login::NhsLoginError::Store(
+                    crate::store::StoreError::Unavailable("session store".into()),
+                );
+                return nhs.error_page(&e, format, this_url);
+            }
+        }
         match route {
             Route::Unknown => Reply::not_found(format),
             Route::Unpair | Route::NhsLogout if method != Method::POST => {
@@ -125,10 +136,13 @@ impl EdgeProxy {
                 }
                 let session = ctx.session.as_ref();
                 let (reply, step) = match route {
-                    Route::NhsLogin => nhs.login(query, format).await,
-                    Route::NhsCallback => nhs.callback(query, &req.headers, format).await,
+                    Route::NhsLogin => nhs.login(query, &req.headers, format).await,
+                    Route::NhsCallback => nhs.callback(query, &req.headers, session, format).await,
                     Route::NhsLogout => nhs.logout(&req.headers, session, format).await,
-                    _ => nhs.launch_pkb(this_url, query, session, format).await,
+                    _ => {
+                        nhs.launch_pkb(this_url, query, &req.headers, session, format)
+                            .await
+                    }
                 };
                 self.nhs_step(ctx, step);
                 reply
@@ -391,12 +405,16 @@ impl EdgeProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &RequestCtx,
     ) -> Option<Reply> {
-        let gp = nhs.nhs.settings().gp_credentials.as_ref()?;
         let signalled = upstream_response
             .headers
             .get(nhs_web::GP_INVALID_HEADER)
             .is_some_and(|v| v.as_bytes().trim_ascii() == b"1");
+        // Never towards the browser, whether or not GP credentials are configured.
         upstream_response.remove_header(nhs_web::GP_INVALID_HEADER);
+        for name in nhs_web::GP_HEADERS {
+            upstream_response.remove_header(name);
+        }
+        let gp = nhs.nhs.settings().gp_credentials.as_ref()?;
         let req = session.req_header();
         if !signalled || !gp.applies_to(req.uri.path()) {
             return None;
@@ -417,7 +435,9 @@ impl EdgeProxy {
                 .get(http::header::ACCEPT)
                 .and_then(|v| v.to_str().ok()),
         );
-        let (reply, step) = nhs.gp_invalid(id, user_session, &return_to, format).await;
+        let (reply, step) = nhs
+            .gp_invalid(id, user_session, &return_to, &req.headers, format)
+            .await;
         self.nhs_step(ctx, step);
         Some(reply)
     }
@@ -541,8 +561,10 @@ impl ProxyHttp for EdgeProxy {
                         s
                     })
                 });
-            if let Ok(Some(s)) = &session_state {
-                ctx.session = Some(s.clone());
+            match &session_state {
+                Ok(Some(s)) => ctx.session = Some(s.clone()),
+                Ok(None) => {}
+                Err(_) => ctx.session_unavailable = true,
             }
         }
         let Some(route) = self.route(session.req_header().uri.path()) else {
@@ -559,6 +581,7 @@ impl ProxyHttp for EdgeProxy {
                         &req.method,
                         req.uri.path(),
                         req.uri.query(),
+                        &req.headers,
                         format,
                         session_state.as_ref().map(Option::as_ref),
                     )

@@ -275,7 +275,10 @@ fn portal_demo_single_sign_on_both_ways_in_chromium() {
 
         // The portal session ends (as after 30 minutes idle); PKB's link brings the user back
         // signed in, silently, with no NHS login page on the way.
-        s.browser.delete_cookie("pkb_edge_session").await.unwrap();
+        s.browser
+            .delete_cookie("__Host-pkb-edge-session")
+            .await
+            .unwrap();
         s.click("#back-to-portal").await;
         s.expect_page("Patient portal").await;
         assert_eq!(s.text("#portal-user").await, sub);

@@ -82,8 +82,14 @@ async fn get(p: &Proxy, path: &str, cookie: &str) -> reqwest::Response {
 /// Signs in at `p` as simulator user `user`; the session cookie.
 async fn sign_in(p: &Proxy, user: usize) -> String {
     let r = client().get(p.url("/")).send().await.unwrap();
+    let login = login_cookie(&r).unwrap();
     let callback = nhs_login_page(header(r.headers(), "location"), user, "allow").await;
-    let r = client().get(&callback).send().await.unwrap();
+    let r = client()
+        .get(&callback)
+        .header("cookie", login)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 302, "{}", r.text().await.unwrap());
     session_cookie(&r)
 }
@@ -124,6 +130,7 @@ async fn follow_silent(p: &Proxy, r: reqwest::Response, cookie: &str) -> (String
         r.headers().get("x-gp-credentials-invalid").is_none(),
         "the signal stays inside"
     );
+    let login = login_cookie(&r).unwrap();
     let authorize = header(r.headers(), "location").to_string();
     let q = query_of(&authorize);
     assert_eq!(q["prompt"], "none");
@@ -137,7 +144,7 @@ async fn follow_silent(p: &Proxy, r: reqwest::Response, cookie: &str) -> (String
     // The browser still sends its old session cookie with the callback.
     let r = client()
         .get(&callback)
-        .header("cookie", cookie)
+        .header("cookie", format!("{cookie}; {login}"))
         .send()
         .await
         .unwrap();

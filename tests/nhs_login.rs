@@ -16,6 +16,8 @@ use pkb_edge::sim::nhs::{new_client, IdTokenFault, NhsKnobs, NhsLoginSim};
 struct NhsWorld {
     w: World,
     op: Arc<NhsLoginSim>,
+    /// The browser's login cookie, as the last sign-in start set it.
+    login: std::sync::Mutex<Option<String>>,
 }
 
 impl Drop for NhsWorld {
@@ -33,16 +35,29 @@ fn start() -> NhsWorld {
     w.sim
         .sim
         .attach_nhs_login(op.clone(), Some(w.proxy.url("")));
-    NhsWorld { w, op }
+    NhsWorld {
+        w,
+        op,
+        login: Default::default(),
+    }
 }
 
 impl NhsWorld {
     async fn get(&self, path: &str, cookie: Option<&str>) -> reqwest::Response {
         let mut r = client().get(self.w.proxy.url(path));
-        if let Some(c) = cookie {
-            r = r.header("cookie", c);
+        let cookies: Vec<String> = cookie
+            .map(str::to_string)
+            .into_iter()
+            .chain(self.login.lock().unwrap().clone())
+            .collect();
+        if !cookies.is_empty() {
+            r = r.header("cookie", cookies.join("; "));
         }
-        r.send().await.unwrap()
+        let r = r.send().await.unwrap();
+        if let Some(login) = login_cookie(&r) {
+            *self.login.lock().unwrap() = Some(login);
+        }
+        r
     }
 
     /// Signs in interactively as simulator user `user` starting at `path`; the session cookie.
@@ -59,7 +74,11 @@ impl NhsWorld {
     async fn callback(&self, callback_url: &str) -> reqwest::Response {
         let prefix = self.w.proxy.url("/_pkb/nhs/callback?");
         assert!(callback_url.starts_with(&prefix), "{callback_url}");
-        client().get(callback_url).send().await.unwrap()
+        let mut r = client().get(callback_url);
+        if let Some(login) = self.login.lock().unwrap().clone() {
+            r = r.header("cookie", login);
+        }
+        r.send().await.unwrap()
     }
 
     fn knobs(&self, knobs: NhsKnobs) {
@@ -170,7 +189,7 @@ fn sign_in_reaches_the_upstream_as_the_nhs_login_user_and_strips_spoofed_headers
         let r = nw
             .get(
                 "/records",
-                Some("pkb_edge_session=forged-forged-forged-forged-forged-forged-f"),
+                Some("__Host-pkb-edge-session=forged-forged-forged-forged-forged-forged-f"),
             )
             .await;
         assert_eq!(r.status(), 302, "an unknown session id is no session");
@@ -339,6 +358,23 @@ fn launch_into_pkb_carries_a_fresh_single_use_asserted_identity() {
             )
             .await;
         assert_eq!(r.status(), 400);
+        // pkb-edge's own parameters cannot be smuggled in through `path`.
+        let r = nw
+            .get(
+                "/_pkb/nhs/launch-pkb?path=%2Fx%3Fprompt%3Dlogin",
+                Some(&cookie),
+            )
+            .await;
+        assert_eq!(r.status(), 400);
+        // A cross-site page cannot send a signed-in user into PKB.
+        let r = client()
+            .get(nw.w.proxy.url("/_pkb/nhs/launch-pkb?path=%2F"))
+            .header("cookie", &cookie)
+            .header("sec-fetch-site", "cross-site")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
         assert!(
             nw.w.proxy
                 .output()
@@ -437,6 +473,33 @@ fn a_refused_silent_sign_in_falls_back_to_one_interactive_sign_in() {
         }
         assert_eq!(nw.op.count("assertion_accepted"), 1);
         assert_eq!(nw.op.count("assertion_refused"), 1);
+    });
+}
+
+#[test]
+fn a_callback_in_another_browser_never_signs_it_in() {
+    let nw = start();
+    rt().block_on(async {
+        // The attacker starts a sign-in and signs in as themselves, then sends the callback
+        // link to someone else.
+        let r = nw.get("/", None).await;
+        let callback = nhs_login_page(header(r.headers(), "location"), 0, "allow").await;
+        for other_browser in [
+            None,
+            Some("__Host-pkb-edge-session-login=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+        ] {
+            let mut req = client().get(&callback);
+            if let Some(c) = other_browser {
+                req = req.header("cookie", c);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 400);
+            assert!(r.headers().get("set-cookie").is_none(), "no session");
+            assert!(r.text().await.unwrap().contains("another browser"));
+        }
+        // The state was spent by the refusal: not even the right browser can use it now.
+        assert_eq!(nw.callback(&callback).await.status(), 400);
+        assert_eq!(nw.op.count("token"), 0, "the code was never exchanged");
     });
 }
 

@@ -420,8 +420,14 @@ fn nhs_login_sessions_are_shared_by_every_instance() {
             r.send()
         };
         let r = get(a, None).await.unwrap();
+        let login = nhs::login_cookie(&r).unwrap();
         let callback = nhs::nhs_login_page(header(r.headers(), "location"), 0, "allow").await;
-        let r = client().get(&callback).send().await.unwrap();
+        let r = client()
+            .get(&callback)
+            .header("cookie", login)
+            .send()
+            .await
+            .unwrap();
         let cookie = nhs::session_cookie(&r);
         // Signed in on A, known on B.
         let r = get(b, Some(&cookie)).await.unwrap();

@@ -182,5 +182,13 @@ mod tests {
         assert!(!s.applies_to("/im1/register/x"));
         assert!(s.applies_to("/im1/api/token"));
         assert!(!s.applies_to("/"));
+        for tricky in [
+            "/im1/api/..%2fother",
+            "/im1/api/../x",
+            "/im1/api//x",
+            "/im1/api/%2E%2E/x",
+        ] {
+            assert!(!s.applies_to(tricky), "{tricky}");
+        }
     }
 }

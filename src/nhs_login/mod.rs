@@ -33,6 +33,8 @@ const METADATA_TTL: Duration = Duration::from_secs(3600);
 /// prompted by an unknown `kid`).
 const JWKS_TTL: Duration = Duration::from_secs(3600);
 const JWKS_REFETCH_MIN: Duration = Duration::from_secs(10);
+/// After a failed fetch of discovery or keys, how long the next fetch waits.
+const FETCH_FAILURE_BACKOFF: Duration = Duration::from_secs(5);
 /// Lifetime of the JWTs pkb-edge signs: client assertions and `asserted_login_identity`
 /// (NHS login: at most 60 s).
 const ASSERTION_LIFETIME_SECS: i64 = 60;
@@ -75,8 +77,11 @@ impl Vector {
 #[derive(Debug, thiserror::Error)]
 pub enum NhsLoginError {
     /// The callback's `state` is unknown, used already or expired.
-    #[error("the sign-in link is not valid (used already, expired, or from another browser)")]
+    #[error("the sign-in link is not valid (used already, or expired)")]
     StateUnknown,
+    /// The callback came to a browser that did not start this sign-in, or without cookies.
+    #[error("the sign-in was started in another browser, or cookies are blocked")]
+    OtherBrowser,
     /// The user said no (`access_denied`, e.g. `ConsentNotGiven`).
     #[error("access denied at NHS login: {0}")]
     Denied(String),
@@ -109,6 +114,7 @@ impl NhsLoginError {
     pub fn outcome(&self) -> &'static str {
         match self {
             NhsLoginError::StateUnknown => "state_unknown",
+            NhsLoginError::OtherBrowser => "other_browser",
             NhsLoginError::Denied(_) => "denied",
             NhsLoginError::NeedsInteraction(_) => "needs_interaction",
             NhsLoginError::Provider { .. } => "provider_error",
@@ -142,6 +148,17 @@ struct LoginState {
     /// Why it was started, when not by the user: `gp_refresh`.
     #[serde(default)]
     purpose: Option<String>,
+    /// SHA-256 (hex) of the browser's login cookie: the callback must come from the browser
+    /// that started the sign-in (no login CSRF).
+    binding: String,
+}
+
+fn binding_hash(binding: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(binding.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A sign-in started to fetch fresh GP credentials.
@@ -184,7 +201,9 @@ struct OAuthErrorBody {
 struct IdTokenClaims {
     sub: String,
     exp: i64,
-    iat: Option<i64>,
+    iat: i64,
+    aud: serde_json::Value,
+    azp: Option<String>,
     nonce: Option<String>,
     vot: Option<String>,
     jti: Option<String>,
@@ -214,13 +233,51 @@ struct Cached<T> {
     fetched: Instant,
 }
 
+/// A cached document from NHS login, and when fetching it last failed.
+struct Slot<T> {
+    cached: Option<Cached<T>>,
+    failed_at: Option<Instant>,
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Slot {
+            cached: None,
+            failed_at: None,
+        }
+    }
+}
+
+impl<T> Slot<T> {
+    /// Within the back-off after a failed fetch: callers use what is cached, or fail at once,
+    /// instead of each waiting out its own timeout.
+    fn backing_off(&self) -> bool {
+        self.failed_at
+            .is_some_and(|t| t.elapsed() < FETCH_FAILURE_BACKOFF)
+    }
+
+    fn stale(&self) -> Option<Arc<T>> {
+        self.cached.as_ref().map(|c| c.value.clone())
+    }
+
+    fn store(&mut self, value: T) -> Arc<T> {
+        let value = Arc::new(value);
+        self.cached = Some(Cached {
+            value: value.clone(),
+            fetched: Instant::now(),
+        });
+        self.failed_at = None;
+        value
+    }
+}
+
 pub struct NhsLogin {
     settings: Arc<NhsLoginSettings>,
     signing_key: EncodingKey,
     requested: Vec<Vector>,
     http: OnceLock<Result<reqwest::Client, String>>,
-    metadata: tokio::sync::Mutex<Option<Cached<Metadata>>>,
-    jwks: tokio::sync::Mutex<Option<Cached<JwkSet>>>,
+    metadata: tokio::sync::Mutex<Slot<Metadata>>,
+    jwks: tokio::sync::Mutex<Slot<JwkSet>>,
     sessions: session::Sessions,
     records: Records,
     clock: Arc<dyn Clock>,
@@ -255,8 +312,8 @@ impl NhsLogin {
             signing_key,
             requested,
             http: OnceLock::new(),
-            metadata: tokio::sync::Mutex::new(None),
-            jwks: tokio::sync::Mutex::new(None),
+            metadata: tokio::sync::Mutex::new(Slot::default()),
+            jwks: tokio::sync::Mutex::new(Slot::default()),
             records,
             clock,
         })
@@ -309,15 +366,32 @@ impl NhsLogin {
     }
 
     /// `{issuer}/.well-known/openid-configuration`, cached for an hour; its `issuer` must be the
-    /// configured one exactly.
+    /// configured one exactly. One fetch at a time; when NHS login is unreachable the last copy
+    /// is used, and for 5 s after a failure nobody waits on another fetch.
     async fn metadata(&self) -> Result<Arc<Metadata>, NhsLoginError> {
-        let mut cached = self.metadata.lock().await;
-        if let Some(c) = cached
+        let mut slot = self.metadata.lock().await;
+        if let Some(c) = slot
+            .cached
             .as_ref()
             .filter(|c| c.fetched.elapsed() < METADATA_TTL)
         {
             return Ok(c.value.clone());
         }
+        if slot.backing_off() {
+            return slot
+                .stale()
+                .ok_or_else(|| NhsLoginError::Unavailable("discovery failed moments ago".into()));
+        }
+        match self.fetch_metadata().await {
+            Ok(m) => Ok(slot.store(m)),
+            Err(e) => {
+                slot.failed_at = Some(Instant::now());
+                slot.stale().ok_or(e)
+            }
+        }
+    }
+
+    async fn fetch_metadata(&self) -> Result<Metadata, NhsLoginError> {
         let url = format!("{}/.well-known/openid-configuration", self.settings.issuer);
         let m: Metadata = self.get_json(&url, "discovery").await?;
         if m.issuer.trim_end_matches('/') != self.settings.issuer {
@@ -326,20 +400,16 @@ impl NhsLogin {
                 m.issuer
             )));
         }
-        let value = Arc::new(m);
-        *cached = Some(Cached {
-            value: value.clone(),
-            fetched: Instant::now(),
-        });
-        Ok(value)
+        Ok(m)
     }
 
     /// The key for `kid`, fetching the JWKS again (at most every 10 s) when the kid is unknown:
-    /// NHS login may rotate its keys.
+    /// NHS login may rotate its keys. A failed fetch keeps the keys already known.
     async fn key_for(&self, kid: &str, jwks_uri: &str) -> Result<DecodingKey, NhsLoginError> {
-        let mut cached = self.jwks.lock().await;
+        let mut slot = self.jwks.lock().await;
         let fresh_enough = |c: &Cached<JwkSet>| c.fetched.elapsed() < JWKS_TTL;
-        if let Some(jwk) = cached
+        if let Some(jwk) = slot
+            .cached
             .as_ref()
             .filter(|c| fresh_enough(c))
             .and_then(|c| c.value.find(kid).cloned())
@@ -347,19 +417,27 @@ impl NhsLogin {
             return DecodingKey::from_jwk(&jwk)
                 .map_err(|e| NhsLoginError::IdToken(format!("key `{kid}` is unusable: {e}")));
         }
-        let may_fetch = cached
-            .as_ref()
-            .is_none_or(|c| !fresh_enough(c) || c.fetched.elapsed() >= JWKS_REFETCH_MIN);
+        let may_fetch = !slot.backing_off()
+            && slot
+                .cached
+                .as_ref()
+                .is_none_or(|c| !fresh_enough(c) || c.fetched.elapsed() >= JWKS_REFETCH_MIN);
         if may_fetch {
-            let set: JwkSet = self.get_json(jwks_uri, "jwks").await?;
-            *cached = Some(Cached {
-                value: Arc::new(set),
-                fetched: Instant::now(),
-            });
+            match self.get_json::<JwkSet>(jwks_uri, "jwks").await {
+                Ok(set) => {
+                    slot.store(set);
+                }
+                Err(e) => {
+                    slot.failed_at = Some(Instant::now());
+                    if slot.cached.is_none() {
+                        return Err(e);
+                    }
+                }
+            }
         }
-        let jwk = cached
-            .as_ref()
-            .and_then(|c| c.value.find(kid).cloned())
+        let jwk = slot
+            .stale()
+            .and_then(|set| set.find(kid).cloned())
             .ok_or_else(|| NhsLoginError::IdToken(format!("signed with unknown key `{kid}`")))?;
         DecodingKey::from_jwk(&jwk)
             .map_err(|e| NhsLoginError::IdToken(format!("key `{kid}` is unusable: {e}")))
@@ -375,12 +453,14 @@ impl NhsLogin {
 
     /// Starts a sign-in: records the state and returns NHS login's authorize URL. With an
     /// asserted identity (from PKB or the NHS App) the sign-in is silent (`prompt=none`).
+    /// `binding` is the value of the browser's login cookie (see `web`).
     pub async fn start(
         &self,
         return_to: &RelativePath,
         asserted: Option<&str>,
+        binding: &str,
     ) -> Result<String, NhsLoginError> {
-        self.start_for(return_to, asserted, None).await
+        self.start_for(return_to, asserted, None, binding).await
     }
 
     /// A silent sign-in as the session's own user (pkb-edge asserts the identity itself), to
@@ -389,10 +469,16 @@ impl NhsLogin {
         &self,
         return_to: &RelativePath,
         session: &Session,
+        binding: &str,
     ) -> Result<String, NhsLoginError> {
         let assertion = self.assertion(session)?;
-        self.start_for(return_to, Some(&assertion), Some(PURPOSE_GP_REFRESH))
-            .await
+        self.start_for(
+            return_to,
+            Some(&assertion),
+            Some(PURPOSE_GP_REFRESH),
+            binding,
+        )
+        .await
     }
 
     async fn start_for(
@@ -400,6 +486,7 @@ impl NhsLogin {
         return_to: &RelativePath,
         asserted: Option<&str>,
         purpose: Option<&str>,
+        binding: &str,
     ) -> Result<String, NhsLoginError> {
         if let Some(a) = asserted {
             let jwt_like = !a.is_empty()
@@ -420,6 +507,7 @@ impl NhsLogin {
             return_to: return_to.as_str().to_string(),
             silent: asserted.is_some(),
             purpose: purpose.map(str::to_string),
+            binding: binding_hash(binding),
         };
         let expires_at = self.clock.now() + self.settings.login_ttl_secs;
         self.records
@@ -448,7 +536,13 @@ impl NhsLogin {
     }
 
     /// The callback: the state is spent whatever happens; then the error or the code.
-    pub async fn callback(&self, query: Option<&str>) -> Result<SignedIn, CallbackFailure> {
+    /// `binding`: the browser's login cookie; `previous`: the session the browser had, if any.
+    pub async fn callback(
+        &self,
+        query: Option<&str>,
+        binding: Option<&str>,
+        previous: Option<&Session>,
+    ) -> Result<SignedIn, CallbackFailure> {
         let mut params = std::collections::HashMap::new();
         for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
             params
@@ -471,6 +565,10 @@ impl NhsLogin {
             Ok(None) => return Err(fail(NhsLoginError::StateUnknown, None)),
             Err(e) => return Err(fail(e.into(), None)),
         };
+        if binding.map(binding_hash).as_deref() != Some(pending.binding.as_str()) {
+            // Started in another browser (or cookies are blocked): never sign this one in.
+            return Err(fail(NhsLoginError::OtherBrowser, None));
+        }
         let return_to = Some(pending.return_to.clone());
         let fail = |error, return_to: Option<String>| CallbackFailure {
             error,
@@ -502,7 +600,7 @@ impl NhsLogin {
                 return_to,
             ));
         };
-        match self.finish(code, &pending).await {
+        match self.finish(code, &pending, previous).await {
             Ok((session_id, session, gp_reason)) => Ok(SignedIn {
                 session_id,
                 session,
@@ -519,6 +617,7 @@ impl NhsLogin {
         &self,
         code: &str,
         pending: &LoginState,
+        previous: Option<&Session>,
     ) -> Result<(SessionId, Session, Option<&'static str>), NhsLoginError> {
         let metadata = self.metadata().await?;
         let now = self.clock.now();
@@ -590,13 +689,19 @@ impl NhsLogin {
             Some(v) => (Some(v.status), v.credentials),
             None => (None, None),
         };
+        // A refresh of GP credentials is not a new sign-in by the person: the 12-hour limit
+        // still counts from theirs.
+        let created_at = match previous {
+            Some(p) if pending.purpose.is_some() && p.sub == claims.sub => p.created_at,
+            _ => self.clock.now(),
+        };
         let session = Session {
             sub: claims.sub,
             nhs_number: userinfo.nhs_number,
             identity_proofing_level: userinfo.identity_proofing_level,
             id_token_jti: claims.jti.unwrap_or_default(),
             vot: claims.vot.unwrap_or_default(),
-            created_at: self.clock.now(),
+            created_at,
             gp_status,
             gp,
         };
@@ -625,7 +730,7 @@ impl NhsLogin {
         let mut validation = Validation::new(Algorithm::RS512);
         validation.set_issuer(&[metadata.issuer.as_str()]);
         validation.set_audience(&[self.settings.client_id.as_str()]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub", "iat"]);
         // Times are checked below against pkb-edge's clock, so tests can move it.
         validation.validate_exp = false;
         let claims = jsonwebtoken::decode::<IdTokenClaims>(token, &key, &validation)
@@ -635,9 +740,15 @@ impl NhsLogin {
         if claims.exp + skew <= now {
             return Err(NhsLoginError::IdToken("expired (`exp`)".into()));
         }
-        if claims.iat.is_some_and(|iat| iat > now + skew) {
+        if claims.iat > now + skew {
             return Err(NhsLoginError::IdToken(
                 "issued in the future (`iat`)".into(),
+            ));
+        }
+        let several_audiences = claims.aud.as_array().is_some_and(|a| a.len() > 1);
+        if several_audiences && claims.azp.as_deref() != Some(self.settings.client_id.as_str()) {
+            return Err(NhsLoginError::IdToken(
+                "several audiences and `azp` is not this client".into(),
             ));
         }
         if claims.nonce.as_deref() != Some(pending.nonce.as_str()) {

@@ -102,15 +102,10 @@ impl Sessions {
         Ok(Some(session))
     }
 
-    /// Writes a changed session under the same id, keeping its expiry; false if it is gone.
+    /// Writes a changed session under the same id, keeping its expiry; false if it is gone
+    /// (a sign-out meanwhile stays a sign-out).
     pub async fn replace(&self, id: &str, session: &Session) -> Result<bool, StoreError> {
-        let Some(record) = self.records.get::<Session>(RecordKind::Session, id).await? else {
-            return Ok(false);
-        };
-        self.records
-            .put(RecordKind::Session, id, session, record.expires_at)
-            .await?;
-        Ok(true)
+        self.records.update(RecordKind::Session, id, session).await
     }
 
     pub async fn end(&self, id: &str) -> Result<bool, StoreError> {
@@ -213,7 +208,16 @@ mod tests {
     async fn ended_and_unknown_sessions_are_absent() {
         let f = fixture().await;
         let id = f.sessions.create(&session(f.clock.now())).await.unwrap();
+        let mut changed = session(f.clock.now());
+        changed.vot = "P9.Cm".into();
+        assert!(f.sessions.replace(&id.0, &changed).await.unwrap());
+        assert_eq!(f.sessions.get(&id.0).await.unwrap().unwrap().vot, "P9.Cm");
         assert!(f.sessions.end(&id.0).await.unwrap());
+        assert!(f.sessions.get(&id.0).await.unwrap().is_none());
+        assert!(
+            !f.sessions.replace(&id.0, &changed).await.unwrap(),
+            "a replace never brings an ended session back"
+        );
         assert!(f.sessions.get(&id.0).await.unwrap().is_none());
         assert!(f
             .sessions

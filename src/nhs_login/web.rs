@@ -100,13 +100,19 @@ pub fn session_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 /// The `Cookie` header without pkb-edge's session cookie (the upstream never sees it), or
 /// `None` when nothing else is left.
 pub fn cookies_without(headers: &HeaderMap, name: &str) -> Option<String> {
+    let login = format!("{name}-login");
     let kept: Vec<&str> = headers
         .get_all(http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .map(str::trim)
-        .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(k, _)| k != name))
+        .filter(|pair| {
+            !pair.is_empty()
+                && pair
+                    .split_once('=')
+                    .is_none_or(|(k, _)| k != name && k != login)
+        })
         .collect();
     (!kept.is_empty()).then(|| kept.join("; "))
 }
@@ -114,7 +120,7 @@ pub fn cookies_without(headers: &HeaderMap, name: &str) -> Option<String> {
 /// `path?query` without the asserted identity (and the `prompt` that may come with it).
 fn without_assertion(path: &str, query: Option<&str>) -> String {
     let kept: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-        .filter(|(k, _)| k != ASSERTED_PARAM)
+        .filter(|(k, _)| k != ASSERTED_PARAM && k != "prompt")
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     if kept.is_empty() {
@@ -129,6 +135,27 @@ fn without_assertion(path: &str, query: Option<&str>) -> String {
 impl NhsWeb {
     fn cookie_name(&self) -> &str {
         &self.nhs.settings().cookie_name
+    }
+
+    /// The login cookie: binds a sign-in's `state` to the browser that started it. One per
+    /// browser (reused by every sign-in it starts, so tabs do not undo each other).
+    pub fn login_cookie_name(&self) -> String {
+        format!("{}-login", self.cookie_name())
+    }
+
+    fn binding(&self, headers: &HeaderMap) -> (String, Option<String>) {
+        let name = self.login_cookie_name();
+        match session_cookie(headers, &name).filter(|b| crate::pairing::state_is_well_formed(b)) {
+            Some(existing) => (existing, None),
+            None => {
+                let fresh = crate::pairing::random_token();
+                let set = format!(
+                    "{name}={fresh}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age={}",
+                    self.nhs.settings().login_ttl_secs
+                );
+                (fresh, Some(set))
+            }
+        }
     }
 
     fn set_cookie(&self, id: &str) -> String {
@@ -153,6 +180,7 @@ impl NhsWeb {
     /// Off to NHS login; on failure, the page that says why.
     async fn sign_in(
         &self,
+        headers: &HeaderMap,
         return_to: &RelativePath,
         asserted: Option<&str>,
         format: Format,
@@ -162,8 +190,15 @@ impl NhsWeb {
         } else {
             "login"
         };
-        match self.nhs.start(return_to, asserted).await {
-            Ok(url) => (Reply::redirect(url), step(name, "started", None)),
+        let (binding, set_binding) = self.binding(headers);
+        match self.nhs.start(return_to, asserted, &binding).await {
+            Ok(url) => {
+                let mut reply = Reply::redirect(url);
+                if let Some(set) = set_binding {
+                    reply = reply.with_header("Set-Cookie", set);
+                }
+                (reply, step(name, "started", None))
+            }
             Err(e) => (
                 self.error_page(&e, format, return_to.as_str()),
                 refused(name, &e, None),
@@ -177,6 +212,7 @@ impl NhsWeb {
         method: &http::Method,
         path: &str,
         query: Option<&str>,
+        headers: &HeaderMap,
         format: Format,
         session: Result<Option<&Session>, &crate::store::StoreError>,
     ) -> Option<(Reply, Step)> {
@@ -187,7 +223,10 @@ impl NhsWeb {
                 // (the person at the browser may have changed).
                 let return_to = relative_path::parse(&without_assertion(path, query))
                     .unwrap_or_else(|_| root());
-                return Some(self.sign_in(&return_to, Some(&asserted), format).await);
+                return Some(
+                    self.sign_in(headers, &return_to, Some(&asserted), format)
+                        .await,
+                );
             }
         }
         let session = match session {
@@ -207,7 +246,7 @@ impl NhsWeb {
         };
         let return_to = relative_path::parse(&here).unwrap_or_else(|_| root());
         if readable && format == Format::Html {
-            return Some(self.sign_in(&return_to, None, format).await);
+            return Some(self.sign_in(headers, &return_to, None, format).await);
         }
         let reply = Reply::message(
             401,
@@ -226,7 +265,12 @@ impl NhsWeb {
     }
 
     /// `GET {prefix}/nhs/login?return_to=REL[&assertedLoginIdentity=…]`
-    pub async fn login(&self, query: Option<&str>, format: Format) -> (Reply, Step) {
+    pub async fn login(
+        &self,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        format: Format,
+    ) -> (Reply, Step) {
         let return_to = match query_param(query, "return_to") {
             None => root(),
             Some(r) => match relative_path::parse(&r) {
@@ -238,7 +282,8 @@ impl NhsWeb {
             },
         };
         let asserted = query_param(query, ASSERTED_PARAM);
-        self.sign_in(&return_to, asserted.as_deref(), format).await
+        self.sign_in(headers, &return_to, asserted.as_deref(), format)
+            .await
     }
 
     /// `GET {prefix}/nhs/callback`. A new session replaces the browser's old one.
@@ -246,9 +291,11 @@ impl NhsWeb {
         &self,
         query: Option<&str>,
         headers: &HeaderMap,
+        previous: Option<&Session>,
         format: Format,
     ) -> (Reply, Step) {
-        match self.nhs.callback(query).await {
+        let binding = session_cookie(headers, &self.login_cookie_name());
+        match self.nhs.callback(query, binding.as_deref(), previous).await {
             Ok(signed_in) => {
                 if let Some(old) = session_cookie(headers, self.cookie_name()) {
                     if let Err(e) = self.nhs.sessions().end(&old).await {
@@ -283,7 +330,7 @@ impl NhsWeb {
                 s.gp_refresh = refreshing.then_some("failed");
                 if let NhsLoginError::NeedsInteraction(_) = failure.error {
                     // Silent sign-in was refused: once, interactively.
-                    let (reply, _) = self.sign_in(&return_to, None, format).await;
+                    let (reply, _) = self.sign_in(headers, &return_to, None, format).await;
                     s.name = "callback_silent";
                     return (reply, s);
                 }
@@ -348,12 +395,31 @@ impl NhsWeb {
         &self,
         path_and_query: &str,
         query: Option<&str>,
+        headers: &HeaderMap,
         session: Option<&Session>,
         format: Format,
     ) -> (Reply, Step) {
+        // A plain GET link, so a cross-site page must not be able to send a signed-in user
+        // into PKB: the browser says where the request came from.
+        let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        if site.is_some_and(|s| s != "same-origin" && s != "none") {
+            let mut s = step("launch_pkb", "cross_site", session);
+            s.refused = true;
+            s.reason = Some("not sent by this site's own pages (Sec-Fetch-Site)".into());
+            return (Reply::cross_site(format), s);
+        }
         let path = match query_param(query, "path") {
             None => root(),
-            Some(p) => match relative_path::parse(&p) {
+            Some(p) => match relative_path::parse(&p).map_err(|why| why.to_string()).and_then(|p| {
+                let own = |k: &str| k == ASSERTED_PARAM || k == "prompt";
+                let clashes = form_urlencoded::parse(p.query().unwrap_or_default().as_bytes())
+                    .any(|(k, _)| own(&k));
+                if clashes {
+                    Err("must not carry `assertedLoginIdentity` or `prompt`: pkb-edge sets them".to_string())
+                } else {
+                    Ok(p)
+                }
+            }) {
                 Ok(p) => p,
                 Err(why) => {
                     let e = NhsLoginError::BadRequest(format!("`path` {why}"));
@@ -367,7 +433,7 @@ impl NhsWeb {
         let Some(session) = session else {
             // Sign in first, then carry on into PKB.
             let here = relative_path::parse(path_and_query).unwrap_or_else(|_| root());
-            return self.sign_in(&here, None, format).await;
+            return self.sign_in(headers, &here, None, format).await;
         };
         match self.nhs.pkb_url(&self.pkb_base, &path, session) {
             Ok(url) => (
@@ -390,15 +456,21 @@ impl NhsWeb {
         session_id: &str,
         session: &Session,
         return_to: &str,
+        headers: &HeaderMap,
         format: Format,
     ) -> (Reply, Step) {
         let return_to = relative_path::parse(return_to).unwrap_or_else(|_| root());
+        let (binding, set_binding) = self.binding(headers);
         let give_up = match self.nhs.may_refresh_gp(&session.sub).await {
-            Ok(true) => match self.nhs.start_refresh(&return_to, session).await {
+            Ok(true) => match self.nhs.start_refresh(&return_to, session, &binding).await {
                 Ok(url) => {
                     let mut s = step("gp_refresh", "started", Some(session));
                     s.gp_refresh = Some("started");
-                    return (Reply::redirect(url), s);
+                    let mut reply = Reply::redirect(url);
+                    if let Some(set) = set_binding {
+                        reply = reply.with_header("Set-Cookie", set);
+                    }
+                    return (reply, s);
                 }
                 Err(e) => e,
             },
@@ -457,6 +529,14 @@ impl NhsWeb {
                 "state_unknown",
                 "This sign-in has expired",
                 "The sign-in link was already used, has expired, or was opened in another browser.".into(),
+                Some(("Sign in again", retry.clone())),
+                None,
+            ),
+            NhsLoginError::OtherBrowser => msg(
+                400,
+                "other_browser",
+                "Sign in from this browser",
+                "This sign-in was started in another browser, or this browser is blocking cookies. This service needs cookies to keep you signed in.".into(),
                 Some(("Sign in again", retry.clone())),
                 None,
             ),

@@ -181,6 +181,14 @@ pub trait PairingStore: Send + Sync + 'static {
         expires_at: i64,
         now: i64,
     ) -> Result<bool, StoreError>;
+    /// Replaces a live record's content (its expiry stays); false if it is gone, so a record
+    /// deleted meanwhile is never brought back.
+    async fn update_record(
+        &self,
+        kind: RecordKind,
+        record: SealedRecord,
+        now: i64,
+    ) -> Result<bool, StoreError>;
     async fn delete_record(&self, kind: RecordKind, id_hash: &[u8]) -> Result<bool, StoreError>;
     /// Counts one more event for `id_hash` in a fixed window of `window_secs` that starts at its
     /// first event; returns the count in the current window (1 for the first). Atomic across

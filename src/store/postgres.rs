@@ -690,6 +690,29 @@ impl PairingStore for PostgresPairingStore {
         Ok(n == 1)
     }
 
+    async fn update_record(
+        &self,
+        kind: RecordKind,
+        record: SealedRecord,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        let n = conn
+            .execute(
+                "UPDATE records SET key_id = $1, sealed = $2
+                 WHERE kind = $3 AND id_hash = $4 AND expires_at > $5",
+                &[
+                    &record.key_id,
+                    &record.sealed,
+                    &kind.as_str(),
+                    &record.id_hash,
+                    &now,
+                ],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
     async fn delete_record(&self, kind: RecordKind, id_hash: &[u8]) -> Result<bool, StoreError> {
         let conn = self.conn().await?;
         let n = conn

@@ -82,6 +82,27 @@ impl Records {
             .await
     }
 
+    /// Replaces a live record's content, keeping its expiry; false if it is gone.
+    pub async fn update<T: Serialize>(
+        &self,
+        kind: RecordKind,
+        id: &str,
+        value: &T,
+    ) -> Result<bool, StoreError> {
+        let id_hash = id_hash(kind, id);
+        let plain = serde_json::to_vec(value)
+            .map_err(|e| StoreError::Config(format!("cannot encode a {}: {e}", kind.as_str())))?;
+        let record = SealedRecord {
+            sealed: self.keyring.seal(&plain, &aad(kind, &id_hash)),
+            key_id: self.keyring.primary_id().to_string(),
+            id_hash,
+            expires_at: 0,
+        };
+        self.backend
+            .update_record(kind, record, self.clock.now())
+            .await
+    }
+
     pub async fn get<T: DeserializeOwned>(
         &self,
         kind: RecordKind,

@@ -509,6 +509,28 @@ impl PairingStore for SqlitePairingStore {
         .await
     }
 
+    async fn update_record(
+        &self,
+        kind: RecordKind,
+        record: SealedRecord,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.with(move |c| {
+            Ok(c.prepare_cached(
+                "UPDATE records SET key_id = ?1, sealed = ?2
+                 WHERE kind = ?3 AND id_hash = ?4 AND expires_at > ?5",
+            )?
+            .execute(params![
+                record.key_id,
+                record.sealed,
+                kind.as_str(),
+                record.id_hash,
+                now
+            ])? == 1)
+        })
+        .await
+    }
+
     async fn delete_record(&self, kind: RecordKind, id_hash: &[u8]) -> Result<bool, StoreError> {
         let id_hash = id_hash.to_vec();
         self.with(move |c| {

@@ -72,11 +72,28 @@ fn existing_key(public: &str) -> String {
 /// `name=value` of the session cookie a response sets, after checking its attributes.
 pub fn session_cookie(r: &reqwest::Response) -> String {
     let set = header(r.headers(), "set-cookie");
-    assert!(set.starts_with("pkb_edge_session="), "{set}");
+    let set = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("__Host-pkb-edge-session="))
+        .unwrap_or_else(|| panic!("no session cookie set: {set}"));
     for attribute in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/"] {
         assert!(set.contains(attribute), "{attribute} missing: {set}");
     }
     set.split(';').next().unwrap().to_string()
+}
+
+/// `name=value` of the login cookie a sign-in's start sets (it ties the callback to this
+/// browser), if it sets one.
+pub fn login_cookie(r: &reqwest::Response) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("__Host-pkb-edge-session-login="))
+        .map(|v| v.split(';').next().unwrap().to_string())
 }
 
 /// Plays the person at NHS login's page: loads it, then continues as `user` or declines.
