@@ -73,8 +73,15 @@ fn next_version(tx: &rusqlite::Transaction<'_>) -> Result<i64, StoreError> {
 
 pub struct SqlitePairingStore {
     conn: Arc<Mutex<Connection>>,
+    /// Query-only connections for the per-request point reads (a pairing, its version, a
+    /// session), run on the caller's thread: see `read`.
+    readers: Vec<Mutex<Connection>>,
     path: std::path::PathBuf,
 }
+
+/// Read-only connections beside the one that writes; more than the runtime's threads, so a
+/// free one is almost always there.
+const READERS: usize = 4;
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -86,11 +93,18 @@ impl SqlitePairingStore {
     pub async fn open(path: &str) -> Result<Self, StoreError> {
         let path = std::path::PathBuf::from(path);
         let at = path.clone();
-        let conn = tokio::task::spawn_blocking(move || Self::open_blocking(&at))
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+        let (conn, readers) = tokio::task::spawn_blocking(move || {
+            let conn = Self::open_blocking(&at)?;
+            let readers = (0..READERS)
+                .map(|_| Self::open_reader(&at).map(Mutex::new))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            Ok::<_, StoreError>((conn, readers))
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))??;
         Ok(SqlitePairingStore {
             conn: Arc::new(Mutex::new(conn)),
+            readers,
             path,
         })
     }
@@ -112,6 +126,32 @@ impl SqlitePairingStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         migrate(&mut conn)?;
         Ok(conn)
+    }
+
+    /// A query-only connection to the (already migrated) store.
+    fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+        let conn = Connection::open(path).map_err(|e| {
+            StoreError::Config(format!("store.url: cannot open {}: {e}", path.display()))
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "query_only", true)?;
+        Ok(conn)
+    }
+
+    /// A point read on the calling thread, on a free read-only connection. An indexed look-up
+    /// of a few cached pages takes microseconds: less than handing it to a blocking thread and
+    /// back (two thread wake-ups), which is what a cold launch paid before. When every reader is
+    /// busy, the read queues on the blocking pool like any other query.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        for reader in &self.readers {
+            if let Some(conn) = reader.try_lock() {
+                return f(&conn);
+            }
+        }
+        self.with(move |c| f(c)).await
     }
 
     async fn with<T: Send + 'static>(
@@ -168,12 +208,12 @@ fn select(conn: &Connection, user_id: &str) -> Result<Option<SealedPairing>, Sto
 impl PairingStore for SqlitePairingStore {
     async fn get(&self, user_id: &str) -> Result<Option<SealedPairing>, StoreError> {
         let user_id = user_id.to_string();
-        self.with(move |c| select(c, &user_id)).await
+        self.read(move |c| select(c, &user_id)).await
     }
 
     async fn version(&self, user_id: &str) -> Result<Option<i64>, StoreError> {
         let user_id = user_id.to_string();
-        self.with(move |c| {
+        self.read(move |c| {
             let mut stmt = c.prepare_cached("SELECT version FROM pairings WHERE user_id = ?1")?;
             Ok(stmt.query_row([user_id], |r| r.get(0)).optional()?)
         })
@@ -459,7 +499,7 @@ impl PairingStore for SqlitePairingStore {
         now: i64,
     ) -> Result<Option<SealedRecord>, StoreError> {
         let id_hash = id_hash.to_vec();
-        self.with(move |c| {
+        self.read(move |c| {
             Ok(c.prepare_cached(
                 "SELECT id_hash, key_id, sealed, expires_at FROM records
                  WHERE kind = ?1 AND id_hash = ?2 AND expires_at > ?3",
