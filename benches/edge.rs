@@ -519,7 +519,75 @@ async fn big_store(db: &Path, keys: &str, prefix: &str, size: usize, real: &[Tok
     store.import_tokens(&batch).await.unwrap();
 }
 
+/// A Pingora proxy with no logic at all (default settings, `threads` as pkb-edge's): what any
+/// proxy built on Pingora costs on this machine, the floor for pkb-edge's passthrough. It runs
+/// in a copy of this bench binary started with `BARE_PINGORA` = `LISTEN|UPSTREAM`.
+struct BarePingora {
+    upstream: SocketAddr,
+}
+
+const BARE_PINGORA: &str = "PKB_EDGE_BENCH_BARE_PINGORA";
+
+#[async_trait::async_trait]
+impl pingora::proxy::ProxyHttp for BarePingora {
+    type CTX = ();
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut pingora::proxy::Session,
+        _ctx: &mut (),
+    ) -> pingora::Result<Box<pingora::upstreams::peer::HttpPeer>> {
+        Ok(Box::new(pingora::upstreams::peer::HttpPeer::new(
+            self.upstream,
+            false,
+            String::new(),
+        )))
+    }
+}
+
+fn run_bare_pingora(spec: &str) -> ! {
+    let (listen, upstream) = spec.split_once('|').expect("LISTEN|UPSTREAM");
+    let conf = pingora::server::configuration::ServerConf {
+        threads: env_or("PKB_EDGE_BENCH_THREADS", 2),
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..Default::default()
+    };
+    let mut server = pingora::server::Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut service = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        BarePingora {
+            upstream: upstream.parse().expect("upstream address"),
+        },
+    );
+    service.add_tcp(listen);
+    server.add_service(service);
+    server.run_forever()
+}
+
+/// The bare Pingora proxy, started as a child process.
+fn start_bare_pingora(upstream: SocketAddr) -> Edge {
+    let port = free_port();
+    let child = Command::new(std::env::current_exe().unwrap())
+        .env(BARE_PINGORA, format!("127.0.0.1:{port}|{upstream}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let startup = wait_listening(port, "bare Pingora");
+    Edge {
+        process: Killed(child),
+        port,
+        startup,
+    }
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var(BARE_PINGORA) {
+        run_bare_pingora(&spec);
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     if Command::new("wrk").arg("--version").output().is_err() {
         eprintln!("edge bench: wrk is not installed (scripts/setup.sh --bench installs wrk and nginx); skipped");
@@ -619,6 +687,7 @@ fn main() {
         },
         &common,
     );
+    let bare = start_bare_pingora(upstream);
     let nginx = Nginx::start(d, upstream, sim_addr);
     if nginx.is_none() {
         eprintln!("nginx is not installed: the nginx rows are left out (scripts/setup.sh --bench)");
@@ -685,6 +754,7 @@ fn main() {
             refresh.pids(),
         ),
         ("small page direct", up_url("/"), &small, direct()),
+        ("small page via bare Pingora", bare.url("/"), &small, bare.pids()),
         ("small page via pkb-edge", hot.url("/"), &small, hot.pids()),
         (
             "small page via pkb-edge + decoration",
@@ -812,7 +882,7 @@ fn main() {
             .map(|(_, m)| m.clone())
     };
     // (label, variant, against, p99 rather than throughput)
-    const RATIOS: [(&str, &str, &str, bool); 7] = [
+    const RATIOS: [(&str, &str, &str, bool); 9] = [
         (
             "launch via pkb-edge / via nginx, throughput",
             "launch via pkb-edge",
@@ -841,6 +911,18 @@ fn main() {
             "small page via pkb-edge / via nginx, throughput",
             "small page via pkb-edge",
             "small page via nginx",
+            false,
+        ),
+        (
+            "small page via bare Pingora / via nginx, throughput",
+            "small page via bare Pingora",
+            "small page via nginx",
+            false,
+        ),
+        (
+            "small page via pkb-edge / via bare Pingora, throughput",
+            "small page via pkb-edge",
+            "small page via bare Pingora",
             false,
         ),
         (
