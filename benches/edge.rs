@@ -754,7 +754,12 @@ fn main() {
             refresh.pids(),
         ),
         ("small page direct", up_url("/"), &small, direct()),
-        ("small page via bare Pingora", bare.url("/"), &small, bare.pids()),
+        (
+            "small page via bare Pingora",
+            bare.url("/"),
+            &small,
+            bare.pids(),
+        ),
         ("small page via pkb-edge", hot.url("/"), &small, hot.pids()),
         (
             "small page via pkb-edge + decoration",

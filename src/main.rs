@@ -314,11 +314,7 @@ fn run_demo(listen: &str) -> ExitCode {
         eprintln!("demo: {what}: {e}");
         ExitCode::from(1)
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match demo_runtime() {
         Ok(r) => r,
         Err(e) => return fail("cannot start a runtime", &e),
     };
@@ -351,10 +347,10 @@ fn run_demo(listen: &str) -> ExitCode {
     runtime.spawn(async move { axum::serve(ehr_l, demo::sample_ehr(demo_patients())).await });
     runtime.spawn(async move { axum::serve(front_l, front).await });
 
-    let state_dir = std::env::temp_dir().join(format!("pkb-edge-demo-{}", std::process::id()));
-    if let Err(e) = std::fs::create_dir_all(&state_dir) {
-        return fail("cannot create the demo's state directory", &e);
-    }
+    let state_dir = match demo_state_dir() {
+        Ok(d) => d,
+        Err(e) => return fail("cannot create the demo's state directory", &e),
+    };
     let config_text = format!(
         r#"
 listen = "{proxy_addr}"
@@ -386,11 +382,7 @@ file = "{audit}"
         audit = state_dir.join("audit.log").display(),
         keys = Keyring::generate_line("demo"),
     );
-    let config = match Config::parse(&config_text, &ProcessEnv) {
-        Ok(c) => c,
-        Err(e) => return fail("the demo's own configuration is invalid", &e),
-    };
-    let server = match pkb_edge::service::build_server(&config, Default::default()) {
+    let server = match demo_server(&config_text) {
         Ok(s) => s,
         Err(e) => return fail("cannot start the proxy", &e),
     };
@@ -408,6 +400,28 @@ file = "{audit}"
 }
 
 const USER_HEADER: &str = "X-Authenticated-User";
+
+/// The runtime the demo's simulators and sample apps run on (the proxy has its own).
+fn demo_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+/// Where a demo keeps its store, audit log and keys: one directory per run.
+fn demo_state_dir() -> std::io::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("pkb-edge-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// The proxy for a demo's own configuration.
+fn demo_server(config_text: &str) -> Result<pingora::server::Server, String> {
+    let config = Config::parse(config_text, &ProcessEnv)
+        .map_err(|e| format!("the demo's own configuration is invalid: {e}"))?;
+    pkb_edge::service::build_server(&config, Default::default()).map_err(|e| e.to_string())
+}
 
 /// `keygen --nhs-login --out FILE`: the private key to FILE (0600, never overwritten), the
 /// public key to stdout.
@@ -449,11 +463,7 @@ fn run_portal_demo(listen: &str) -> ExitCode {
         eprintln!("demo: {what}: {e}");
         ExitCode::from(1)
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match demo_runtime() {
         Ok(r) => r,
         Err(e) => return fail("cannot start a runtime", &e),
     };
@@ -492,10 +502,10 @@ fn run_portal_demo(listen: &str) -> ExitCode {
     runtime.spawn(op.clone().serve(op_l));
     runtime.spawn(async move { axum::serve(portal_l, demo::sample_portal()).await });
 
-    let state_dir = std::env::temp_dir().join(format!("pkb-edge-demo-{}", std::process::id()));
-    if let Err(e) = std::fs::create_dir_all(&state_dir) {
-        return fail("cannot create the demo's state directory", &e);
-    }
+    let state_dir = match demo_state_dir() {
+        Ok(d) => d,
+        Err(e) => return fail("cannot create the demo's state directory", &e),
+    };
     let key_file = state_dir.join("nhs_login_rp.pem");
     if let Err(e) = std::fs::write(&key_file, rp_key) {
         return fail("cannot write the demo's NHS login key", &e);
@@ -532,11 +542,7 @@ file = "{audit}"
         audit = state_dir.join("audit.log").display(),
         keys = Keyring::generate_line("demo"),
     );
-    let config = match Config::parse(&config_text, &ProcessEnv) {
-        Ok(c) => c,
-        Err(e) => return fail("the demo's own configuration is invalid", &e),
-    };
-    let server = match pkb_edge::service::build_server(&config, Default::default()) {
+    let server = match demo_server(&config_text) {
         Ok(s) => s,
         Err(e) => return fail("cannot start the proxy", &e),
     };

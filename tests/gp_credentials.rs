@@ -96,18 +96,9 @@ async fn sign_in(p: &Proxy, user: usize) -> String {
 
 /// The x-gp-* headers the upstream received.
 async fn gp_headers(r: reqwest::Response) -> Vec<(String, String)> {
-    assert_eq!(r.status(), 200);
-    let body: serde_json::Value = r.json().await.unwrap();
-    body["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p[0].as_str().unwrap().to_string(),
-                p[1].as_str().unwrap().to_string(),
-            )
-        })
+    let (_, headers) = upstream_saw(r).await;
+    headers
+        .into_iter()
         .filter(|(k, _)| k.starts_with("x-gp-"))
         .collect()
 }

@@ -91,24 +91,6 @@ fn jwt_claims(token: &str) -> serde_json::Value {
     serde_json::from_slice(&B64URL.decode(payload).unwrap()).unwrap()
 }
 
-/// The headers the upstream received, from the echo upstream's answer.
-async fn upstream_saw(r: reqwest::Response) -> (String, Vec<(String, String)>) {
-    assert_eq!(r.status(), 200);
-    let body: serde_json::Value = r.json().await.unwrap();
-    let headers = body["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p[0].as_str().unwrap().to_string(),
-                p[1].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    (body["uri"].as_str().unwrap().to_string(), headers)
-}
-
 fn values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
     headers
         .iter()

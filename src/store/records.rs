@@ -68,15 +68,7 @@ impl Records {
         value: &T,
         expires_at: i64,
     ) -> Result<(), StoreError> {
-        let id_hash = id_hash(kind, id);
-        let plain = serde_json::to_vec(value)
-            .map_err(|e| StoreError::Config(format!("cannot encode a {}: {e}", kind.as_str())))?;
-        let record = SealedRecord {
-            sealed: self.keyring.seal(&plain, &aad(kind, &id_hash)),
-            key_id: self.keyring.primary_id().to_string(),
-            id_hash,
-            expires_at,
-        };
+        let record = self.seal(kind, id, value, expires_at)?;
         self.backend
             .put_record(kind, record, self.clock.now())
             .await
@@ -89,15 +81,8 @@ impl Records {
         id: &str,
         value: &T,
     ) -> Result<bool, StoreError> {
-        let id_hash = id_hash(kind, id);
-        let plain = serde_json::to_vec(value)
-            .map_err(|e| StoreError::Config(format!("cannot encode a {}: {e}", kind.as_str())))?;
-        let record = SealedRecord {
-            sealed: self.keyring.seal(&plain, &aad(kind, &id_hash)),
-            key_id: self.keyring.primary_id().to_string(),
-            id_hash,
-            expires_at: 0,
-        };
+        // The stored expiry stays; this one is not written.
+        let record = self.seal(kind, id, value, 0)?;
         self.backend
             .update_record(kind, record, self.clock.now())
             .await
@@ -159,6 +144,24 @@ impl Records {
         self.backend
             .count_in_window(kind, &h.finalize(), self.clock.now(), window_secs)
             .await
+    }
+
+    fn seal<T: Serialize>(
+        &self,
+        kind: RecordKind,
+        id: &str,
+        value: &T,
+        expires_at: i64,
+    ) -> Result<SealedRecord, StoreError> {
+        let id_hash = id_hash(kind, id);
+        let plain = serde_json::to_vec(value)
+            .map_err(|e| StoreError::Config(format!("cannot encode a {}: {e}", kind.as_str())))?;
+        Ok(SealedRecord {
+            sealed: self.keyring.seal(&plain, &aad(kind, &id_hash)),
+            key_id: self.keyring.primary_id().to_string(),
+            id_hash,
+            expires_at,
+        })
     }
 
     fn open<T: DeserializeOwned>(&self, kind: RecordKind, row: SealedRecord) -> Option<Record<T>> {

@@ -756,6 +756,24 @@ pub async fn landing_of(launch: &reqwest::Response) -> pkb_edge::sim::LoginView 
         .unwrap()
 }
 
+/// What the echo upstream received: the request URI and its headers, in order.
+pub async fn upstream_saw(r: reqwest::Response) -> (String, Vec<(String, String)>) {
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let headers = body["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().to_string(),
+                p[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    (body["uri"].as_str().unwrap().to_string(), headers)
+}
+
 /// A header's value as text.
 pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
     headers
