@@ -92,6 +92,7 @@ impl Steps {
 /// session; `None` (skipped) when Chromium is not installed outside CI.
 struct Session {
     _demo: Killed,
+    _state: tempfile::TempDir,
     _driver: Killed,
     _profile: tempfile::TempDir,
     url: String,
@@ -109,10 +110,13 @@ fn start_session(extra: &[&str], screenshots: &str) -> Option<Session> {
         return None;
     }
     let port = free_port();
+    // The demo keeps its state under the temp directory: this test's own, removed afterwards.
+    let state = tempfile::tempdir().unwrap();
     let demo_log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{screenshots}.log"));
     let mut demo = Command::new(env!("CARGO_BIN_EXE_pkb-edge"))
         .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
         .args(extra)
+        .env("TMPDIR", state.path())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&demo_log).unwrap())
         .spawn()
@@ -177,6 +181,7 @@ fn start_session(extra: &[&str], screenshots: &str) -> Option<Session> {
     });
     Some(Session {
         _demo: demo,
+        _state: state,
         _driver: driver,
         _profile: profile,
         url,
