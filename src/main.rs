@@ -130,6 +130,21 @@ enum Command {
         client_secret: String,
         #[arg(long, default_value_t = 1800)]
         access_token_lifetime_secs: i64,
+        /// Also run the NHS login simulator on this address (its issuer is http://ADDR).
+        #[arg(long)]
+        nhs_login: Option<String>,
+        /// A relying party to register with the NHS login simulator: its client id...
+        #[arg(long, requires_all = ["nhs_login", "nhs_rp_public_key", "nhs_rp_redirect_uri"])]
+        nhs_rp_client_id: Option<String>,
+        /// ...its public key (PEM, as `keygen --nhs-login` prints it)...
+        #[arg(long, requires = "nhs_rp_client_id")]
+        nhs_rp_public_key: Option<std::path::PathBuf>,
+        /// ...and its redirect URI(s).
+        #[arg(long, requires = "nhs_rp_client_id")]
+        nhs_rp_redirect_uri: Vec<String>,
+        /// Where the simulated PKB's pages link back to, with an `assertedLoginIdentity`.
+        #[arg(long, requires = "nhs_login")]
+        portal_url: Option<String>,
     },
 }
 
@@ -271,6 +286,11 @@ fn main() -> ExitCode {
             client_id,
             client_secret,
             access_token_lifetime_secs,
+            nhs_login,
+            nhs_rp_client_id,
+            nhs_rp_public_key,
+            nhs_rp_redirect_uri,
+            portal_url,
         } => {
             init_logging(log_format);
             let sim = Simulator::new(SimConfig {
@@ -279,6 +299,33 @@ fn main() -> ExitCode {
                 access_token_lifetime_secs,
                 ..SimConfig::default()
             });
+            let rp = match (nhs_rp_client_id, nhs_rp_public_key) {
+                (Some(client_id), Some(key_file)) => {
+                    let pem = match std::fs::read_to_string(&key_file) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            eprintln!(
+                                "--nhs-rp-public-key: cannot read {}: {e}",
+                                key_file.display()
+                            );
+                            return ExitCode::from(2);
+                        }
+                    };
+                    if jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).is_err() {
+                        eprintln!(
+                            "--nhs-rp-public-key: {} is not an RSA public key in PEM",
+                            key_file.display()
+                        );
+                        return ExitCode::from(2);
+                    }
+                    Some(pkb_edge::sim::nhs::RegisteredClient {
+                        client_id,
+                        public_key_pem: pem,
+                        redirect_uris: nhs_rp_redirect_uri,
+                    })
+                }
+                _ => None,
+            };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
                 Err(e) => {
@@ -294,6 +341,30 @@ fn main() -> ExitCode {
                         return ExitCode::from(1);
                     }
                 };
+                if let Some(addr) = nhs_login {
+                    let op_listener = match tokio::net::TcpListener::bind(&addr).await {
+                        Ok(l) => l,
+                        Err(e) => {
+                            eprintln!("cannot listen on {addr}: {e}");
+                            return ExitCode::from(1);
+                        }
+                    };
+                    let op = pkb_edge::sim::nhs::NhsLoginSim::new(
+                        &format!("http://{addr}"),
+                        pkb_edge::sim::nhs::demo_users(),
+                        false,
+                    );
+                    if let Some(rp) = rp {
+                        println!(
+                            "NHS login simulator: registered relying party `{}`",
+                            rp.client_id
+                        );
+                        op.register(rp);
+                    }
+                    sim.attach_nhs_login(op.clone(), portal_url);
+                    println!("NHS login simulator on http://{addr}/ (issuer http://{addr})");
+                    tokio::spawn(op.serve(op_listener));
+                }
                 println!("PKB simulator on http://{listen}/ (stats: /_sim/stats)");
                 match sim.serve(listener).await {
                     Ok(()) => ExitCode::SUCCESS,
