@@ -1710,7 +1710,7 @@ cookie_name = "a b"
 
     #[test]
     fn nhs_login_defaults_follow_nhs_login_rules() {
-        let pem = crate::nhs_login::keys::generate_private_key();
+        let pem = crate::nhs_login::keys::generate_private_key().unwrap();
         let table = format!(
             "[nhs_login]\nissuer = \"https://auth.sandpit.signin.nhs.uk/\"\nclient_id = \"portal\"\nprivate_key = '''{pem}'''\n"
         );
@@ -1733,7 +1733,7 @@ cookie_name = "a b"
 
     #[test]
     fn gp_credentials_need_their_scope_and_table() {
-        let pem = crate::nhs_login::keys::generate_private_key();
+        let pem = crate::nhs_login::keys::generate_private_key().unwrap();
         let base = format!(
             "[nhs_login]\nissuer = \"https://auth.login.nhs.uk\"\nclient_id = \"portal\"\nprivate_key = '''{pem}'''\n"
         );

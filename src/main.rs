@@ -501,7 +501,13 @@ fn keygen_nhs_login(out: Option<&std::path::Path>) -> ExitCode {
         eprintln!("keygen --nhs-login needs --out FILE: the private key is written there (mode 0600), the public key printed");
         return ExitCode::from(2);
     };
-    let private = pkb_edge::nhs_login::keys::generate_private_key();
+    let private = match pkb_edge::nhs_login::keys::generate_private_key() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
     let public = match pkb_edge::nhs_login::keys::public_pem(&private) {
         Ok(p) => p,
         Err(e) => {

@@ -389,7 +389,7 @@ impl EdgeProxy {
         nhs: &NhsWeb,
         headers: &http::HeaderMap,
     ) -> std::result::Result<Option<(String, NhsSession)>, crate::store::StoreError> {
-        match nhs_web::session_cookie(headers, &nhs.nhs.settings().cookie_name) {
+        match nhs_web::cookie_value(headers, &nhs.nhs.settings().cookie_name) {
             Some(id) => Ok(nhs.nhs.sessions().get(&id).await?.map(|s| (id, s))),
             None => Ok(None),
         }
@@ -549,22 +549,18 @@ impl ProxyHttp for EdgeProxy {
         ctx.peer_trusted = self.identity.peer_is_trusted(peer);
         ctx.user = self.identity.resolve(peer, &session.req_header().headers);
         ctx.request_id = request_id(ctx.peer_trusted, &session.req_header().headers);
-        let mut session_state = Ok(None);
         if let Some(nhs) = &self.nhs {
-            session_state = self
-                .nhs_session(nhs, &session.req_header().headers)
-                .await
-                .map(|found| {
-                    found.map(|(id, s)| {
-                        ctx.user = Some(s.sub.clone());
-                        ctx.session_id = Some(id);
-                        s
-                    })
-                });
-            match &session_state {
-                Ok(Some(s)) => ctx.session = Some(s.clone()),
+            match self.nhs_session(nhs, &session.req_header().headers).await {
+                Ok(Some((id, s))) => {
+                    ctx.user = Some(s.sub.clone());
+                    ctx.session_id = Some(id);
+                    ctx.session = Some(s);
+                }
                 Ok(None) => {}
-                Err(_) => ctx.session_unavailable = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the session store cannot be read");
+                    ctx.session_unavailable = true;
+                }
             }
         }
         let Some(route) = self.route(session.req_header().uri.path()) else {
@@ -579,11 +575,11 @@ impl ProxyHttp for EdgeProxy {
                 let gate = nhs
                     .gate(
                         &req.method,
-                        req.uri.path(),
-                        req.uri.query(),
+                        &req.uri,
                         &req.headers,
                         format,
-                        session_state.as_ref().map(Option::as_ref),
+                        ctx.session.is_some(),
+                        ctx.session_unavailable,
                     )
                     .instrument(span.clone())
                     .await;

@@ -35,12 +35,12 @@ pub fn check_private_key(pem: &str) -> Result<(), String> {
 }
 
 /// A new 2048-bit RSA private key, PKCS#8 PEM.
-pub fn generate_private_key() -> String {
+pub fn generate_private_key() -> Result<String, String> {
     let key = RsaPrivateKey::new(&mut rsa::rand_core::OsRng, MIN_BITS)
-        .expect("RSA key generation with the OS random source");
+        .map_err(|e| format!("cannot generate an RSA key: {e}"))?;
     key.to_pkcs8_pem(LineEnding::LF)
-        .expect("a fresh key encodes")
-        .to_string()
+        .map(|pem| pem.to_string())
+        .map_err(|e| format!("cannot encode the key: {e}"))
 }
 
 /// The public half of a private key, as the SubjectPublicKeyInfo PEM NHS login asks RPs for.
@@ -70,7 +70,7 @@ mod tests {
 
     #[test]
     fn generated_keys_pass_the_check_and_publish_as_jwk() {
-        let pem = generate_private_key();
+        let pem = generate_private_key().unwrap();
         assert_eq!(check_private_key(&pem), Ok(()));
         let jwk = public_jwk(&pem, "k").unwrap();
         let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwk).unwrap();

@@ -83,8 +83,8 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// The session id from the `Cookie` header(s), if the browser sent exactly one.
-pub fn session_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+/// The value of cookie `name` from the `Cookie` header(s), if the browser sent it exactly once.
+pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
     let mut found = headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -145,7 +145,7 @@ impl NhsWeb {
 
     fn binding(&self, headers: &HeaderMap) -> (String, Option<String>) {
         let name = self.login_cookie_name();
-        match session_cookie(headers, &name).filter(|b| crate::pairing::state_is_well_formed(b)) {
+        match cookie_value(headers, &name).filter(|b| crate::pairing::state_is_well_formed(b)) {
             Some(existing) => (existing, None),
             None => {
                 let fresh = crate::pairing::random_token();
@@ -210,12 +210,13 @@ impl NhsWeb {
     pub async fn gate(
         &self,
         method: &http::Method,
-        path: &str,
-        query: Option<&str>,
+        uri: &http::Uri,
         headers: &HeaderMap,
         format: Format,
-        session: Result<Option<&Session>, &crate::store::StoreError>,
+        signed_in: bool,
+        store_unavailable: bool,
     ) -> Option<(Reply, Step)> {
+        let (path, query) = (uri.path(), uri.query());
         let readable = *method == http::Method::GET || *method == http::Method::HEAD;
         if readable {
             if let Some(asserted) = query_param(query, ASSERTED_PARAM) {
@@ -229,17 +230,18 @@ impl NhsWeb {
                 );
             }
         }
-        let session = match session {
-            Ok(Some(_)) => return None,
-            Ok(None) => None,
-            Err(e) => {
-                let e = NhsLoginError::Store(crate::store::StoreError::Unavailable(e.to_string()));
-                return Some((
-                    self.error_page(&e, format, path),
-                    refused("session", &e, None),
-                ));
-            }
-        };
+        if store_unavailable {
+            let e = NhsLoginError::Store(crate::store::StoreError::Unavailable(
+                "session store".into(),
+            ));
+            return Some((
+                self.error_page(&e, format, path),
+                refused("session", &e, None),
+            ));
+        }
+        if signed_in {
+            return None;
+        }
         let here = match query {
             Some(q) => format!("{path}?{q}"),
             None => path.to_string(),
@@ -261,7 +263,7 @@ impl NhsWeb {
                 )),
             ),
         );
-        Some((reply, step("session", "unauthenticated", session)))
+        Some((reply, step("session", "unauthenticated", None)))
     }
 
     /// `GET {prefix}/nhs/login?return_to=REL[&assertedLoginIdentity=…]`
@@ -294,10 +296,10 @@ impl NhsWeb {
         previous: Option<&Session>,
         format: Format,
     ) -> (Reply, Step) {
-        let binding = session_cookie(headers, &self.login_cookie_name());
+        let binding = cookie_value(headers, &self.login_cookie_name());
         match self.nhs.callback(query, binding.as_deref(), previous).await {
             Ok(signed_in) => {
-                if let Some(old) = session_cookie(headers, self.cookie_name()) {
+                if let Some(old) = cookie_value(headers, self.cookie_name()) {
                     if let Err(e) = self.nhs.sessions().end(&old).await {
                         tracing::warn!(error = %e, "the replaced session could not be ended; it expires by itself");
                     }
@@ -360,7 +362,7 @@ impl NhsWeb {
             s.reason = Some("not sent by this site's own pages (Origin / Sec-Fetch-Site)".into());
             return (Reply::cross_site(format), s);
         }
-        let ended = match session_cookie(headers, self.cookie_name()) {
+        let ended = match cookie_value(headers, self.cookie_name()) {
             Some(id) => match self.nhs.sessions().end(&id).await {
                 Ok(ended) => ended,
                 Err(e) => {
@@ -647,19 +649,16 @@ mod tests {
     #[test]
     fn session_cookie_is_read_once_and_never_passed_upstream() {
         let h = headers(&["a=1; pkb_edge_session=abc; b=2", "c=3"]);
-        assert_eq!(
-            session_cookie(&h, "pkb_edge_session").as_deref(),
-            Some("abc")
-        );
+        assert_eq!(cookie_value(&h, "pkb_edge_session").as_deref(), Some("abc"));
         assert_eq!(
             cookies_without(&h, "pkb_edge_session").as_deref(),
             Some("a=1; b=2; c=3")
         );
         let twice = headers(&["pkb_edge_session=abc", "pkb_edge_session=def"]);
-        assert_eq!(session_cookie(&twice, "pkb_edge_session"), None);
+        assert_eq!(cookie_value(&twice, "pkb_edge_session"), None);
         assert_eq!(cookies_without(&twice, "pkb_edge_session"), None);
         assert_eq!(
-            session_cookie(&headers(&["pkb_edge_sessionx=1"]), "pkb_edge_session"),
+            cookie_value(&headers(&["pkb_edge_sessionx=1"]), "pkb_edge_session"),
             None
         );
     }

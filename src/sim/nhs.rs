@@ -176,8 +176,8 @@ struct SimKeys {
 fn sim_keys() -> &'static SimKeys {
     static KEYS: OnceLock<SimKeys> = OnceLock::new();
     KEYS.get_or_init(|| SimKeys {
-        signing_pem: keys::generate_private_key(),
-        impostor_pem: keys::generate_private_key(),
+        signing_pem: keys::generate_private_key().expect("simulator key"),
+        impostor_pem: keys::generate_private_key().expect("simulator key"),
     })
 }
 
@@ -827,7 +827,7 @@ async fn set_knobs(State(op): Op, Json(knobs): Json<NhsKnobs>) -> Json<NhsKnobs>
 /// A key pair for an RP registered with the simulator (PKB's, in the simulator; tests' and the
 /// demo's pkb-edge): the private PEM and the registration.
 pub fn new_client(client_id: &str, redirect_uris: Vec<String>) -> (String, RegisteredClient) {
-    let private = keys::generate_private_key();
+    let private = keys::generate_private_key().expect("a relying party key for the simulator");
     let public = keys::public_pem(&private).expect("fresh key");
     (
         private,
