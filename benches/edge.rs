@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use axum::routing::get;
 use axum::Router;
 
-use pkb_edge::clock::SystemClock;
-use pkb_edge::secret::{AccessToken, RefreshToken};
+use pkb_edge::core::clock::SystemClock;
+use pkb_edge::core::secret::{AccessToken, RefreshToken};
 use pkb_edge::sim::{obtain_tokens, SimConfig, Simulator};
 use pkb_edge::store::crypto::Keyring;
 use pkb_edge::store::{open_backend, Pairings, TokenSet};

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
-use pkb_edge::clock::SystemClock;
+use pkb_edge::core::clock::SystemClock;
+use pkb_edge::core::patient::PatientContext;
+use pkb_edge::core::relative_path;
+use pkb_edge::core::secret::{AccessToken, Otp, RefreshToken};
 use pkb_edge::launch::LaunchParams;
-use pkb_edge::patient::PatientContext;
 use pkb_edge::pkb::urls::{landing_with_context, otp_login_url, ContextParams};
-use pkb_edge::relative_path;
-use pkb_edge::secret::{AccessToken, Otp, RefreshToken};
 use pkb_edge::store::crypto::Keyring;
 use pkb_edge::store::sqlite::SqlitePairingStore;
 use pkb_edge::store::{Pairings, TokenSet};
@@ -131,7 +131,7 @@ fn decoration_hit(c: &mut Criterion) {
         env.insert(ENV_CLIENT_SECRET.to_string(), "sim-secret".to_string());
         env.insert(ENV_KEYS.to_string(), Keyring::generate_line("k"));
         let config = Config::parse(&text, &env).unwrap();
-        let pairings = pkb_edge::service::open_pairings(&config, Arc::new(SystemClock)).await.unwrap();
+        let pairings = pkb_edge::store::open_pairings(&config.store, Arc::new(SystemClock)).await.unwrap();
         let tokens = obtain_tokens(&sim_url, "pkb-edge", "sim-secret", "bench@pkb.example").await.unwrap();
         pairings.save("dr.jones", tokens).await.unwrap();
         let pkb = Arc::new(PkbClient::new(Arc::new(config.pkb.clone()), 1024));

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use url::Url;
 
-use crate::secret::{ClientSecret, SecretText};
+use crate::core::secret::{ClientSecret, SecretText};
 
 /// Environment variable that may hold the PKB client secret.
 pub const ENV_CLIENT_SECRET: &str = "PKB_EDGE_CLIENT_SECRET";

@@ -16,7 +16,7 @@ use moka::future::Cache;
 use moka::Expiry;
 use regex::Regex;
 
-use crate::patient::PatientContext;
+use crate::core::patient::PatientContext;
 use crate::tokens::TokenSource;
 
 /// How long a look-up that failed (PKB error or timeout) is remembered, so an outage does not

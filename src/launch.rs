@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::PkbSettings;
-use crate::limits::LaunchLimiter;
-use crate::patient::PatientContext;
+use crate::core::limits::LaunchLimiter;
+use crate::core::patient::PatientContext;
+use crate::core::relative_path::{self, RelativePath};
+use crate::core::secret::Otp;
 use crate::pkb::urls::{self, ContextParams};
 use crate::pkb::{PkbClient, PkbError};
-use crate::relative_path::{self, RelativePath};
-use crate::secret::Otp;
 use crate::store::{FreshError, Pairing, StoreError};
 use crate::tokens::TokenSource;
 

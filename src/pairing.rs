@@ -11,31 +11,13 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
-use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::clock::Clock;
+use crate::core::clock::Clock;
+use crate::core::random::{random_token, state_is_well_formed};
+use crate::core::relative_path::{self, RelativePath};
 use crate::pkb::{urls, PkbClient, PkbError};
-use crate::relative_path::{self, RelativePath};
 use crate::store::{PairState, Pairings, StoreError, TakenState, TokenSet};
-
-/// Length of a state or verifier: 32 random bytes in unpadded base64url.
-const TOKEN_CHARS: usize = 43;
-
-/// A new random state or PKCE verifier (RFC 7636 §4.1: 43 characters of the unreserved set).
-pub fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    B64URL.encode(bytes)
-}
-
-/// Whether a presented state could be one of ours; anything else is refused without a look-up.
-pub fn state_is_well_formed(state: &str) -> bool {
-    state.len() == TOKEN_CHARS
-        && state
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
 
 /// RFC 7636 S256: BASE64URL(SHA256(ASCII(verifier))).
 pub fn pkce_challenge(verifier: &str) -> String {
@@ -236,21 +218,6 @@ impl PairingService {
     }
 }
 
-/// CSRF defence for state-changing POSTs: the browser must say the request is same-origin
-/// (`Sec-Fetch-Site`), or, for browsers that do not send that, carry our exact `Origin`.
-/// A request with neither is refused: fail closed.
-pub fn same_origin(
-    public_origin: &str,
-    origin: Option<&str>,
-    sec_fetch_site: Option<&str>,
-) -> bool {
-    match (sec_fetch_site, origin) {
-        (Some(site), _) => site.eq_ignore_ascii_case("same-origin"),
-        (None, Some(origin)) => origin == public_origin,
-        (None, None) => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,43 +228,5 @@ mod tests {
             pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
             "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
-    }
-
-    #[test]
-    fn state_codec() {
-        let a = random_token();
-        let b = random_token();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), TOKEN_CHARS);
-        assert!(state_is_well_formed(&a));
-        for bad in [
-            "",
-            "short",
-            &format!("{a}x"),
-            &a.replace(&a[..1], "+"),
-            &format!("{}=", &a[..42]),
-        ] {
-            assert!(!state_is_well_formed(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn same_origin_table() {
-        let o = "https://ehr.example.nhs.uk";
-        let cases = [
-            (Some(o), Some("same-origin"), true),
-            (None, Some("same-origin"), true),
-            (Some(o), Some("cross-site"), false),
-            (Some(o), Some("same-site"), false),
-            (Some("https://evil.example"), Some("same-origin"), true), // the browser's own verdict wins
-            (Some(o), None, true),
-            (Some("https://evil.example"), None, false),
-            (Some("null"), None, false),
-            (Some("https://ehr.example.nhs.uk.evil.example"), None, false),
-            (None, None, false),
-        ];
-        for (origin, site, want) in cases {
-            assert_eq!(same_origin(o, origin, site), want, "{origin:?} {site:?}");
-        }
     }
 }

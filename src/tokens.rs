@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::clock::Clock;
+use crate::core::clock::Clock;
 use crate::pkb::{PkbClient, PkbError};
 use crate::store::{FreshError, Pairing, Pairings, RefreshFailure, TokenSet};
 
@@ -50,7 +50,7 @@ impl TokenSource {
                 Err(PkbError::InvalidGrant) => "invalid_grant",
                 Err(_) => "failed",
             };
-            crate::ops::metrics()
+            crate::observe::metrics::metrics()
                 .token_refresh_total
                 .with_label_values(&[outcome])
                 .inc();

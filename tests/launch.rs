@@ -149,7 +149,7 @@ fn hostile_redirect_uris_are_all_refused() {
         w.config()
             .pair(&w.sim, "dr.jones", "jones@pkb.example")
             .await;
-        let examples = pkb_edge::relative_path::HOSTILE_EXAMPLES;
+        let examples = pkb_edge::core::relative_path::HOSTILE_EXAMPLES;
         assert!(examples.len() >= 30);
         for value in examples {
             let encoded: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
@@ -188,7 +188,7 @@ fn fifty_concurrent_launches_with_an_expired_token_refresh_once() {
         assert_eq!(w.sim.count("token_refresh"), 1, "exactly one refresh for 50 concurrent launches");
         assert_eq!(w.sim.count("otp"), 50);
         let stored = w.config().stored("dr.jones").await.unwrap();
-        assert!(stored.tokens.access_expires_at > pkb_edge::clock::Clock::now(&pkb_edge::clock::SystemClock) + 1000);
+        assert!(stored.tokens.access_expires_at > pkb_edge::core::clock::Clock::now(&pkb_edge::core::clock::SystemClock) + 1000);
     });
 }
 

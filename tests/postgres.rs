@@ -342,8 +342,8 @@ fn migrating_10000_pairings_from_sqlite_keeps_every_one_decryptable() {
         c.pairings().await
     });
     let tokens = |n: usize| TokenSet {
-        access_token: pkb_edge::secret::AccessToken::new(format!("at-{n}")),
-        refresh_token: Some(pkb_edge::secret::RefreshToken::new(format!("rt-{n}"))),
+        access_token: pkb_edge::core::secret::AccessToken::new(format!("at-{n}")),
+        refresh_token: Some(pkb_edge::core::secret::RefreshToken::new(format!("rt-{n}"))),
         access_expires_at: 2_000_000_000 + n as i64,
     };
     rt().block_on(async {

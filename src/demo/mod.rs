@@ -189,7 +189,7 @@ struct SignIn {
 
 /// Only local paths, as the validator for `return_to` decides.
 fn local_next(next: Option<&str>) -> String {
-    next.and_then(|n| crate::relative_path::parse(n).ok())
+    next.and_then(|n| crate::core::relative_path::parse(n).ok())
         .map(|p| p.to_string())
         .unwrap_or_else(|| "/".into())
 }

@@ -19,9 +19,9 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::clock::Clock;
 use crate::config::NhsLoginSettings;
-use crate::relative_path::RelativePath;
+use crate::core::clock::Clock;
+use crate::core::relative_path::RelativePath;
 use crate::store::records::Records;
 use crate::store::{RecordKind, StoreError};
 
@@ -284,7 +284,7 @@ pub struct NhsLogin {
 }
 
 fn random_id() -> String {
-    crate::pairing::random_token()
+    crate::core::random::random_token()
 }
 
 impl NhsLogin {
@@ -556,7 +556,7 @@ impl NhsLogin {
         };
         let Some(state) = params
             .get("state")
-            .filter(|s| crate::pairing::state_is_well_formed(s))
+            .filter(|s| crate::core::random::state_is_well_formed(s))
         else {
             return Err(fail(NhsLoginError::StateUnknown, None));
         };

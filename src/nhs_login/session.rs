@@ -72,7 +72,7 @@ impl Sessions {
     }
 
     pub async fn create(&self, session: &Session) -> Result<SessionId, StoreError> {
-        let id = crate::pairing::random_token();
+        let id = crate::core::random::random_token();
         let expires_at = self.deadline(session.created_at, self.records.now());
         self.records
             .put(RecordKind::Session, &id, session, expires_at)
@@ -82,7 +82,7 @@ impl Sessions {
 
     /// The live session for a cookie value, its idle deadline moved forward.
     pub async fn get(&self, id: &str) -> Result<Option<Session>, StoreError> {
-        if !crate::pairing::state_is_well_formed(id) {
+        if !crate::core::random::state_is_well_formed(id) {
             return Ok(None);
         }
         let Some(record) = self.records.get::<Session>(RecordKind::Session, id).await? else {
@@ -109,7 +109,7 @@ impl Sessions {
     }
 
     pub async fn end(&self, id: &str) -> Result<bool, StoreError> {
-        if !crate::pairing::state_is_well_formed(id) {
+        if !crate::core::random::state_is_well_formed(id) {
             return Ok(false);
         }
         self.records.delete(RecordKind::Session, id).await
@@ -121,7 +121,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::clock::{Clock, ManualClock};
+    use crate::core::clock::{Clock, ManualClock};
     use crate::store::crypto::Keyring;
     use crate::store::Pairings;
 

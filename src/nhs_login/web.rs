@@ -10,9 +10,9 @@ use http::HeaderMap;
 use serde_json::json;
 
 use super::{NhsLogin, NhsLoginError, Session};
+use crate::core::relative_path::{self, RelativePath};
+use crate::edge::reply::{page, Format, Reply};
 use crate::pages::MessagePage;
-use crate::relative_path::{self, RelativePath};
-use crate::reply::{page, Format, Reply};
 
 /// The query parameter PKB and the NHS App carry a signed-in user's identity in.
 pub const ASSERTED_PARAM: &str = "assertedLoginIdentity";
@@ -145,10 +145,11 @@ impl NhsWeb {
 
     fn binding(&self, headers: &HeaderMap) -> (String, Option<String>) {
         let name = self.login_cookie_name();
-        match cookie_value(headers, &name).filter(|b| crate::pairing::state_is_well_formed(b)) {
+        match cookie_value(headers, &name).filter(|b| crate::core::random::state_is_well_formed(b))
+        {
             Some(existing) => (existing, None),
             None => {
-                let fresh = crate::pairing::random_token();
+                let fresh = crate::core::random::random_token();
                 let set = format!(
                     "{name}={fresh}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age={}",
                     self.nhs.settings().login_ttl_secs
@@ -352,7 +353,7 @@ impl NhsWeb {
         format: Format,
     ) -> (Reply, Step) {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        if !crate::pairing::same_origin(
+        if !crate::core::same_origin::same_origin(
             &self.public_origin,
             header("origin"),
             header("sec-fetch-site"),

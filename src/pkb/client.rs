@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use serde::Deserialize;
 
 use crate::config::{ClientAuth, PkbSettings};
-use crate::secret::{AccessToken, Otp, RefreshToken};
+use crate::core::secret::{AccessToken, Otp, RefreshToken};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkbError {
@@ -75,7 +75,7 @@ impl PkbClient {
     /// A place among the calls in flight, or `Unavailable` at once when all are taken.
     fn slot(&self, endpoint: &str) -> Result<tokio::sync::SemaphorePermit<'_>, PkbError> {
         self.in_flight.try_acquire().map_err(|_| {
-            crate::ops::metrics()
+            crate::observe::metrics::metrics()
                 .pkb_requests_total
                 .with_label_values(&[endpoint, "shed"])
                 .inc();
@@ -165,7 +165,7 @@ impl PkbClient {
             .send()
             .await
             .map_err(|e| {
-                crate::ops::observe_pkb(
+                crate::observe::metrics::observe_pkb(
                     "token",
                     started,
                     if e.is_timeout() { "timeout" } else { "error" },
@@ -173,7 +173,7 @@ impl PkbClient {
                 transport_error(e)
             })?;
         let status = response.status();
-        crate::ops::observe_pkb("token", started, status.as_str());
+        crate::observe::metrics::observe_pkb("token", started, status.as_str());
         let bytes = response.bytes().await.map_err(transport_error)?;
         if status.is_success() {
             return parse_token_response(&bytes);
@@ -255,7 +255,7 @@ impl PkbClient {
             .send()
             .await
             .map_err(|e| {
-                crate::ops::observe_pkb(
+                crate::observe::metrics::observe_pkb(
                     what,
                     started,
                     if e.is_timeout() { "timeout" } else { "error" },
@@ -263,7 +263,7 @@ impl PkbClient {
                 transport_error(e)
             })?;
         let status = response.status();
-        crate::ops::observe_pkb(what, started, status.as_str());
+        crate::observe::metrics::observe_pkb(what, started, status.as_str());
         match status.as_u16() {
             200..=299 => {}
             404 => return Ok(None),

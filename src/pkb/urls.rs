@@ -7,8 +7,8 @@
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use crate::patient::PatientContext;
-use crate::secret::Otp;
+use crate::core::patient::PatientContext;
+use crate::core::secret::Otp;
 
 /// Everything but RFC 3986 unreserved characters: for a whole value placed in a query.
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC

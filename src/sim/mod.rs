@@ -26,8 +26,8 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::clock::{Clock, SystemClock};
 use crate::config::pkb_default;
+use crate::core::clock::{Clock, SystemClock};
 
 /// OTPs live this long, as PKB documents.
 pub const OTP_LIFETIME_SECS: i64 = 60;
@@ -772,8 +772,8 @@ pub async fn obtain_tokens(
         .build()
         .map_err(|e| e.to_string())?;
     let paths = SimPaths::default();
-    let verifier = crate::pairing::random_token();
-    let state = crate::pairing::random_token();
+    let verifier = crate::core::random::random_token();
+    let state = crate::core::random::random_token();
     let challenge = pkce_challenge(&verifier);
     let redirect_uri = "https://seed.invalid/_pkb/callback";
     let authorize = format!("{base_url}{}", paths.authorize);
@@ -816,7 +816,7 @@ pub async fn obtain_tokens(
         .find(|(k, _)| k == "code")
         .map(|(_, v)| v.into_owned())
         .ok_or("no code in the consent redirect")?;
-    let asked_at = crate::clock::Clock::now(&SystemClock);
+    let asked_at = crate::core::clock::Clock::now(&SystemClock);
     let answer: serde_json::Value = http
         .post(format!("{base_url}{}", paths.token))
         .basic_auth(client_id, Some(client_secret))
@@ -834,10 +834,10 @@ pub async fn obtain_tokens(
         .map_err(err)?;
     let field = |k: &str| answer[k].as_str().map(str::to_string);
     Ok(crate::store::TokenSet {
-        access_token: crate::secret::AccessToken::new(
+        access_token: crate::core::secret::AccessToken::new(
             field("access_token").ok_or("no access_token")?,
         ),
-        refresh_token: field("refresh_token").map(crate::secret::RefreshToken::new),
+        refresh_token: field("refresh_token").map(crate::core::secret::RefreshToken::new),
         access_expires_at: asked_at + answer["expires_in"].as_i64().ok_or("no expires_in")?,
     })
 }
@@ -874,7 +874,7 @@ mod tests {
     fn demo_patients_have_valid_nhs_numbers() {
         for p in demo_patients() {
             assert!(
-                crate::patient::nhs_number_is_valid(&p.nhs_number),
+                crate::core::patient::nhs_number_is_valid(&p.nhs_number),
                 "{}",
                 p.nhs_number
             );

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::clock::{Clock, SystemClock};
+use crate::core::clock::{Clock, SystemClock};
 use crate::nhs_login::{keys, Vector};
 use crate::pages::escape;
 
@@ -363,7 +363,7 @@ impl NhsLoginSim {
     /// What an RP that signed the user in itself holds: the `jti` of an id_token issued to
     /// `client_id` for `user` (PKB's simulator uses this for its own "signed in" state).
     pub fn issue_id_token_jti(&self, user: usize, client_id: &str) -> String {
-        let jti = crate::pairing::random_token();
+        let jti = crate::core::random::random_token();
         self.id_token_jtis
             .lock()
             .insert(jti.clone(), (user, client_id.to_string()));
@@ -644,7 +644,7 @@ async fn authorize(State(op): Op, Query(q): Query<HashMap<String, String>>) -> R
 
 /// Issues a code for `grant` and sends the browser back to the RP with it.
 fn issue_code(op: &NhsLoginSim, grant: CodeGrant, state: &str) -> Response {
-    let code = crate::pairing::random_token();
+    let code = crate::core::random::random_token();
     op.remember(&code);
     let redirect_uri = grant.redirect_uri.clone();
     op.codes.lock().insert(code.clone(), grant);
@@ -747,7 +747,7 @@ async fn token(State(op): Op, Form(f): Form<HashMap<String, String>>) -> Respons
             "code issued to another client or redirect_uri",
         );
     }
-    let access = crate::pairing::random_token();
+    let access = crate::core::random::random_token();
     op.remember(&access);
     op.access
         .lock()

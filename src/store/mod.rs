@@ -11,7 +11,13 @@ pub mod postgres;
 pub mod records;
 pub mod sqlite;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+
+use crate::config::StoreSettings;
+use crate::core::clock::Clock;
+use crypto::Keyring;
 
 pub use pairings::{
     FreshError, PairState, Pairing, PairingInfo, Pairings, RefreshFailure, RekeyPage, TakenState,
@@ -209,7 +215,7 @@ pub struct BackendOptions {
     pub pool_size: usize,
     /// PEM CA certificates for the database's TLS; none: the public web PKI.
     pub tls_ca_file: Option<std::path::PathBuf>,
-    pub password: Option<crate::secret::SecretText>,
+    pub password: Option<crate::core::secret::SecretText>,
     pub tls: postgres::TlsMode,
 }
 
@@ -257,6 +263,41 @@ pub async fn open_backend_with(
 }
 
 /// A database URL with any password replaced, for messages.
+/// The configured keys, parsed (the config check already did once, so this fails only if the
+/// config was built by hand).
+pub fn keyring(settings: &StoreSettings) -> Result<Keyring, StoreError> {
+    Keyring::parse(settings.keys.expose())
+        .map_err(|e| StoreError::Keys(format!("{}: {e}", settings.keys_source)))
+}
+
+/// Opens the token store named by the config, with its keys checked.
+pub async fn open_pairings(
+    settings: &StoreSettings,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<Pairings>, StoreError> {
+    let keyring = keyring(settings)?;
+    let backend = open_backend_with(
+        &settings.url,
+        &BackendOptions {
+            pool_size: settings.pool_size,
+            tls_ca_file: settings.tls_ca_file.clone(),
+            password: settings.password.clone(),
+            tls: settings.tls,
+        },
+    )
+    .await?;
+    Ok(Arc::new(
+        Pairings::open(
+            backend,
+            keyring,
+            settings.cache_capacity,
+            settings.cache_ttl,
+            clock,
+        )
+        .await?,
+    ))
+}
+
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) => {

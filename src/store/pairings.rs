@@ -10,8 +10,8 @@ use tracing::Instrument;
 
 use super::crypto::{Keyring, SealError};
 use super::{PairingStore, SealedPairState, SealedPairing, StoreError};
-use crate::clock::Clock;
-use crate::secret::{AccessToken, RefreshToken};
+use crate::core::clock::Clock;
+use crate::core::secret::{AccessToken, RefreshToken};
 
 /// The plaintext these check values carry; a key that opens it is the key that sealed it.
 const KEY_CHECK_PLAINTEXT: &[u8] = b"pkb-edge key check v1";
@@ -147,7 +147,7 @@ impl Pairings {
     /// too, a cached pairing is used only while its version is still the stored one (one
     /// indexed look-up), so an unpairing, revocation or refresh anywhere is seen at once.
     pub async fn get(&self, user_id: &str) -> Result<Option<Arc<Pairing>>, StoreError> {
-        let counted = &crate::ops::metrics().token_cache_total;
+        let counted = &crate::observe::metrics::metrics().token_cache_total;
         if let Some(p) = self.cache.get(user_id).await {
             if self.backend.shared() {
                 match self.backend.version(user_id).await? {
@@ -605,7 +605,7 @@ impl UserLocks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::core::clock::ManualClock;
     use crate::store::sqlite::SqlitePairingStore;
     use std::sync::atomic::{AtomicUsize, Ordering};
 

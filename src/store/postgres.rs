@@ -95,7 +95,7 @@ pub struct PostgresOptions {
     pub pool_size: usize,
     /// PEM file with the CA(s) that sign the database's certificate; none: the public web PKI.
     pub ca_file: Option<std::path::PathBuf>,
-    pub password: Option<crate::secret::SecretText>,
+    pub password: Option<crate::core::secret::SecretText>,
     pub tls: TlsMode,
 }
 

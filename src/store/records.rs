@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::crypto::Keyring;
 use super::{PairingStore, RecordKind, SealedRecord, StoreError};
-use crate::clock::Clock;
+use crate::core::clock::Clock;
 
 #[derive(Clone)]
 pub struct Records {

@@ -20,7 +20,7 @@ use axum::routing::{any, get};
 use axum::Router;
 use sha2::{Digest, Sha256};
 
-use pkb_edge::clock::SystemClock;
+use pkb_edge::core::clock::SystemClock;
 use pkb_edge::sim::{SimConfig, Simulator};
 use pkb_edge::store::crypto::Keyring;
 use pkb_edge::store::{open_backend, Pairing, Pairings, TokenSet};

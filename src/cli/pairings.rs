@@ -5,9 +5,13 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use crate::audit::{Action, AuditLog, Event};
-use crate::clock::{rfc3339, SystemClock};
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::PairingsCommand;
 use crate::config::Config;
+use crate::core::clock::{rfc3339, SystemClock};
+use crate::observe::audit::{Action, AuditLog, Event};
 use crate::store::Pairings;
 
 const PAGE: u32 = 500;
@@ -16,9 +20,54 @@ const PAGE: u32 = 500;
 pub type Outcome = Result<(), String>;
 
 async fn open(config: &Config) -> Result<Arc<Pairings>, String> {
-    crate::service::open_pairings(config, Arc::new(SystemClock))
+    crate::store::open_pairings(&config.store, Arc::new(SystemClock))
         .await
         .map_err(|e| format!("cannot open the token store: {e}"))
+}
+
+/// Runs `pairings …` on a small runtime of its own.
+pub(crate) fn command(command: PairingsCommand) -> ExitCode {
+    match command {
+        PairingsCommand::List { config } => on_runtime(&config, async |c, out| list(c, out).await),
+        PairingsCommand::Revoke { user, config } => {
+            on_runtime(&config, async |c, out| revoke(c, &user, out).await)
+        }
+        PairingsCommand::Rekey { config } => {
+            on_runtime(&config, async |c, out| rekey(c, out).await)
+        }
+        PairingsCommand::Migrate { config, from, to } => on_runtime(&config, async |c, out| {
+            let to = to.clone().unwrap_or_else(|| c.store.url.clone());
+            migrate(c, &from, &to, out).await
+        }),
+    }
+}
+
+fn on_runtime(
+    config: &Path,
+    command: impl AsyncFnOnce(&Config, &mut dyn Write) -> Outcome,
+) -> ExitCode {
+    let config = match super::load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start a runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match runtime.block_on(command(&config, &mut out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pkb-edge: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// One line per pairing: user id, created, last refreshed, access token expiry, key id.
@@ -60,7 +109,7 @@ pub async fn list(config: &Config, out: &mut dyn Write) -> Outcome {
 /// Deletes one user's pairing, and writes an audit line for it.
 pub async fn revoke(config: &Config, user: &str, out: &mut dyn Write) -> Outcome {
     let pairings = open(config).await?;
-    let keys = crate::service::keyring(config).map_err(|e| e.to_string())?;
+    let keys = crate::store::keyring(&config.store).map_err(|e| e.to_string())?;
     let audit = AuditLog::open(&config.audit, keys.derived_key())?;
     let removed = pairings.remove(user).await.map_err(|e| e.to_string())?;
     let request_id = format!("admin-{:016x}", rand::random::<u64>());
@@ -87,7 +136,7 @@ pub async fn revoke(config: &Config, user: &str, out: &mut dyn Write) -> Outcome
 /// Re-encrypts every pairing under the first configured key, a page at a time.
 pub async fn rekey(config: &Config, out: &mut dyn Write) -> Outcome {
     let pairings = open(config).await?;
-    let primary = crate::service::keyring(config)
+    let primary = crate::store::keyring(&config.store)
         .map_err(|e| e.to_string())?
         .primary_id()
         .to_string();
@@ -124,7 +173,7 @@ pub async fn migrate(config: &Config, from: &str, to: &str, out: &mut dyn Write)
         let mut c = config.clone();
         c.store.url = url.to_string();
         async move {
-            crate::service::open_pairings(&c, Arc::new(SystemClock))
+            crate::store::open_pairings(&c.store, Arc::new(SystemClock))
                 .await
                 .map_err(|e| format!("{}: {e}", crate::store::redact_url(&c.store.url)))
         }

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::config::{AuditSettings, AuditSink};
-use crate::patient::PatientContext;
+use crate::core::patient::PatientContext;
 use crate::store::crypto::hmac_sha256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -134,7 +134,7 @@ impl AuditLog {
             },
         });
         let line = Line {
-            time: crate::clock::rfc3339_millis(crate::clock::unix_millis_now()),
+            time: crate::core::clock::rfc3339_millis(crate::core::clock::unix_millis_now()),
             kind: "audit",
             request_id: event.request_id,
             user: event.user,
@@ -159,7 +159,9 @@ impl AuditLog {
     }
 
     fn failed(&self, why: &str) {
-        crate::ops::metrics().audit_write_errors_total.inc();
+        crate::observe::metrics::metrics()
+            .audit_write_errors_total
+            .inc();
         tracing::error!(error = why, "an audit line could not be written");
     }
 }
@@ -175,7 +177,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::SecretText;
+    use crate::core::secret::SecretText;
 
     fn file_log(dir: &tempfile::TempDir, key: Option<&str>) -> (AuditLog, std::path::PathBuf) {
         let path = dir.path().join("audit.log");

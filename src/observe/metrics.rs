@@ -1,20 +1,15 @@
-//! Operations: the Prometheus metrics every part of pkb-edge reports to, and the ops listener
-//! (`/metrics`, `/livez`, `/readyz`) that is never the public listener and never proxies.
+//! The Prometheus metrics every part of pkb-edge reports to, registered once in the process's
+//! default registry (the one Pingora's `pingora-prometheus` re-exports, and `/metrics` serves).
+//! No Pingora types: the use cases and the store record here without depending on the edge.
 //!
 //! Labels never carry a user id, a patient id or a token: only outcomes, endpoints and statuses.
 
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::OnceLock;
 
-use async_trait::async_trait;
-use pingora::apps::http_app::ServeHttp;
-use pingora::protocols::http::ServerSession;
-use pingora_prometheus::prometheus::{
+use prometheus::{
     register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
-    Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec, TextEncoder,
+    Histogram, HistogramVec, IntCounter, IntCounterVec,
 };
-
-use crate::store::Pairings;
 
 /// From half a millisecond (proxy overhead) to ten seconds (a PKB stall).
 const BUCKETS: &[f64] = &[
@@ -44,7 +39,7 @@ pub fn metrics() -> &'static Metrics {
     METRICS.get_or_init(|| {
         // CPU seconds, resident memory, open and maximum file descriptors, start time, threads
         // (`process_*`), read from /proc. A second registration (tests) is harmless.
-        let _ = pingora_prometheus::prometheus::register(Box::new(
+        let _ = prometheus::register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ));
         // Registration fails only for a duplicate name, which this one place rules out.
@@ -116,7 +111,7 @@ impl Metrics {
     /// The names of every metric family pkb-edge exports, process metrics included (for
     /// checking dashboards and alerts against).
     pub fn family_names(&self) -> Vec<String> {
-        use pingora_prometheus::prometheus::core::Collector;
+        use prometheus::core::Collector;
         let collectors: [&dyn Collector; 9] = [
             &self.launch_total,
             &self.launch_duration_seconds,
@@ -148,63 +143,6 @@ pub fn observe_pkb(endpoint: &str, started: std::time::Instant, status: &str) {
         .inc();
 }
 
-/// The ops listener's application.
-pub struct OpsApp {
-    pub pairings: Arc<Pairings>,
-}
-
-fn plain(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u8>> {
-    let mut response = http::Response::new(body);
-    *response.status_mut() =
-        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    if let Ok(v) = http::HeaderValue::from_str(content_type) {
-        response.headers_mut().insert(http::header::CONTENT_TYPE, v);
-    }
-    let len = response.body().len();
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
-    response
-}
-
-#[async_trait]
-impl ServeHttp for OpsApp {
-    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
-        match session.req_header().uri.path() {
-            "/metrics" => {
-                metrics();
-                let encoder = TextEncoder::new();
-                let mut buffer = Vec::new();
-                match encoder.encode(&pingora_prometheus::prometheus::gather(), &mut buffer) {
-                    Ok(()) => plain(200, encoder.format_type(), buffer),
-                    Err(e) => plain(
-                        500,
-                        "text/plain",
-                        format!("metrics could not be encoded: {e}\n").into_bytes(),
-                    ),
-                }
-            }
-            "/livez" => plain(200, "text/plain", b"live\n".to_vec()),
-            "/readyz" => match tokio::time::timeout(Duration::from_secs(2), self.pairings.ping())
-                .await
-            {
-                Ok(Ok(())) => plain(200, "text/plain", b"ready\n".to_vec()),
-                Ok(Err(e)) => plain(503, "text/plain", format!("not ready: {e}\n").into_bytes()),
-                Err(_) => plain(
-                    503,
-                    "text/plain",
-                    b"not ready: the token store did not answer within 2 s\n".to_vec(),
-                ),
-            },
-            _ => plain(
-                404,
-                "text/plain",
-                b"not found: /metrics, /livez, /readyz\n".to_vec(),
-            ),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,7 +152,7 @@ mod tests {
     fn the_dashboard_queries_only_metrics_that_exist() {
         let families = metrics().family_names();
         let dashboard: serde_json::Value =
-            serde_json::from_str(include_str!("../conf/grafana-dashboard.json")).unwrap();
+            serde_json::from_str(include_str!("../../conf/grafana-dashboard.json")).unwrap();
         let names = regex::Regex::new(r"\b(?:pkb_edge|process)_[a-z_]+").unwrap();
         let mut checked = 0;
         for panel in dashboard["panels"].as_array().unwrap() {

@@ -7,55 +7,19 @@ use std::sync::Arc;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 
-use crate::audit::AuditLog;
-use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::core::clock::{Clock, SystemClock};
+use crate::core::limits::LaunchLimiter;
 use crate::decorate::{Decorator, PatientSource};
+use crate::edge::ops::OpsApp;
+use crate::edge::proxy::EdgeProxy;
 use crate::identity::IdentityResolver;
 use crate::launch::LaunchService;
-use crate::limits::LaunchLimiter;
-use crate::ops::OpsApp;
+use crate::observe::audit::AuditLog;
 use crate::pairing::PairingService;
 use crate::pkb::PkbClient;
-use crate::proxy::EdgeProxy;
-use crate::store::crypto::Keyring;
-use crate::store::{open_backend_with, BackendOptions, Pairings, StoreError};
+use crate::store::{keyring, open_pairings, StoreError};
 use crate::tokens::TokenSource;
-
-/// The configured keys, parsed (the config check already did once, so this fails only if the
-/// config was built by hand).
-pub fn keyring(config: &Config) -> Result<Keyring, StoreError> {
-    Keyring::parse(config.store.keys.expose())
-        .map_err(|e| StoreError::Keys(format!("{}: {e}", config.store.keys_source)))
-}
-
-/// Opens the token store named by the config, with its keys checked.
-pub async fn open_pairings(
-    config: &Config,
-    clock: Arc<dyn Clock>,
-) -> Result<Arc<Pairings>, StoreError> {
-    let keyring = keyring(config)?;
-    let backend = open_backend_with(
-        &config.store.url,
-        &BackendOptions {
-            pool_size: config.store.pool_size,
-            tls_ca_file: config.store.tls_ca_file.clone(),
-            password: config.store.password.clone(),
-            tls: config.store.tls,
-        },
-    )
-    .await?;
-    Ok(Arc::new(
-        Pairings::open(
-            backend,
-            keyring,
-            config.store.cache_capacity,
-            config.store.cache_ttl,
-            clock,
-        )
-        .await?,
-    ))
-}
 
 /// What start-up would open, opened and closed again: the token store (migrated, keys checked
 /// against it) and the audit sink. `pkb-edge check --deep` runs this, so a reload that would
@@ -66,9 +30,9 @@ pub fn preflight(config: &Config) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start a runtime: {e}"))?;
     runtime
-        .block_on(open_pairings(config, Arc::new(SystemClock)))
+        .block_on(open_pairings(&config.store, Arc::new(SystemClock)))
         .map_err(|e| format!("token store: {e}"))?;
-    let keys = keyring(config).map_err(|e| e.to_string())?;
+    let keys = keyring(&config.store).map_err(|e| e.to_string())?;
     AuditLog::open(&config.audit, keys.derived_key())?;
     Ok(())
 }
@@ -91,18 +55,18 @@ pub struct StartOptions {
 /// runtime; nothing built on it (no HTTP client, no pool) outlives it.
 pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, StoreError> {
     // Register the metrics now: a registration problem shows at start-up, never on a request.
-    crate::ops::metrics();
+    crate::observe::metrics::metrics();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let setup = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    let pairings = setup.block_on(open_pairings(config, clock.clone()))?;
+    let pairings = setup.block_on(open_pairings(&config.store, clock.clone()))?;
     let ops_pairings = pairings.clone();
     drop(setup);
 
     let audit = Arc::new(
-        AuditLog::open(&config.audit, keyring(config)?.derived_key())
+        AuditLog::open(&config.audit, keyring(&config.store)?.derived_key())
             .map_err(StoreError::Config)?,
     );
     let pkb = Arc::new(PkbClient::new(

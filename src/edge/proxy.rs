@@ -13,17 +13,18 @@ use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
 use tracing::Instrument;
 
-use crate::audit::{Action, AuditLog, Event};
 use crate::config::Upstream;
+use crate::core::patient::PatientContext;
+use crate::core::same_origin::same_origin;
 use crate::decorate::{merged_vary, private_cache_control, Decorator, Lookup};
+use crate::edge::reply::{self, Format, Reply};
 use crate::identity::{hop_by_hop, IdentityResolver};
 use crate::launch::{LaunchError, LaunchService};
 use crate::nhs_login::web::{self as nhs_web, NhsWeb, Step};
 use crate::nhs_login::Session as NhsSession;
-use crate::ops::metrics;
-use crate::pairing::{same_origin, PairingError, PairingService};
-use crate::patient::PatientContext;
-use crate::reply::{self, Format, Reply};
+use crate::observe::audit::{Action, AuditLog, Event};
+use crate::observe::metrics::metrics;
+use crate::pairing::{PairingError, PairingService};
 
 pub struct EdgeProxy {
     pub upstream: Upstream,

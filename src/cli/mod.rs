@@ -1,0 +1,230 @@
+//! The command line: clap's definitions and one small module per verb. `main.rs` only calls
+//! [`main`]. Exit codes: 0 done, 1 failed, 2 bad input (a config problem, a bad argument).
+
+mod check;
+mod demo;
+mod keygen;
+pub mod pairings;
+mod run;
+mod sim;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ProcessEnv};
+
+#[derive(Parser)]
+#[command(
+    name = "pkb-edge",
+    version,
+    about = "Edge proxy that launches a hospital system's users into Patients Know Best"
+)]
+pub struct Cli {
+    /// How log lines are written to standard error (the filter is the PKB_EDGE_LOG variable,
+    /// e.g. `info` or `pkb_edge=debug`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum PairingsCommand {
+    /// Every pairing: user id, created, last refreshed, access-token expiry, key id. No tokens.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Delete one user's pairing (they must link again); written to the audit log.
+    Revoke {
+        user: String,
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Re-encrypt every pairing under the first key in store.keys. Safe to interrupt and run
+    /// again, and to run beside a live pkb-edge.
+    Rekey {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Copy every pairing from one store to another (e.g. sqlite://… to postgres://…), as
+    /// sealed, with the config's keys; skips users already there, so it resumes when run again.
+    Migrate {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The store to copy from.
+        #[arg(long)]
+        from: String,
+        /// The store to copy to; defaults to the config's store.url.
+        #[arg(long)]
+        to: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Take the listening sockets over from the running pkb-edge (same server.upgrade_sock);
+        /// then send that process SIGQUIT. No connection is refused and in-flight requests finish.
+        #[arg(long)]
+        upgrade: bool,
+        /// Fork into the background once the sockets are ready, writing server.pid_file (for
+        /// systemd's Type=forking, which lets `systemctl reload` upgrade without a gap).
+        #[arg(long)]
+        daemon: bool,
+    },
+    /// Look after the token store: list, revoke, re-encrypt.
+    Pairings {
+        #[command(subcommand)]
+        command: PairingsCommand,
+    },
+    /// Validate a configuration file and explain each problem by key.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Also open what start-up opens: the token store (keys checked against it) and the
+        /// audit file. Use before a reload.
+        #[arg(long)]
+        deep: bool,
+    },
+    /// Print a new encryption key line (KEY_ID:BASE64_32_BYTES) for store.keys_file; with
+    /// --nhs-login, write a new NHS login RP key (RSA 2048, PEM) to --out and print its public
+    /// half, the PEM to register with NHS login.
+    Keygen {
+        /// The key's id; defaults to one made from today's date.
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        nhs_login: bool,
+        /// Where the NHS login private key goes (created with mode 0600; never overwritten).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Everything on loopback: the PKB simulator, a sample EHR, the proxy, and a stand-in for the
+    /// hospital's sign-on in front. Prints the one URL to open.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// A patient portal instead of an EHR: pkb-edge signs patients in with (simulated) NHS
+        /// login, and single sign-on works both ways with (simulated) PKB.
+        #[arg(long)]
+        portal: bool,
+    },
+    /// Run the PKB simulator alone.
+    Sim {
+        #[arg(long, default_value = "127.0.0.1:9400")]
+        listen: String,
+        #[arg(long, default_value = "pkb-edge")]
+        client_id: String,
+        #[arg(long, default_value = "sim-secret")]
+        client_secret: String,
+        #[arg(long, default_value_t = 1800)]
+        access_token_lifetime_secs: i64,
+        /// Also run the NHS login simulator on this address (its issuer is http://ADDR).
+        #[arg(long)]
+        nhs_login: Option<String>,
+        /// A relying party to register with the NHS login simulator: its client id...
+        #[arg(long, requires_all = ["nhs_login", "nhs_rp_public_key", "nhs_rp_redirect_uri"])]
+        nhs_rp_client_id: Option<String>,
+        /// ...its public key (PEM, as `keygen --nhs-login` prints it)...
+        #[arg(long, requires = "nhs_rp_client_id")]
+        nhs_rp_public_key: Option<PathBuf>,
+        /// ...and its redirect URI(s).
+        #[arg(long, requires = "nhs_rp_client_id")]
+        nhs_rp_redirect_uri: Vec<String>,
+        /// Where the simulated PKB's pages link back to, with an `assertedLoginIdentity`.
+        #[arg(long, requires = "nhs_login")]
+        portal_url: Option<String>,
+    },
+}
+
+/// Parses the command line and runs the verb.
+pub fn main() -> ExitCode {
+    // One TLS crypto provider for the whole process, whatever features the dependency graph has.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let log_format = cli.log_format;
+    match cli.command {
+        Command::Run {
+            config,
+            upgrade,
+            daemon,
+        } => {
+            init_logging(log_format);
+            run::run(&config, upgrade, daemon)
+        }
+        Command::Pairings { command } => pairings::command(command),
+        Command::Check { config, deep } => check::check(&config, deep),
+        Command::Keygen { id, nhs_login, out } => keygen::keygen(id, nhs_login, out.as_deref()),
+        Command::Demo { listen, portal } => {
+            init_logging(log_format);
+            if portal {
+                demo::portal(&listen)
+            } else {
+                demo::ehr(&listen)
+            }
+        }
+        Command::Sim {
+            listen,
+            client_id,
+            client_secret,
+            access_token_lifetime_secs,
+            nhs_login,
+            nhs_rp_client_id,
+            nhs_rp_public_key,
+            nhs_rp_redirect_uri,
+            portal_url,
+        } => {
+            init_logging(log_format);
+            let rp = match sim::relying_party(
+                nhs_rp_client_id,
+                nhs_rp_public_key,
+                nhs_rp_redirect_uri,
+            ) {
+                Ok(rp) => rp,
+                Err(code) => return code,
+            };
+            sim::run(sim::SimArgs {
+                listen,
+                client_id,
+                client_secret,
+                access_token_lifetime_secs,
+                nhs_login,
+                rp,
+                portal_url,
+            })
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PKB_EDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        // One JSON object per line; the request span's `request_id` comes along on each.
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path, &ProcessEnv).map_err(|e| {
+        eprintln!("{}: {e}", path.display());
+        ExitCode::from(2)
+    })
+}

@@ -1,0 +1,9 @@
+//! Leaves: small pieces every layer may use, which import nothing else of pkb-edge.
+
+pub mod clock;
+pub mod limits;
+pub mod patient;
+pub mod random;
+pub mod relative_path;
+pub mod same_origin;
+pub mod secret;
