@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
-use http::{HeaderMap, HeaderName};
+use http::HeaderMap;
 use moka::future::Cache;
 use moka::Expiry;
-use regex::Regex;
 
 use crate::core::patient::PatientContext;
+use crate::config::{DecorateSettings, PatientSource};
 use crate::tokens::TokenSource;
 
 /// How long a look-up that failed (PKB error or timeout) is remembered, so an outage does not
@@ -24,26 +24,6 @@ use crate::tokens::TokenSource;
 const FAILURE_TTL: Duration = Duration::from_secs(10);
 /// How long "this user is not paired" is remembered: linking shows up within this.
 const NOT_PAIRED_TTL: Duration = Duration::from_secs(5);
-
-/// Where the patient in context comes from.
-#[derive(Debug, Clone)]
-pub enum PatientSource {
-    Header(HeaderName),
-    Query(String),
-    /// A regex with exactly one capture group, matched against the path.
-    PathRegex(Regex),
-}
-
-#[derive(Debug, Clone)]
-pub struct DecorateSettings {
-    pub header: HeaderName,
-    /// `None`: pages are not decorated (the JSON endpoint still answers).
-    pub patient_from: Option<PatientSource>,
-    pub national_id_type: String,
-    pub ttl: Duration,
-    pub budget: Duration,
-    pub cache_capacity: u64,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Availability {

@@ -106,7 +106,7 @@ fn nhs_login_keys_and_the_simulator_for_them() {
     assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"), "{text}");
     let private = std::fs::read_to_string(&key).unwrap();
     assert_eq!(
-        pkb_edge::nhs_login::keys::check_private_key(&private),
+        pkb_edge::core::rsa_keys::check_private_key(&private),
         Ok(())
     );
     assert!(

@@ -26,14 +26,14 @@ fn keygen_nhs_login(out: Option<&Path>) -> ExitCode {
         eprintln!("keygen --nhs-login needs --out FILE: the private key is written there (mode 0600), the public key printed");
         return ExitCode::from(2);
     };
-    let private = match crate::nhs_login::keys::generate_private_key() {
+    let private = match crate::core::rsa_keys::generate_private_key() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(1);
         }
     };
-    let public = match crate::nhs_login::keys::public_pem(&private) {
+    let public = match crate::core::rsa_keys::public_pem(&private) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("cannot derive the public key: {e}");

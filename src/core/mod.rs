@@ -3,7 +3,9 @@
 pub mod clock;
 pub mod limits;
 pub mod patient;
+pub mod hash;
 pub mod random;
+pub mod rsa_keys;
 pub mod relative_path;
 pub mod same_origin;
 pub mod secret;

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::GpCredentialSettings;
+use crate::config::{ods_code_is_well_formed, GpCredentialSettings};
 
 /// What the upstream is told (`X-GP-Credentials-Status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,12 +44,6 @@ impl std::fmt::Debug for GpCredentials {
             .field("ods_code", &self.ods_code)
             .finish_non_exhaustive()
     }
-}
-
-/// A GP practice's ODS code: one letter and five digits (e.g. A12345).
-pub fn ods_code_is_well_formed(code: &str) -> bool {
-    let b = code.as_bytes();
-    b.len() == 6 && b[0].is_ascii_uppercase() && b[1..].iter().all(u8::is_ascii_digit)
 }
 
 /// The verdict on one userinfo answer: the status, the credentials when `valid`, and why not.

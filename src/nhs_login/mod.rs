@@ -8,7 +8,6 @@
 //! this module handles signature bytes itself.
 
 pub mod gp;
-pub mod keys;
 pub mod session;
 pub mod web;
 
@@ -19,7 +18,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::config::NhsLoginSettings;
+use crate::config::{NhsLoginSettings, Vector};
 use crate::core::clock::Clock;
 use crate::core::relative_path::RelativePath;
 use crate::store::records::Records;
@@ -40,39 +39,6 @@ const FETCH_FAILURE_BACKOFF: Duration = Duration::from_secs(5);
 const ASSERTION_LIFETIME_SECS: i64 = 60;
 /// Longest `assertedLoginIdentity` accepted from a browser, in bytes.
 const MAX_ASSERTION_LEN: usize = 8192;
-
-/// A vector of trust: identity proofing level and authentication methods, e.g. `P9.Cp.Cd`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Vector {
-    pub level: String,
-    /// Sorted, so `P9.Cd.Cp` and `P9.Cp.Cd` are the same vector.
-    pub methods: Vec<String>,
-}
-
-impl Vector {
-    pub fn parse(text: &str) -> Option<Vector> {
-        let mut parts = text.split('.');
-        let level = parts.next()?;
-        if !["P0", "P5", "P9"].contains(&level) {
-            return None;
-        }
-        let mut methods: Vec<String> = parts.map(str::to_string).collect();
-        if methods.is_empty()
-            || methods
-                .iter()
-                .any(|m| !["Cp", "Cd", "Ck", "Cm"].contains(&m.as_str()))
-        {
-            return None;
-        }
-        methods.sort();
-        let before = methods.len();
-        methods.dedup();
-        (methods.len() == before).then(|| Vector {
-            level: level.to_string(),
-            methods,
-        })
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NhsLoginError {
@@ -274,7 +240,6 @@ impl<T> Slot<T> {
 pub struct NhsLogin {
     settings: Arc<NhsLoginSettings>,
     signing_key: EncodingKey,
-    requested: Vec<Vector>,
     http: OnceLock<Result<reqwest::Client, String>>,
     metadata: tokio::sync::Mutex<Slot<Metadata>>,
     jwks: tokio::sync::Mutex<Slot<JwkSet>>,
@@ -297,11 +262,6 @@ impl NhsLogin {
     ) -> Result<NhsLogin, String> {
         let signing_key = EncodingKey::from_rsa_pem(settings.private_key.expose().as_bytes())
             .map_err(|e| format!("nhs_login.private_key_file: {e}"))?;
-        let requested = settings
-            .vtr
-            .iter()
-            .filter_map(|v| Vector::parse(v))
-            .collect();
         Ok(NhsLogin {
             sessions: session::Sessions::new(
                 records.clone(),
@@ -310,7 +270,6 @@ impl NhsLogin {
             ),
             settings,
             signing_key,
-            requested,
             http: OnceLock::new(),
             metadata: tokio::sync::Mutex::new(Slot::default()),
             jwks: tokio::sync::Mutex::new(Slot::default()),
@@ -516,7 +475,8 @@ impl NhsLogin {
         let mut url = url::Url::parse(&metadata.authorization_endpoint).map_err(|e| {
             NhsLoginError::Refused(format!("discovery's authorization_endpoint: {e}"))
         })?;
-        let vtr = serde_json::to_string(&self.settings.vtr).unwrap_or_default();
+        let vtr: Vec<&str> = self.settings.vtr.iter().map(Vector::as_str).collect();
+        let vtr = serde_json::to_string(&vtr).unwrap_or_default();
         {
             let mut q = url.query_pairs_mut();
             q.append_pair("response_type", "code")
@@ -757,7 +717,7 @@ impl NhsLogin {
             ));
         }
         let vot = claims.vot.as_deref().and_then(Vector::parse);
-        if !vot.is_some_and(|v| self.requested.contains(&v)) {
+        if !vot.is_some_and(|v| self.settings.vtr.contains(&v)) {
             return Err(NhsLoginError::IdToken(format!(
                 "`vot` {:?} is not one of the requested vectors {:?}",
                 claims.vot.as_deref().unwrap_or(""),

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::config::{AuditSettings, AuditSink};
 use crate::core::patient::PatientContext;
-use crate::store::crypto::hmac_sha256;
+use crate::core::hash::hmac_sha256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

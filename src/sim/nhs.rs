@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::core::clock::{Clock, SystemClock};
-use crate::nhs_login::{keys, Vector};
+use crate::config::Vector;
+use crate::core::rsa_keys as keys;
 use crate::pages::escape;
 
 /// What the simulator counts, by the names `count` takes.

@@ -13,29 +13,8 @@ use rand::RngCore;
 
 const NONCE_LEN: usize = 12;
 
-/// HMAC-SHA256 of `message` under `key`.
-pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    use hmac::{Hmac, Mac};
-    // HMAC takes a key of any length; `new_from_slice` cannot fail for it.
-    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
-    mac.update(message);
-    mac.finalize().into_bytes().into()
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum KeyError {
-    #[error("no keys given")]
-    Empty,
-    #[error("key {0}: expected KEY_ID:BASE64_32_BYTES")]
-    Malformed(usize),
-    #[error("key `{0}`: the id must be 1-64 letters, digits, - _ .")]
-    BadId(String),
-    #[error("key `{0}`: not 32 bytes of base64")]
-    BadMaterial(String),
-    #[error("key `{0}` is given twice")]
-    Duplicate(String),
-}
+pub use crate::config::{parse_keys, KeyError, StoreKey};
+pub use crate::core::hash::hmac_sha256;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SealError {
@@ -60,43 +39,24 @@ impl std::fmt::Debug for Keyring {
 }
 
 impl Keyring {
-    pub fn parse(text: &str) -> Result<Keyring, KeyError> {
-        let mut keys: Vec<(String, Aes256Gcm)> = Vec::new();
-        let mut derived = [0u8; 32];
-        let entries = text
-            .split([',', '\n'])
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'));
-        for (n, entry) in entries.enumerate() {
-            let (id, material) = entry.split_once(':').ok_or(KeyError::Malformed(n + 1))?;
-            let (id, material) = (id.trim(), material.trim());
-            if id.is_empty()
-                || id.len() > 64
-                || !id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            {
-                return Err(KeyError::BadId(id.to_string()));
-            }
-            let bytes = B64
-                .decode(material)
-                .ok()
-                .filter(|b| b.len() == 32)
-                .ok_or_else(|| KeyError::BadMaterial(id.to_string()))?;
-            if keys.iter().any(|(k, _)| k == id) {
-                return Err(KeyError::Duplicate(id.to_string()));
-            }
-            let cipher = Aes256Gcm::new_from_slice(&bytes)
-                .map_err(|_| KeyError::BadMaterial(id.to_string()))?;
-            if keys.is_empty() {
-                derived = hmac_sha256(&bytes, b"pkb-edge derived key v1");
-            }
-            keys.push((id.to_string(), cipher));
-        }
-        if keys.is_empty() {
-            return Err(KeyError::Empty);
-        }
+    /// The keyring for the configured keys (at least one; the first seals).
+    pub fn new(keys: &[StoreKey]) -> Result<Keyring, KeyError> {
+        let first = keys.first().ok_or(KeyError::Empty)?;
+        let derived = hmac_sha256(first.material(), b"pkb-edge derived key v1");
+        let keys = keys
+            .iter()
+            .map(|k| {
+                Aes256Gcm::new_from_slice(k.material())
+                    .map(|cipher| (k.id.clone(), cipher))
+                    .map_err(|_| KeyError::BadMaterial(k.id.clone()))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Keyring { keys, derived })
+    }
+
+    /// Key lines (`KEY_ID:BASE64_32_BYTES`), parsed and made into a keyring.
+    pub fn parse(text: &str) -> Result<Keyring, KeyError> {
+        Keyring::new(&parse_keys(text)?)
     }
 
     /// A new random key line, as `pkb-edge keygen` prints it.

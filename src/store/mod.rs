@@ -266,7 +266,7 @@ pub async fn open_backend_with(
 /// The configured keys, parsed (the config check already did once, so this fails only if the
 /// config was built by hand).
 pub fn keyring(settings: &StoreSettings) -> Result<Keyring, StoreError> {
-    Keyring::parse(settings.keys.expose())
+    Keyring::new(&settings.keys)
         .map_err(|e| StoreError::Keys(format!("{}: {e}", settings.keys_source)))
 }
 

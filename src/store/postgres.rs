@@ -24,6 +24,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use sha2::{Digest, Sha256};
 
 use super::{PairingStore, RecordKind, SealedPairState, SealedPairing, SealedRecord, StoreError};
+pub use crate::config::TlsMode;
 
 /// Each entry upgrades the schema by one version; never edit one that has shipped.
 const MIGRATIONS: &[&str] = &[
@@ -139,20 +140,6 @@ fn read_row(r: &tokio_postgres::Row) -> SealedPairing {
 fn lock_key(user_id: &str) -> i64 {
     let digest = Sha256::digest(format!("pkb-edge refresh\0{user_id}").as_bytes());
     i64::from_be_bytes(digest[..8].try_into().unwrap_or([0; 8]))
-}
-
-/// `store.tls`: how the connection to the database is protected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TlsMode {
-    /// Plain TCP.
-    Disable,
-    /// TLS when the server offers it, its certificate not checked (libpq's default, `prefer`):
-    /// protects against eavesdroppers, not against an impostor.
-    Prefer,
-    /// TLS always, the certificate checked against `store.tls_ca_file` (or the public web PKI)
-    /// and the host name (libpq's `verify-full`).
-    Verify,
 }
 
 /// Accepts any certificate (signatures on the handshake are still checked): `TlsMode::Prefer`.
