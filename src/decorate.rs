@@ -15,8 +15,8 @@ use http::HeaderMap;
 use moka::future::Cache;
 use moka::Expiry;
 
-use crate::core::patient::PatientContext;
 use crate::config::{DecorateSettings, PatientSource};
+use crate::core::patient::PatientContext;
 use crate::tokens::TokenSource;
 
 /// How long a look-up that failed (PKB error or timeout) is remembered, so an outage does not

@@ -6,7 +6,6 @@ use serde::Deserialize;
 use super::{Environment, Validator, ENV_AUDIT_KEY};
 use crate::core::secret::SecretText;
 
-
 /// Where audit lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuditSink {
@@ -67,5 +66,4 @@ impl Validator {
         };
         Some(AuditSettings { sink, hash_key })
     }
-
 }

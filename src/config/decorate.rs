@@ -27,7 +27,6 @@ pub struct DecorateSettings {
     pub cache_capacity: u64,
 }
 
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDecorate {
@@ -154,5 +153,4 @@ impl Validator {
             cache_capacity: d.cache_capacity,
         })
     }
-
 }

@@ -5,7 +5,6 @@ use serde::Deserialize;
 
 use super::Validator;
 
-
 #[derive(Debug, Clone)]
 pub enum IdentitySettings {
     Header {
@@ -110,7 +109,6 @@ impl Validator {
             }
         }
     }
-
 }
 
 /// `10.0.0.0/8`, or a bare address meaning just that host.

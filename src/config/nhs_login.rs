@@ -13,7 +13,6 @@ pub fn ods_code_is_well_formed(code: &str) -> bool {
     b.len() == 6 && b[0].is_ascii_uppercase() && b[1..].iter().all(u8::is_ascii_digit)
 }
 
-
 /// A vector of trust: identity proofing level and authentication methods, e.g. `P9.Cp.Cd`.
 /// Two vectors are equal when their level and methods are (`P9.Cd.Cp` is `P9.Cp.Cd`); the text
 /// as written is kept for the authorize request.
@@ -69,8 +68,6 @@ impl Vector {
         &self.written
     }
 }
-
-
 
 /// NHS login's vectors of trust: identity proofing P0/P5/P9 with authentication Cp/Cd/Ck/Cm.
 pub const DEFAULT_VTR: [&str; 3] = ["P9.Cp.Cd", "P9.Cp.Ck", "P9.Cm"];
@@ -318,7 +315,6 @@ impl Validator {
         })
     }
 
-
     fn nhs_scopes(&mut self, scopes: &[String]) {
         if !scopes.iter().any(|s| s == "openid") {
             self.problem("nhs_login.scopes", "must include `openid`");
@@ -462,5 +458,4 @@ impl Validator {
             window_secs: g.window_secs,
         })
     }
-
 }

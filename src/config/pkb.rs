@@ -199,5 +199,4 @@ impl Validator {
             data_from_other_org_path: name("data_from_other_org_path"),
         })
     }
-
 }

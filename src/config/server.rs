@@ -102,7 +102,6 @@ impl Validator {
         })
     }
 
-
     pub(super) fn socket_addr(&mut self, key: &str, s: &str) -> Option<SocketAddr> {
         match s.parse() {
             Ok(a) => Some(a),
@@ -115,7 +114,6 @@ impl Validator {
             }
         }
     }
-
 
     pub(super) fn upstream(&mut self, s: &str) -> Option<Upstream> {
         let key = "upstream";
@@ -156,7 +154,6 @@ impl Validator {
         }
     }
 
-
     pub(super) fn prefix(&mut self, p: &str) -> Option<String> {
         let ok = p.len() > 1
             && p.starts_with('/')
@@ -176,7 +173,6 @@ impl Validator {
             None
         }
     }
-
 
     pub(super) fn server(&mut self, s: RawServer, port: u16) -> Option<ServerSettings> {
         if s.threads == 0 || s.threads > 1024 {
@@ -201,5 +197,4 @@ impl Validator {
             }),
         })
     }
-
 }

@@ -96,7 +96,6 @@ pub enum TlsMode {
     Verify,
 }
 
-
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
     /// `sqlite://PATH` or `postgres://…`, without a password (that is in `password`).
@@ -117,7 +116,6 @@ pub struct StoreSettings {
     pub cache_capacity: u64,
     pub cache_ttl: Duration,
 }
-
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -308,5 +306,4 @@ impl Validator {
             cache_ttl: Duration::from_secs(s.cache_ttl_secs),
         })
     }
-
 }

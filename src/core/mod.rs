@@ -1,11 +1,11 @@
 //! Leaves: small pieces every layer may use, which import nothing else of pkb-edge.
 
 pub mod clock;
+pub mod hash;
 pub mod limits;
 pub mod patient;
-pub mod hash;
 pub mod random;
-pub mod rsa_keys;
 pub mod relative_path;
+pub mod rsa_keys;
 pub mod same_origin;
 pub mod secret;

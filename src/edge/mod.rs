@@ -1,8 +1,12 @@
-//! The edge: the only code that sees Pingora. A short dispatcher, the reserved routes, the
-//! header rules, the error → status + page/JSON mapping, the ops listener and the service
-//! assembly.
+//! The edge: the only code that sees Pingora. A short dispatcher (`proxy`), one handler per
+//! reserved route (`routes`), NHS login as a layer around the proxy (`nhs`), the header rules
+//! (`headers`), the error → status + page/JSON mapping (`reply`), the ops listener (`ops`) and
+//! the service assembly (`service`).
 
+pub mod headers;
+pub mod nhs;
 pub mod ops;
 pub mod proxy;
 pub mod reply;
+pub mod routes;
 pub mod service;

@@ -8,19 +8,23 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 
 use crate::config::Config;
+use crate::config::PatientSource;
 use crate::core::clock::{Clock, SystemClock};
 use crate::core::limits::LaunchLimiter;
-use crate::config::PatientSource;
 use crate::decorate::Decorator;
+use crate::edge::nhs::{NhsLoginLayer, NhsWeb};
 use crate::edge::ops::OpsApp;
 use crate::edge::proxy::EdgeProxy;
 use crate::identity::IdentityResolver;
 use crate::launch::LaunchService;
+use crate::nhs_login::NhsLogin;
 use crate::observe::audit::AuditLog;
 use crate::pairing::PairingService;
 use crate::pkb::PkbClient;
+use crate::store::Pairings;
 use crate::store::{keyring, open_pairings, StoreError};
 use crate::tokens::TokenSource;
+use pingora::proxy::ProxyHttp;
 
 /// What start-up would open, opened and closed again: the token store (migrated, keys checked
 /// against it) and the audit sink. `pkb-edge check --deep` runs this, so a reload that would
@@ -52,24 +56,72 @@ pub struct StartOptions {
     pub daemon: bool,
 }
 
+/// Why pkb-edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot start a runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Audit(String),
+    #[error("{0}")]
+    NhsLogin(String),
+}
+
 /// Builds the Pingora server for `config`. Opening the store happens here, on a short-lived
 /// runtime; nothing built on it (no HTTP client, no pool) outlives it.
-pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, StoreError> {
+pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, StartError> {
     // Register the metrics now: a registration problem shows at start-up, never on a request.
     crate::observe::metrics::metrics();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let setup = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        .map_err(StartError::Runtime)?;
     let pairings = setup.block_on(open_pairings(&config.store, clock.clone()))?;
-    let ops_pairings = pairings.clone();
     drop(setup);
+    let draining = Arc::new(AtomicBool::new(false));
+    let proxy = header_proxy(config, pairings.clone(), clock.clone(), draining.clone())?;
 
-    let audit = Arc::new(
-        AuditLog::open(&config.audit, keyring(&config.store)?.derived_key())
-            .map_err(StoreError::Config)?,
-    );
+    let mut server = pingora_server(config, options);
+    match &config.nhs_login {
+        Some(settings) => {
+            let nhs = NhsLogin::new(Arc::new(settings.clone()), pairings.records(), clock)
+                .map_err(StartError::NhsLogin)?;
+            let web = NhsWeb {
+                nhs: Arc::new(nhs),
+                prefix: config.prefix.clone(),
+                pkb_base: config.pkb.base_url.clone(),
+                public_origin: config.public_url.origin().ascii_serialization(),
+            };
+            add_proxy(&mut server, config, NhsLoginLayer { inner: proxy, web });
+        }
+        None => add_proxy(&mut server, config, proxy),
+    }
+    server.add_service(pingora::services::background::background_service(
+        "drain watch",
+        DrainWatch { draining },
+    ));
+    if let Some(ops_listen) = config.ops_listen {
+        let app = pingora::apps::http_app::HttpServer::new_app(OpsApp { pairings });
+        let mut ops = pingora::services::listening::Service::new("pkb-edge ops".to_string(), app);
+        ops.add_tcp(&ops_listen.to_string());
+        server.add_service(ops);
+    }
+    Ok(server)
+}
+
+/// The header-mode proxy and the use cases behind it.
+fn header_proxy(
+    config: &Config,
+    pairings: Arc<Pairings>,
+    clock: Arc<dyn Clock>,
+    draining: Arc<AtomicBool>,
+) -> Result<EdgeProxy, StartError> {
+    let keys = keyring(&config.store)?;
+    let audit =
+        Arc::new(AuditLog::open(&config.audit, keys.derived_key()).map_err(StartError::Audit)?);
     let pkb = Arc::new(PkbClient::new(
         Arc::new(config.pkb.clone()),
         config.limits.pkb_concurrency,
@@ -80,35 +132,6 @@ pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, St
         clock.clone(),
         config.pkb.state_ttl_secs,
     ));
-    let nhs = match &config.nhs_login {
-        Some(settings) => {
-            let nhs = crate::nhs_login::NhsLogin::new(
-                Arc::new(settings.clone()),
-                pairings.records(),
-                clock.clone(),
-            )
-            .map_err(StoreError::Config)?;
-            Some(crate::nhs_login::web::NhsWeb {
-                nhs: Arc::new(nhs),
-                prefix: config.prefix.clone(),
-                pkb_base: config.pkb.base_url.clone(),
-                public_origin: config.public_url.origin().ascii_serialization(),
-            })
-        }
-        None => None,
-    };
-    let mut proxy_set_headers = vec![config.decorate.header.clone()];
-    if nhs.is_some() {
-        proxy_set_headers.extend(
-            [
-                crate::nhs_login::web::NHS_NUMBER_HEADER,
-                crate::nhs_login::web::PROOFING_LEVEL_HEADER,
-            ]
-            .into_iter()
-            .chain(crate::nhs_login::web::GP_HEADERS)
-            .map(http::HeaderName::from_static),
-        );
-    }
     let tokens = Arc::new(TokenSource::new(pairings, pkb, clock));
     let launch = Arc::new(LaunchService::new(
         tokens.clone(),
@@ -119,23 +142,22 @@ pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, St
     if let Some(PatientSource::Header(name)) = &config.decorate.patient_from {
         vary_on.push(name.to_string());
     }
-    let identity = IdentityResolver::new(&config.identity);
-    let draining = Arc::new(AtomicBool::new(false));
-    let proxy = EdgeProxy {
+    Ok(EdgeProxy {
         upstream: config.upstream.clone(),
         prefix: config.prefix.clone(),
-        identity,
+        identity: IdentityResolver::new(&config.identity),
         launch,
         pairing,
         decorator,
         vary_on,
         public_origin: config.public_url.origin().ascii_serialization(),
-        proxy_set_headers,
+        proxy_set_headers: vec![config.decorate.header.clone()],
         audit,
-        draining: draining.clone(),
-        nhs,
-    };
+        draining,
+    })
+}
 
+fn pingora_server(config: &Config, options: StartOptions) -> Server {
     let conf = ServerConf {
         threads: config.server.threads,
         work_stealing: config.server.work_stealing,
@@ -153,6 +175,15 @@ pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, St
     };
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
+    server
+}
+
+/// The public listener, serving `proxy`.
+fn add_proxy<P>(server: &mut Server, config: &Config, proxy: P)
+where
+    P: ProxyHttp + Send + Sync + 'static,
+    P::CTX: Send + Sync,
+{
     let mut service = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         proxy,
@@ -166,19 +197,6 @@ pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, St
         ),
     );
     server.add_service(service);
-    server.add_service(pingora::services::background::background_service(
-        "drain watch",
-        DrainWatch { draining },
-    ));
-    if let Some(ops_listen) = config.ops_listen {
-        let app = pingora::apps::http_app::HttpServer::new_app(OpsApp {
-            pairings: ops_pairings,
-        });
-        let mut ops = pingora::services::listening::Service::new("pkb-edge ops".to_string(), app);
-        ops.add_tcp(&ops_listen.to_string());
-        server.add_service(ops);
-    }
-    Ok(server)
 }
 
 /// Watches for SIGQUIT (graceful upgrade) and SIGTERM. From then on every response closes its

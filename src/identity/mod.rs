@@ -69,43 +69,6 @@ impl IdentityResolver {
     }
 }
 
-/// What to remove from a request before it goes upstream: the hop-by-hop headers a client named
-/// in `Connection:` (a client could otherwise name a header the proxy sets, and have the next hop
-/// drop it), plus `Connection`, `Keep-Alive` and `Proxy-Connection` themselves.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct HopByHop {
-    pub remove: Vec<HeaderName>,
-    /// `Connection: upgrade` is put back for a protocol upgrade (WebSockets keep working).
-    pub keep_upgrade: bool,
-}
-
-pub fn hop_by_hop(headers: &HeaderMap) -> HopByHop {
-    let mut out = HopByHop::default();
-    let tokens = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase());
-    for token in tokens {
-        match token.as_str() {
-            "" | "keep-alive" | "close" => {}
-            "upgrade" => out.keep_upgrade = headers.contains_key(http::header::UPGRADE),
-            name => {
-                if let Ok(name) = HeaderName::try_from(name) {
-                    out.remove.push(name);
-                }
-            }
-        }
-    }
-    for name in ["connection", "keep-alive", "proxy-connection"] {
-        if headers.contains_key(name) {
-            out.remove.push(HeaderName::from_static(name));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,36 +130,5 @@ mod tests {
             r.resolve(peer, &headers(&[("x-authenticated-user", &long)])),
             None
         );
-    }
-
-    #[test]
-    fn connection_named_headers_are_removed() {
-        let h = headers(&[
-            ("connection", "keep-alive, X-Authenticated-User"),
-            ("connection", "x-other"),
-            ("x-authenticated-user", "evil"),
-            ("x-other", "1"),
-            ("x-kept", "1"),
-            ("keep-alive", "timeout=5"),
-        ]);
-        let hop = hop_by_hop(&h);
-        let names: Vec<&str> = hop.remove.iter().map(HeaderName::as_str).collect();
-        assert_eq!(
-            names,
-            vec![
-                "x-authenticated-user",
-                "x-other",
-                "connection",
-                "keep-alive"
-            ]
-        );
-        assert!(!hop.keep_upgrade);
-
-        let ws = hop_by_hop(&headers(&[
-            ("connection", "Upgrade"),
-            ("upgrade", "websocket"),
-        ]));
-        assert!(ws.keep_upgrade);
-        assert_eq!(ws.remove, vec![HeaderName::from_static("connection")]);
     }
 }

@@ -9,7 +9,6 @@
 
 pub mod gp;
 pub mod session;
-pub mod web;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};

@@ -18,8 +18,8 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::config::{AuditSettings, AuditSink};
-use crate::core::patient::PatientContext;
 use crate::core::hash::hmac_sha256;
+use crate::core::patient::PatientContext;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

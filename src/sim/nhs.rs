@@ -20,8 +20,8 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::core::clock::{Clock, SystemClock};
 use crate::config::Vector;
+use crate::core::clock::{Clock, SystemClock};
 use crate::core::rsa_keys as keys;
 use crate::pages::escape;
 

@@ -1,5 +1,5 @@
-//! NHS login's routes and the sign-in gate in front of the upstream, as replies. The proxy calls
-//! these and records what they report (metrics, audit); the decisions are here.
+//! NHS login's routes and the sign-in gate in front of the upstream, as replies. The layer calls
+//! these and records what they report (metrics, audit); the decisions are the use case's.
 //!
 //! Loops are ruled out by construction: the only automatic retry is one interactive sign-in after
 //! a silent one (`prompt=none`) was refused, and an interactive sign-in never becomes silent.
@@ -9,9 +9,11 @@ use std::sync::Arc;
 use http::HeaderMap;
 use serde_json::json;
 
-use super::{NhsLogin, NhsLoginError, Session};
+use super::cookies::cookie_value;
 use crate::core::relative_path::{self, RelativePath};
 use crate::edge::reply::{page, Format, Reply};
+use crate::nhs_login::gp::GpStatus;
+use crate::nhs_login::{NhsLogin, NhsLoginError, Session, PURPOSE_GP_REFRESH};
 use crate::pages::MessagePage;
 
 /// The query parameter PKB and the NHS App carry a signed-in user's identity in.
@@ -81,40 +83,6 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
-}
-
-/// The value of cookie `name` from the `Cookie` header(s), if the browser sent it exactly once.
-pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    let mut found = headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .filter(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim().to_string());
-    let first = found.next()?;
-    found.next().is_none().then_some(first)
-}
-
-/// The `Cookie` header without pkb-edge's session cookie (the upstream never sees it), or
-/// `None` when nothing else is left.
-pub fn cookies_without(headers: &HeaderMap, name: &str) -> Option<String> {
-    let login = format!("{name}-login");
-    let kept: Vec<&str> = headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| {
-            !pair.is_empty()
-                && pair
-                    .split_once('=')
-                    .is_none_or(|(k, _)| k != name && k != login)
-        })
-        .collect();
-    (!kept.is_empty()).then(|| kept.join("; "))
 }
 
 /// `path?query` without the asserted identity (and the `prompt` that may come with it).
@@ -317,13 +285,13 @@ impl NhsWeb {
                     .session
                     .gp_status
                     .map(|status| (status.as_str(), signed_in.gp_reason));
-                if signed_in.purpose.as_deref() == Some(super::PURPOSE_GP_REFRESH) {
+                if signed_in.purpose.as_deref() == Some(PURPOSE_GP_REFRESH) {
                     s.gp_refresh = Some("refreshed");
                 }
                 (reply, s)
             }
             Err(failure) => {
-                let refreshing = failure.purpose.as_deref() == Some(super::PURPOSE_GP_REFRESH);
+                let refreshing = failure.purpose.as_deref() == Some(PURPOSE_GP_REFRESH);
                 let return_to = failure
                     .return_to
                     .as_deref()
@@ -481,7 +449,7 @@ impl NhsWeb {
             Err(e) => e,
         };
         let mut unavailable = session.clone();
-        unavailable.gp_status = Some(super::gp::GpStatus::Unavailable);
+        unavailable.gp_status = Some(GpStatus::Unavailable);
         unavailable.gp = None;
         if let Err(e) = self.nhs.sessions().replace(session_id, &unavailable).await {
             tracing::warn!(error = %e, "could not mark GP credentials unavailable in the session");
@@ -506,129 +474,6 @@ impl NhsWeb {
         s.gp_refresh = Some("gave_up");
         (reply, s)
     }
-
-    /// The page for every way NHS login can fail. Each offers only links the person chooses.
-    pub fn error_page(&self, e: &NhsLoginError, format: Format, return_to: &str) -> Reply {
-        let retry = self.login_href(return_to);
-        let msg = |status: u16, code: &str, title: &str, text: String, action, footnote| {
-            Reply::message(
-                status,
-                format,
-                code,
-                MessagePage {
-                    title,
-                    paragraphs: vec![text],
-                    action,
-                    form: None,
-                    footnote,
-                },
-            )
-        };
-        let home = || Some(("Go to the home page", "/".to_string()));
-        let try_again = || Some(("Try again", retry.clone()));
-        match e {
-            NhsLoginError::StateUnknown => msg(
-                400,
-                "state_unknown",
-                "This sign-in has expired",
-                "The sign-in link was already used, has expired, or was opened in another browser.".into(),
-                Some(("Sign in again", retry.clone())),
-                None,
-            ),
-            NhsLoginError::OtherBrowser => msg(
-                400,
-                "other_browser",
-                "Sign in from this browser",
-                "This sign-in was started in another browser, or this browser is blocking cookies. This service needs cookies to keep you signed in.".into(),
-                Some(("Sign in again", retry.clone())),
-                None,
-            ),
-            NhsLoginError::Denied(description) => {
-                let text = if description.contains("ConsentNotGiven") {
-                    "You chose not to share your NHS login information with this service, so you have not been signed in."
-                } else {
-                    "NHS login did not let you sign in to this service."
-                };
-                msg(
-                    403,
-                    "access_denied",
-                    "You have not been signed in",
-                    text.into(),
-                    home(),
-                    Some("You can try again at any time; NHS login will ask you again.".into()),
-                )
-            }
-            NhsLoginError::Provider { code, .. }
-                if code == "server_error" || code == "temporarily_unavailable" =>
-            {
-                msg(
-                    503,
-                    "nhs_login_unavailable",
-                    "NHS login is not available",
-                    "NHS login is not working at the moment. Please try again in a few minutes.".into(),
-                    try_again(),
-                    None,
-                )
-                .with_header("Retry-After", "30")
-            }
-            NhsLoginError::Provider { code, .. }
-                if code == "login_required" || code == "interaction_required" =>
-            {
-                msg(
-                    401,
-                    "login_required",
-                    "Sign in with NHS login",
-                    "NHS login needs you to sign in.".into(),
-                    Some(("Sign in with NHS login", retry.clone())),
-                    None,
-                )
-            }
-            NhsLoginError::Provider { code, .. } | NhsLoginError::NeedsInteraction(code) => msg(
-                502,
-                "nhs_login_error",
-                "Sign-in could not be completed",
-                "NHS login did not accept this service's sign-in request. The team that runs this service needs to know; please tell them.".into(),
-                home(),
-                Some(format!("NHS login's error code: {code}")),
-            ),
-            NhsLoginError::Unavailable(_) => msg(
-                503,
-                "nhs_login_unavailable",
-                "NHS login is not responding",
-                "NHS login did not answer in time. Please try again in a moment.".into(),
-                try_again(),
-                None,
-            )
-            .with_header("Retry-After", "5"),
-            NhsLoginError::Refused(_) | NhsLoginError::IdToken(_) | NhsLoginError::Userinfo(_) => {
-                msg(
-                    502,
-                    e.outcome(),
-                    "Sign-in could not be completed",
-                    "Your NHS login could not be confirmed, so you have not been signed in. Please try again; if it keeps happening, tell the team that runs this service.".into(),
-                    try_again(),
-                    Some(format!("Reason: {e}")),
-                )
-            }
-            NhsLoginError::BadRequest(why) => msg(
-                400,
-                "bad_request",
-                "This link is not valid",
-                format!("The link that brought you here is not valid: {why}"),
-                home(),
-                None,
-            ),
-            NhsLoginError::Store(_) => msg(
-                503,
-                "store_unavailable",
-                "Temporarily unavailable",
-                "This service cannot read its records right now. Please try again in a moment.".into(),
-                try_again(),
-                None,
-            )
-            .with_header("Retry-After", "5"),
-        }
-    }
 }
 
 fn root() -> RelativePath {
@@ -638,31 +483,6 @@ fn root() -> RelativePath {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(cookies: &[&str]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for c in cookies {
-            h.append(http::header::COOKIE, c.parse().unwrap());
-        }
-        h
-    }
-
-    #[test]
-    fn session_cookie_is_read_once_and_never_passed_upstream() {
-        let h = headers(&["a=1; pkb_edge_session=abc; b=2", "c=3"]);
-        assert_eq!(cookie_value(&h, "pkb_edge_session").as_deref(), Some("abc"));
-        assert_eq!(
-            cookies_without(&h, "pkb_edge_session").as_deref(),
-            Some("a=1; b=2; c=3")
-        );
-        let twice = headers(&["pkb_edge_session=abc", "pkb_edge_session=def"]);
-        assert_eq!(cookie_value(&twice, "pkb_edge_session"), None);
-        assert_eq!(cookies_without(&twice, "pkb_edge_session"), None);
-        assert_eq!(
-            cookie_value(&headers(&["pkb_edge_sessionx=1"]), "pkb_edge_session"),
-            None
-        );
-    }
 
     #[test]
     fn the_assertion_is_taken_off_the_return_path() {
