@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::core::clock::Clock;
 use crate::core::random::{random_token, state_is_well_formed};
 use crate::core::relative_path::{self, RelativePath};
+use crate::core::secret::CodeVerifier;
 use crate::pkb::{urls, PkbClient, PkbError};
 use crate::store::{PairState, Pairings, StoreError, TakenState, TokenSet};
 
@@ -128,7 +129,7 @@ impl PairingService {
         let verifier = random_token();
         let pending = PairState {
             user_id: user_id.to_string(),
-            code_verifier: verifier.clone(),
+            code_verifier: CodeVerifier::new(verifier.clone()),
             return_to,
             expires_at: self.clock.now() + self.state_ttl_secs,
         };
@@ -187,7 +188,7 @@ impl PairingService {
         let asked_at = self.clock.now();
         let answer = self
             .pkb
-            .exchange_code(&code, &pending.code_verifier)
+            .exchange_code(&code, pending.code_verifier.expose())
             .await
             .map_err(|e| match e {
                 PkbError::Unavailable(why) => PairingError::PkbUnavailable(why),

@@ -1,4 +1,3 @@
-
 use super::*;
 
 const KEY: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";

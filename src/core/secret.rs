@@ -47,6 +47,10 @@ secret_type!(
     ClientSecret
 );
 secret_type!(
+    /// A PKCE code verifier (RFC 7636): whoever holds it can redeem the pairing's code.
+    CodeVerifier
+);
+secret_type!(
     /// Raw key material text (e.g. the `store.keys` lines) before it is parsed.
     SecretText
 );

@@ -9,9 +9,10 @@ use moka::future::Cache;
 use tracing::Instrument;
 
 use super::crypto::{Keyring, SealError};
-use super::{PairingStore, SealedPairState, SealedPairing, StoreError};
+use super::records::{Records, Taken};
+use super::{Backend, RecordKind, SealedPairing, StoreError};
 use crate::core::clock::Clock;
-use crate::core::secret::{AccessToken, RefreshToken};
+use crate::core::secret::{AccessToken, CodeVerifier, RefreshToken};
 
 /// The plaintext these check values carry; a key that opens it is the key that sealed it.
 const KEY_CHECK_PLAINTEXT: &[u8] = b"pkb-edge key check v1";
@@ -57,13 +58,22 @@ pub struct RekeyPage {
     pub last: Option<String>,
 }
 
-/// A pairing in progress, as `Pairings::take_pair_state` hands it back.
+/// A pairing in progress, as `Pairings::take_pair_state` hands it back. `Debug` hides the
+/// verifier.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PairState {
     pub user_id: String,
-    pub code_verifier: String,
+    pub code_verifier: CodeVerifier,
     pub return_to: Option<String>,
     pub expires_at: i64,
+}
+
+/// A pairing state as sealed in the store.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredPairState {
+    user_id: String,
+    code_verifier: String,
+    return_to: Option<String>,
 }
 
 /// What taking a state found.
@@ -98,7 +108,7 @@ pub enum FreshError<E> {
 }
 
 pub struct Pairings {
-    backend: Arc<dyn PairingStore>,
+    backend: Arc<dyn Backend>,
     keyring: Arc<Keyring>,
     cache: Cache<String, Arc<Pairing>>,
     locks: UserLocks,
@@ -109,7 +119,7 @@ impl Pairings {
     /// Checks the keys against the store before anything else: a store sealed with a key that is
     /// not configured, or with different material under the same id, is a start-up error.
     pub async fn open(
-        backend: Arc<dyn PairingStore>,
+        backend: Arc<dyn Backend>,
         keyring: Keyring,
         cache_capacity: u64,
         cache_ttl: Duration,
@@ -260,18 +270,18 @@ impl Pairings {
         Ok((count, last))
     }
 
-    /// The backend itself, for copying sealed rows between stores.
-    /// The short-lived sealed records (NHS login states and sessions) in the same store, under
-    /// the same keys.
-    pub fn records(&self) -> super::records::Records {
-        super::records::Records::new(
+    /// The short-lived sealed records (NHS login states and sessions, pairing states) in the
+    /// same store, under the same keys.
+    pub fn records(&self) -> Records {
+        Records::new(
             self.backend.clone(),
             self.keyring.clone(),
             self.clock.clone(),
         )
     }
 
-    pub fn backend(&self) -> &Arc<dyn PairingStore> {
+    /// The backend itself, for copying sealed rows between stores.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
     }
 
@@ -446,39 +456,34 @@ impl Pairings {
         }
     }
 
-    /// Records a pairing in progress under the SHA-256 of `state`, the verifier sealed.
+    /// Records a pairing in progress: a sealed record found by the hash of `state`.
     pub async fn put_pair_state(&self, state: &str, pending: &PairState) -> Result<(), StoreError> {
-        let state_hash = state_hash(state);
-        let aad = state_aad(&state_hash, &pending.user_id);
-        let row = SealedPairState {
-            verifier: self.keyring.seal(pending.code_verifier.as_bytes(), &aad),
-            key_id: self.keyring.primary_id().to_string(),
+        let stored = StoredPairState {
             user_id: pending.user_id.clone(),
+            code_verifier: pending.code_verifier.expose().to_string(),
             return_to: pending.return_to.clone(),
-            expires_at: pending.expires_at,
-            state_hash,
         };
-        self.backend.put_pair_state(row, self.clock.now()).await
+        self.records()
+            .put(RecordKind::PairState, state, &stored, pending.expires_at)
+            .await
     }
 
     /// Takes the pairing in progress for `state`: whatever the answer, the state is spent.
     pub async fn take_pair_state(&self, state: &str) -> Result<TakenState, StoreError> {
-        let Some(row) = self.backend.take_pair_state(&state_hash(state)).await? else {
-            return Ok(TakenState::Unknown);
-        };
-        if row.expires_at <= self.clock.now() {
-            return Ok(TakenState::Expired);
-        }
-        let aad = state_aad(&row.state_hash, &row.user_id);
-        let verifier = self.keyring.open(&row.key_id, &row.verifier, &aad)?;
-        let code_verifier = String::from_utf8(verifier)
-            .map_err(|_| StoreError::Sealing(SealError::Corrupt(row.key_id.clone())))?;
-        Ok(TakenState::Valid(PairState {
-            user_id: row.user_id,
-            code_verifier,
-            return_to: row.return_to,
-            expires_at: row.expires_at,
-        }))
+        let taken = self
+            .records()
+            .take_checked::<StoredPairState>(RecordKind::PairState, state)
+            .await?;
+        Ok(match taken {
+            Taken::Absent => TakenState::Unknown,
+            Taken::Expired => TakenState::Expired,
+            Taken::Valid(record) => TakenState::Valid(PairState {
+                user_id: record.value.user_id,
+                code_verifier: CodeVerifier::new(record.value.code_verifier),
+                return_to: record.value.return_to,
+                expires_at: record.expires_at,
+            }),
+        })
     }
 
     /// PKB rejected this version's grant. Deletes the row only if it is still that version;
@@ -553,18 +558,6 @@ impl Pairings {
 
 fn needs_refresh(p: &Pairing, now: i64, skew_secs: i64, stale_version: Option<i64>) -> bool {
     p.tokens.access_expires_at - skew_secs <= now || stale_version == Some(p.version)
-}
-
-fn state_hash(state: &str) -> Vec<u8> {
-    use sha2::Digest;
-    sha2::Sha256::digest(state.as_bytes()).to_vec()
-}
-
-fn state_aad(state_hash: &[u8], user_id: &str) -> Vec<u8> {
-    let mut aad = b"pkb-edge|state|".to_vec();
-    aad.extend_from_slice(state_hash);
-    aad.extend_from_slice(user_id.as_bytes());
-    aad
 }
 
 fn aad(user_id: &str, field: &str) -> Vec<u8> {
@@ -878,7 +871,7 @@ mod tests {
         let p = f.open(&keys).await.unwrap();
         let pending = |user: &str, ttl: i64| PairState {
             user_id: user.into(),
-            code_verifier: "v".repeat(43),
+            code_verifier: CodeVerifier::new("v".repeat(43)),
             return_to: Some("/x".into()),
             expires_at: NOW + ttl,
         };

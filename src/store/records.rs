@@ -1,4 +1,5 @@
-//! Typed, sealed, short-lived records beside the pairings: NHS login states and sessions.
+//! Typed, sealed, short-lived records beside the pairings: NHS login states and sessions, PKB
+//! pairing states. One implementation for every kind: a kind is a name and a serde type.
 //!
 //! A record is found by the SHA-256 of a secret id only the browser holds (the `state`, the
 //! session cookie), and its content is sealed with the store's keys, bound to its kind and id.
@@ -11,14 +12,24 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::crypto::Keyring;
-use super::{PairingStore, RecordKind, SealedRecord, StoreError};
+use super::{RecordKind, SealedRecord, SealedRecords, StoreError};
 use crate::core::clock::Clock;
 
 #[derive(Clone)]
 pub struct Records {
-    backend: Arc<dyn PairingStore>,
+    backend: Arc<dyn SealedRecords>,
     keyring: Arc<Keyring>,
     clock: Arc<dyn Clock>,
+}
+
+/// What taking a record found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken<T> {
+    /// Never there, used already, or no longer opening with the configured keys.
+    Absent,
+    /// There, but past its expiry (and now gone).
+    Expired,
+    Valid(Record<T>),
 }
 
 /// A record's content and when it expires.
@@ -46,7 +57,7 @@ fn aad(kind: RecordKind, id_hash: &[u8]) -> Vec<u8> {
 
 impl Records {
     pub fn new(
-        backend: Arc<dyn PairingStore>,
+        backend: Arc<dyn SealedRecords>,
         keyring: Arc<Keyring>,
         clock: Arc<dyn Clock>,
     ) -> Self {
@@ -100,17 +111,32 @@ impl Records {
         Ok(row.and_then(|r| self.open(kind, r)))
     }
 
-    /// Removes and returns the record: whatever happens next, it cannot be used again.
+    /// Removes and returns the record: whatever happens next, it cannot be used again. An
+    /// expired record reads as absent.
     pub async fn take<T: DeserializeOwned>(
         &self,
         kind: RecordKind,
         id: &str,
     ) -> Result<Option<Record<T>>, StoreError> {
-        let row = self
-            .backend
-            .take_record(kind, &id_hash(kind, id), self.clock.now())
-            .await?;
-        Ok(row.and_then(|r| self.open(kind, r)))
+        Ok(match self.take_checked(kind, id).await? {
+            Taken::Valid(record) => Some(record),
+            Taken::Absent | Taken::Expired => None,
+        })
+    }
+
+    /// Like `take`, telling an expired record from an absent one.
+    pub async fn take_checked<T: DeserializeOwned>(
+        &self,
+        kind: RecordKind,
+        id: &str,
+    ) -> Result<Taken<T>, StoreError> {
+        let Some(row) = self.backend.take_record(kind, &id_hash(kind, id)).await? else {
+            return Ok(Taken::Absent);
+        };
+        if row.expires_at <= self.clock.now() {
+            return Ok(Taken::Expired);
+        }
+        Ok(self.open(kind, row).map_or(Taken::Absent, Taken::Valid))
     }
 
     pub async fn extend(
@@ -128,7 +154,7 @@ impl Records {
         self.backend.delete_record(kind, &id_hash(kind, id)).await
     }
 
-    /// One more event for `id` in its window (see `PairingStore::count_in_window`); the id is
+    /// One more event for `id` in its window (see `SealedRecords::count_in_window`); the id is
     /// stored only as a hash.
     pub async fn count_in_window(
         &self,

@@ -16,18 +16,22 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use sha2::{Digest, Sha256};
 
-use super::{PairingStore, RecordKind, SealedPairState, SealedPairing, SealedRecord, StoreError};
+mod records;
+mod tls;
+
+use super::{PairingRows, SealedPairing, StoreError};
 pub use crate::config::TlsMode;
 
 /// Each entry upgrades the schema by one version; never edit one that has shipped.
 const MIGRATIONS: &[&str] = &[
+    // (pair_states, in 1, is no longer written: pairing states are sealed records of kind
+    // `pair_state` now. The table stays so an older binary rolled back to still finds it.)
     "CREATE SEQUENCE pairing_versions;
     CREATE TABLE pairings (
         user_id TEXT PRIMARY KEY,
@@ -142,102 +146,6 @@ fn lock_key(user_id: &str) -> i64 {
     i64::from_be_bytes(digest[..8].try_into().unwrap_or([0; 8]))
 }
 
-/// Accepts any certificate (signatures on the handshake are still checked): `TlsMode::Prefer`.
-#[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-fn tls(
-    mode: TlsMode,
-    ca_file: Option<&std::path::Path>,
-) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| StoreError::Config(format!("TLS: {e}")))?;
-    if mode != TlsMode::Verify {
-        let config = builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth();
-        return Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config));
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| {
-                StoreError::Config(format!(
-                    "store.tls_ca_file: cannot read {}: {e}",
-                    path.display()
-                ))
-            })?;
-            let mut found = 0;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let cert = cert.map_err(|e| {
-                    StoreError::Config(format!("store.tls_ca_file: {}: {e}", path.display()))
-                })?;
-                roots.add(cert).map_err(|e| {
-                    StoreError::Config(format!("store.tls_ca_file: {}: {e}", path.display()))
-                })?;
-                found += 1;
-            }
-            if found == 0 {
-                return Err(StoreError::Config(format!(
-                    "store.tls_ca_file: {} holds no PEM certificate",
-                    path.display()
-                )));
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let config = builder.with_root_certificates(roots).with_no_client_auth();
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
-}
-
 impl PostgresPairingStore {
     /// Builds the pools (no connection is made yet) and applies the migrations.
     pub async fn open(options: &PostgresOptions) -> Result<Self, StoreError> {
@@ -267,7 +175,7 @@ impl PostgresPairingStore {
             TlsMode::Prefer => tokio_postgres::config::SslMode::Prefer,
             TlsMode::Verify => tokio_postgres::config::SslMode::Require,
         });
-        let tls = tls(options.tls, options.ca_file.as_deref())?;
+        let tls = tls::tls(options.tls, options.ca_file.as_deref())?;
         let pool = |size: usize| {
             let manager = Manager::from_config(
                 config.clone(),
@@ -334,7 +242,7 @@ impl PostgresPairingStore {
 }
 
 #[async_trait]
-impl PairingStore for PostgresPairingStore {
+impl PairingRows for PostgresPairingStore {
     async fn get(&self, user_id: &str) -> Result<Option<SealedPairing>, StoreError> {
         let conn = self.conn().await?;
         let stmt = conn
@@ -550,188 +458,6 @@ impl PairingStore for PostgresPairingStore {
         Ok(())
     }
 
-    async fn put_pair_state(&self, state: SealedPairState, now: i64) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        let tx = conn.transaction().await?;
-        tx.execute("DELETE FROM pair_states WHERE expires_at < $1", &[&now])
-            .await?;
-        tx.execute(
-            "INSERT INTO pair_states (state_hash, user_id, key_id, verifier, return_to, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-            &[
-                &state.state_hash,
-                &state.user_id,
-                &state.key_id,
-                &state.verifier,
-                &state.return_to,
-                &state.expires_at,
-            ],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn take_pair_state(
-        &self,
-        state_hash: &[u8],
-    ) -> Result<Option<SealedPairState>, StoreError> {
-        let conn = self.conn().await?;
-        let row = conn
-            .query_opt(
-                "DELETE FROM pair_states WHERE state_hash = $1
-                 RETURNING state_hash, user_id, key_id, verifier, return_to, expires_at",
-                &[&state_hash],
-            )
-            .await?;
-        Ok(row.map(|r| SealedPairState {
-            state_hash: r.get(0),
-            user_id: r.get(1),
-            key_id: r.get(2),
-            verifier: r.get(3),
-            return_to: r.get(4),
-            expires_at: r.get(5),
-        }))
-    }
-
-    async fn put_record(
-        &self,
-        kind: RecordKind,
-        record: SealedRecord,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        let tx = conn.transaction().await?;
-        tx.execute(
-            "DELETE FROM records WHERE kind = $1 AND expires_at <= $2",
-            &[&kind.as_str(), &now],
-        )
-        .await?;
-        tx.execute(
-            "INSERT INTO records (kind, id_hash, key_id, sealed, expires_at)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (kind, id_hash) DO UPDATE
-             SET key_id = EXCLUDED.key_id, sealed = EXCLUDED.sealed, expires_at = EXCLUDED.expires_at",
-            &[
-                &kind.as_str(),
-                &record.id_hash,
-                &record.key_id,
-                &record.sealed,
-                &record.expires_at,
-            ],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn get_record(
-        &self,
-        kind: RecordKind,
-        id_hash: &[u8],
-        now: i64,
-    ) -> Result<Option<SealedRecord>, StoreError> {
-        let conn = self.conn().await?;
-        let row = conn
-            .query_opt(
-                "SELECT id_hash, key_id, sealed, expires_at FROM records
-                 WHERE kind = $1 AND id_hash = $2 AND expires_at > $3",
-                &[&kind.as_str(), &id_hash, &now],
-            )
-            .await?;
-        Ok(row.as_ref().map(read_record))
-    }
-
-    async fn take_record(
-        &self,
-        kind: RecordKind,
-        id_hash: &[u8],
-        now: i64,
-    ) -> Result<Option<SealedRecord>, StoreError> {
-        let conn = self.conn().await?;
-        let row = conn
-            .query_opt(
-                "DELETE FROM records WHERE kind = $1 AND id_hash = $2
-                 RETURNING id_hash, key_id, sealed, expires_at",
-                &[&kind.as_str(), &id_hash],
-            )
-            .await?;
-        Ok(row.as_ref().map(read_record).filter(|r| r.expires_at > now))
-    }
-
-    async fn extend_record(
-        &self,
-        kind: RecordKind,
-        id_hash: &[u8],
-        expires_at: i64,
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        let conn = self.conn().await?;
-        let n = conn
-            .execute(
-                "UPDATE records SET expires_at = $1
-                 WHERE kind = $2 AND id_hash = $3 AND expires_at > $4",
-                &[&expires_at, &kind.as_str(), &id_hash, &now],
-            )
-            .await?;
-        Ok(n == 1)
-    }
-
-    async fn update_record(
-        &self,
-        kind: RecordKind,
-        record: SealedRecord,
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        let conn = self.conn().await?;
-        let n = conn
-            .execute(
-                "UPDATE records SET key_id = $1, sealed = $2
-                 WHERE kind = $3 AND id_hash = $4 AND expires_at > $5",
-                &[
-                    &record.key_id,
-                    &record.sealed,
-                    &kind.as_str(),
-                    &record.id_hash,
-                    &now,
-                ],
-            )
-            .await?;
-        Ok(n == 1)
-    }
-
-    async fn delete_record(&self, kind: RecordKind, id_hash: &[u8]) -> Result<bool, StoreError> {
-        let conn = self.conn().await?;
-        let n = conn
-            .execute(
-                "DELETE FROM records WHERE kind = $1 AND id_hash = $2",
-                &[&kind.as_str(), &id_hash],
-            )
-            .await?;
-        Ok(n == 1)
-    }
-
-    async fn count_in_window(
-        &self,
-        kind: &str,
-        id_hash: &[u8],
-        now: i64,
-        window_secs: i64,
-    ) -> Result<i64, StoreError> {
-        let conn = self.conn().await?;
-        let row = conn
-            .query_one(
-                "INSERT INTO counters (kind, id_hash, window_start, count) VALUES ($1, $2, $3, 1)
-                 ON CONFLICT (kind, id_hash) DO UPDATE SET
-                   count = CASE WHEN counters.window_start <= $3 - $4 THEN 1 ELSE counters.count + 1 END,
-                   window_start = CASE WHEN counters.window_start <= $3 - $4 THEN $3 ELSE counters.window_start END
-                 RETURNING count",
-                &[&kind, &id_hash, &now, &window_secs],
-            )
-            .await?;
-        Ok(row.get(0))
-    }
-
     async fn locked<'a>(
         &'a self,
         user_id: &'a str,
@@ -749,15 +475,6 @@ impl PairingStore for PostgresPairingStore {
         // is gone, and the lock went with it.
         tx.commit().await?;
         Ok(())
-    }
-}
-
-fn read_record(r: &tokio_postgres::Row) -> SealedRecord {
-    SealedRecord {
-        id_hash: r.get(0),
-        key_id: r.get(1),
-        sealed: r.get(2),
-        expires_at: r.get(3),
     }
 }
 

@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{PairingStore, RecordKind, SealedPairState, SealedPairing, SealedRecord, StoreError};
+mod records;
+
+use super::{PairingRows, SealedPairing, StoreError};
 
 /// Each entry upgrades the schema by one version; never edit one that has shipped.
 const MIGRATIONS: &[&str] = &[
@@ -28,7 +30,9 @@ const MIGRATIONS: &[&str] = &[
         key_id TEXT PRIMARY KEY NOT NULL,
         check_value BLOB NOT NULL
     );",
-    // 2: pairings in progress (OAuth state + PKCE verifier), single use.
+    // 2: pairings in progress (OAuth state + PKCE verifier), single use. No longer written:
+    // pairing states are sealed records (kind `pair_state`) now; kept so an older binary
+    // rolled back to still finds it.
     "CREATE TABLE pair_states (
         state_hash BLOB PRIMARY KEY NOT NULL,
         user_id TEXT NOT NULL,
@@ -205,7 +209,7 @@ fn select(conn: &Connection, user_id: &str) -> Result<Option<SealedPairing>, Sto
 }
 
 #[async_trait]
-impl PairingStore for SqlitePairingStore {
+impl PairingRows for SqlitePairingStore {
     async fn get(&self, user_id: &str) -> Result<Option<SealedPairing>, StoreError> {
         let user_id = user_id.to_string();
         self.read(move |c| select(c, &user_id)).await
@@ -420,196 +424,4 @@ impl PairingStore for SqlitePairingStore {
         })
         .await
     }
-
-    async fn put_pair_state(&self, state: SealedPairState, now: i64) -> Result<(), StoreError> {
-        self.with(move |c| {
-            let tx = c.transaction()?;
-            tx.execute("DELETE FROM pair_states WHERE expires_at < ?1", [now])?;
-            tx.execute(
-                "INSERT INTO pair_states (state_hash, user_id, key_id, verifier, return_to, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![state.state_hash, state.user_id, state.key_id, state.verifier, state.return_to, state.expires_at],
-            )?;
-            tx.commit()?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn take_pair_state(
-        &self,
-        state_hash: &[u8],
-    ) -> Result<Option<SealedPairState>, StoreError> {
-        let state_hash = state_hash.to_vec();
-        self.with(move |c| {
-            let mut stmt = c.prepare_cached(
-                "DELETE FROM pair_states WHERE state_hash = ?1
-                 RETURNING state_hash, user_id, key_id, verifier, return_to, expires_at",
-            )?;
-            let row = stmt
-                .query_row([state_hash], |r| {
-                    Ok(SealedPairState {
-                        state_hash: r.get(0)?,
-                        user_id: r.get(1)?,
-                        key_id: r.get(2)?,
-                        verifier: r.get(3)?,
-                        return_to: r.get(4)?,
-                        expires_at: r.get(5)?,
-                    })
-                })
-                .optional()?;
-            Ok(row)
-        })
-        .await
-    }
-
-    async fn put_record(
-        &self,
-        kind: RecordKind,
-        record: SealedRecord,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        self.with(move |c| {
-            let tx = c.transaction()?;
-            tx.execute(
-                "DELETE FROM records WHERE kind = ?1 AND expires_at <= ?2",
-                params![kind.as_str(), now],
-            )?;
-            tx.execute(
-                "INSERT OR REPLACE INTO records (kind, id_hash, key_id, sealed, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    kind.as_str(),
-                    record.id_hash,
-                    record.key_id,
-                    record.sealed,
-                    record.expires_at
-                ],
-            )?;
-            tx.commit()?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn get_record(
-        &self,
-        kind: RecordKind,
-        id_hash: &[u8],
-        now: i64,
-    ) -> Result<Option<SealedRecord>, StoreError> {
-        let id_hash = id_hash.to_vec();
-        self.read(move |c| {
-            Ok(c.prepare_cached(
-                "SELECT id_hash, key_id, sealed, expires_at FROM records
-                 WHERE kind = ?1 AND id_hash = ?2 AND expires_at > ?3",
-            )?
-            .query_row(params![kind.as_str(), id_hash, now], read_record)
-            .optional()?)
-        })
-        .await
-    }
-
-    async fn take_record(
-        &self,
-        kind: RecordKind,
-        id_hash: &[u8],
-        now: i64,
-    ) -> Result<Option<SealedRecord>, StoreError> {
-        let id_hash = id_hash.to_vec();
-        self.with(move |c| {
-            let taken = c
-                .prepare_cached(
-                    "DELETE FROM records WHERE kind = ?1 AND id_hash = ?2
-                     RETURNING id_hash, key_id, sealed, expires_at",
-                )?
-                .query_row(params![kind.as_str(), id_hash], read_record)
-                .optional()?;
-            Ok(taken.filter(|r| r.expires_at > now))
-        })
-        .await
-    }
-
-    async fn extend_record(
-        &self,
-        kind: RecordKind,
-        id_hash: &[u8],
-        expires_at: i64,
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        let id_hash = id_hash.to_vec();
-        self.with(move |c| {
-            Ok(c.prepare_cached(
-                "UPDATE records SET expires_at = ?1
-                 WHERE kind = ?2 AND id_hash = ?3 AND expires_at > ?4",
-            )?
-            .execute(params![expires_at, kind.as_str(), id_hash, now])?
-                == 1)
-        })
-        .await
-    }
-
-    async fn update_record(
-        &self,
-        kind: RecordKind,
-        record: SealedRecord,
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        self.with(move |c| {
-            Ok(c.prepare_cached(
-                "UPDATE records SET key_id = ?1, sealed = ?2
-                 WHERE kind = ?3 AND id_hash = ?4 AND expires_at > ?5",
-            )?
-            .execute(params![
-                record.key_id,
-                record.sealed,
-                kind.as_str(),
-                record.id_hash,
-                now
-            ])? == 1)
-        })
-        .await
-    }
-
-    async fn delete_record(&self, kind: RecordKind, id_hash: &[u8]) -> Result<bool, StoreError> {
-        let id_hash = id_hash.to_vec();
-        self.with(move |c| {
-            Ok(
-                c.prepare_cached("DELETE FROM records WHERE kind = ?1 AND id_hash = ?2")?
-                    .execute(params![kind.as_str(), id_hash])?
-                    == 1,
-            )
-        })
-        .await
-    }
-
-    async fn count_in_window(
-        &self,
-        kind: &str,
-        id_hash: &[u8],
-        now: i64,
-        window_secs: i64,
-    ) -> Result<i64, StoreError> {
-        let (kind, id_hash) = (kind.to_string(), id_hash.to_vec());
-        self.with(move |c| {
-            Ok(c.prepare_cached(
-                "INSERT INTO counters (kind, id_hash, window_start, count) VALUES (?1, ?2, ?3, 1)
-                 ON CONFLICT (kind, id_hash) DO UPDATE SET
-                   count = CASE WHEN counters.window_start <= ?3 - ?4 THEN 1 ELSE counters.count + 1 END,
-                   window_start = CASE WHEN counters.window_start <= ?3 - ?4 THEN ?3 ELSE counters.window_start END
-                 RETURNING count",
-            )?
-            .query_row(params![kind, id_hash, now, window_secs], |r| r.get(0))?)
-        })
-        .await
-    }
-}
-
-fn read_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<SealedRecord> {
-    Ok(SealedRecord {
-        id_hash: r.get(0)?,
-        key_id: r.get(1)?,
-        sealed: r.get(2)?,
-        expires_at: r.get(3)?,
-    })
 }

@@ -1,0 +1,155 @@
+//! Sealed records and counters in PostgreSQL: one table for every record kind.
+
+use async_trait::async_trait;
+
+use super::PostgresPairingStore;
+use crate::store::{RecordKind, SealedRecord, SealedRecords, StoreError};
+
+#[async_trait]
+impl SealedRecords for PostgresPairingStore {
+    async fn put_record(
+        &self,
+        kind: RecordKind,
+        record: SealedRecord,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        tx.execute(
+            "DELETE FROM records WHERE kind = $1 AND expires_at <= $2",
+            &[&kind.as_str(), &now],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO records (kind, id_hash, key_id, sealed, expires_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (kind, id_hash) DO UPDATE
+             SET key_id = EXCLUDED.key_id, sealed = EXCLUDED.sealed, expires_at = EXCLUDED.expires_at",
+            &[
+                &kind.as_str(),
+                &record.id_hash,
+                &record.key_id,
+                &record.sealed,
+                &record.expires_at,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_record(
+        &self,
+        kind: RecordKind,
+        id_hash: &[u8],
+        now: i64,
+    ) -> Result<Option<SealedRecord>, StoreError> {
+        let conn = self.conn().await?;
+        let row = conn
+            .query_opt(
+                "SELECT id_hash, key_id, sealed, expires_at FROM records
+                 WHERE kind = $1 AND id_hash = $2 AND expires_at > $3",
+                &[&kind.as_str(), &id_hash, &now],
+            )
+            .await?;
+        Ok(row.as_ref().map(read_record))
+    }
+
+    async fn take_record(
+        &self,
+        kind: RecordKind,
+        id_hash: &[u8],
+    ) -> Result<Option<SealedRecord>, StoreError> {
+        let conn = self.conn().await?;
+        let row = conn
+            .query_opt(
+                "DELETE FROM records WHERE kind = $1 AND id_hash = $2
+                 RETURNING id_hash, key_id, sealed, expires_at",
+                &[&kind.as_str(), &id_hash],
+            )
+            .await?;
+        Ok(row.as_ref().map(read_record))
+    }
+
+    async fn extend_record(
+        &self,
+        kind: RecordKind,
+        id_hash: &[u8],
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        let n = conn
+            .execute(
+                "UPDATE records SET expires_at = $1
+                 WHERE kind = $2 AND id_hash = $3 AND expires_at > $4",
+                &[&expires_at, &kind.as_str(), &id_hash, &now],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn update_record(
+        &self,
+        kind: RecordKind,
+        record: SealedRecord,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        let n = conn
+            .execute(
+                "UPDATE records SET key_id = $1, sealed = $2
+                 WHERE kind = $3 AND id_hash = $4 AND expires_at > $5",
+                &[
+                    &record.key_id,
+                    &record.sealed,
+                    &kind.as_str(),
+                    &record.id_hash,
+                    &now,
+                ],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn delete_record(&self, kind: RecordKind, id_hash: &[u8]) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        let n = conn
+            .execute(
+                "DELETE FROM records WHERE kind = $1 AND id_hash = $2",
+                &[&kind.as_str(), &id_hash],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn count_in_window(
+        &self,
+        kind: &str,
+        id_hash: &[u8],
+        now: i64,
+        window_secs: i64,
+    ) -> Result<i64, StoreError> {
+        let conn = self.conn().await?;
+        let row = conn
+            .query_one(
+                "INSERT INTO counters (kind, id_hash, window_start, count) VALUES ($1, $2, $3, 1)
+                 ON CONFLICT (kind, id_hash) DO UPDATE SET
+                   count = CASE WHEN counters.window_start <= $3 - $4 THEN 1 ELSE counters.count + 1 END,
+                   window_start = CASE WHEN counters.window_start <= $3 - $4 THEN $3 ELSE counters.window_start END
+                 RETURNING count",
+                &[&kind, &id_hash, &now, &window_secs],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+}
+
+fn read_record(r: &tokio_postgres::Row) -> SealedRecord {
+    SealedRecord {
+        id_hash: r.get(0),
+        key_id: r.get(1),
+        sealed: r.get(2),
+        expires_at: r.get(3),
+    }
+}
