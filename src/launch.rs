@@ -9,7 +9,7 @@ use crate::config::PkbSettings;
 use crate::core::limits::LaunchLimiter;
 use crate::core::patient::PatientContext;
 use crate::core::relative_path::{self, RelativePath};
-use crate::core::secret::Otp;
+use crate::core::secret::{Otp, OtpLoginUrl};
 use crate::pkb::urls::{self, ContextParams};
 use crate::pkb::{PkbClient, PkbError};
 use crate::store::{FreshError, Pairing, StoreError};
@@ -202,7 +202,7 @@ impl LaunchService {
         &self,
         user_id: &str,
         params: &LaunchParams,
-    ) -> Result<String, LaunchError> {
+    ) -> Result<OtpLoginUrl, LaunchError> {
         self.limiter
             .check(user_id)
             .map_err(LaunchError::RateLimited)?;

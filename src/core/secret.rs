@@ -20,6 +20,11 @@ macro_rules! secret_type {
             pub fn expose(&self) -> &str {
                 &self.0
             }
+
+            /// The secret's text, taken out of its wrapper (as `expose`, where it leaves).
+            pub fn into_exposed(self) -> String {
+                self.0
+            }
         }
 
         impl std::fmt::Debug for $name {
@@ -41,6 +46,10 @@ secret_type!(
 secret_type!(
     /// A PKB one-time password: single use, 60 s, only ever placed in a `Location` header.
     Otp
+);
+secret_type!(
+    /// The URL that logs a browser into PKB: it carries a one-time password.
+    OtpLoginUrl
 );
 secret_type!(
     /// The OAuth client secret pkb-edge authenticates to PKB with.

@@ -150,7 +150,7 @@ impl EdgeProxy {
             reason,
         });
         match result {
-            Ok(location) => Reply::redirect(location),
+            Ok(location) => Reply::redirect(location.into_exposed()),
             Err(e) => reply::launch_error(&e, r.format, &self.prefix, r.this_url()),
         }
     }

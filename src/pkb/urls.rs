@@ -8,7 +8,7 @@
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::core::patient::PatientContext;
-use crate::core::secret::Otp;
+use crate::core::secret::{Otp, OtpLoginUrl};
 
 /// Everything but RFC 3986 unreserved characters: for a whole value placed in a query.
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -81,7 +81,7 @@ pub fn otp_login_url(
     otp_param: &str,
     otp: &Otp,
     landing: Option<&str>,
-) -> String {
+) -> OtpLoginUrl {
     let base = base.trim_end_matches('/');
     let mut url = String::with_capacity(base.len() + otp_login_path.len() + 160);
     url.push_str(base);
@@ -98,7 +98,7 @@ pub fn otp_login_url(
         url.push_str("&redirect_uri=");
         url.extend(utf8_percent_encode(landing, COMPONENT));
     }
-    url
+    OtpLoginUrl::new(url)
 }
 
 /// PKB's authorize endpoint, for the browser: code flow with PKCE S256.
@@ -161,7 +161,7 @@ mod tests {
             Some(&landing),
         );
         assert_eq!(
-            url,
+            url.expose(),
             "https://sandbox.patientsknowbest.com/otp.action?otpToken=abc&redirect_uri=\
              %2Fauth%2FpatientSummary.action%3Ftab%3DpatientSummary%26contextUserEmail%3Dpatient%40example.com"
         );
@@ -209,7 +209,7 @@ mod tests {
             &Otp::new("a/b+c"),
             None,
         );
-        assert_eq!(url, "http://127.0.0.1:9/otp.action?otpToken=a%2Fb%2Bc");
+        assert_eq!(url.expose(), "http://127.0.0.1:9/otp.action?otpToken=a%2Fb%2Bc");
     }
 
     #[test]
@@ -244,7 +244,8 @@ mod tests {
             "otpToken",
             &Otp::new("x"),
             Some(&landing),
-        ))
+        )
+        .into_exposed())
         .unwrap();
         let got = url
             .query_pairs()
