@@ -351,3 +351,13 @@ fn documented_example_is_valid() {
         panic!("conf/pkb-edge.toml does not validate:\n{e}");
     }
 }
+
+#[test]
+fn vectors_parse_in_any_method_order_and_refuse_nonsense() {
+    let v = Vector::parse("P9.Cp.Cd").unwrap();
+    assert_eq!(v, Vector::parse("P9.Cd.Cp").unwrap());
+    assert_ne!(v, Vector::parse("P5.Cp.Cd").unwrap());
+    for bad in ["", "P9", "P7.Cp", "P9.Cx", "P9.Cp.Cp", "p9.cp", "P9..Cp"] {
+        assert_eq!(Vector::parse(bad), None, "{bad}");
+    }
+}

@@ -4,17 +4,19 @@
 //! server-side session, and the `asserted_login_identity` tokens that carry a signed-in user into
 //! PKB (and, from PKB or the NHS App, into the service without signing in again).
 //!
-//! Not here: HTTP routing and pages (`proxy`, `reply`). Signatures are jsonwebtoken's; nothing in
+//! Not here: HTTP routing and pages (`edge::nhs`). Signatures are jsonwebtoken's; nothing in
 //! this module handles signature bytes itself.
 
+mod assertion;
 pub mod gp;
+mod id_token;
+mod provider;
 pub mod session;
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::EncodingKey;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{NhsLoginSettings, Vector};
@@ -23,19 +25,9 @@ use crate::core::relative_path::RelativePath;
 use crate::store::records::Records;
 use crate::store::{RecordKind, StoreError};
 
+use provider::{Metadata, Slot};
 pub use session::{Session, SessionId};
 
-/// How long discovery metadata is used before it is fetched again.
-const METADATA_TTL: Duration = Duration::from_secs(3600);
-/// How long keys are used before they are fetched again (and at least this long between fetches
-/// prompted by an unknown `kid`).
-const JWKS_TTL: Duration = Duration::from_secs(3600);
-const JWKS_REFETCH_MIN: Duration = Duration::from_secs(10);
-/// After a failed fetch of discovery or keys, how long the next fetch waits.
-const FETCH_FAILURE_BACKOFF: Duration = Duration::from_secs(5);
-/// Lifetime of the JWTs pkb-edge signs: client assertions and `asserted_login_identity`
-/// (NHS login: at most 60 s).
-const ASSERTION_LIFETIME_SECS: i64 = 60;
 /// Longest `assertedLoginIdentity` accepted from a browser, in bytes.
 const MAX_ASSERTION_LEN: usize = 8192;
 
@@ -91,16 +83,6 @@ impl NhsLoginError {
             NhsLoginError::Store(_) => "store_unavailable",
         }
     }
-}
-
-/// The OpenID provider's metadata, as much of it as pkb-edge uses.
-#[derive(Debug, Clone, Deserialize)]
-struct Metadata {
-    issuer: String,
-    authorization_endpoint: String,
-    token_endpoint: String,
-    userinfo_endpoint: String,
-    jwks_uri: String,
 }
 
 /// A sign-in in progress, kept under its `state`.
@@ -161,81 +143,6 @@ struct OAuthErrorBody {
     error: Option<String>,
 }
 
-/// The id_token claims pkb-edge checks (signature, `iss`, `aud` are jsonwebtoken's).
-#[derive(Debug, Deserialize)]
-struct IdTokenClaims {
-    sub: String,
-    exp: i64,
-    iat: i64,
-    aud: serde_json::Value,
-    azp: Option<String>,
-    nonce: Option<String>,
-    vot: Option<String>,
-    jti: Option<String>,
-}
-
-#[derive(Serialize)]
-struct ClientAssertion<'a> {
-    iss: &'a str,
-    sub: &'a str,
-    aud: &'a str,
-    jti: String,
-    iat: i64,
-    exp: i64,
-}
-
-#[derive(Serialize)]
-struct AssertedLoginIdentity<'a> {
-    code: &'a str,
-    iss: &'a str,
-    jti: String,
-    iat: i64,
-    exp: i64,
-}
-
-struct Cached<T> {
-    value: Arc<T>,
-    fetched: Instant,
-}
-
-/// A cached document from NHS login, and when fetching it last failed.
-struct Slot<T> {
-    cached: Option<Cached<T>>,
-    failed_at: Option<Instant>,
-}
-
-impl<T> Default for Slot<T> {
-    fn default() -> Self {
-        Slot {
-            cached: None,
-            failed_at: None,
-        }
-    }
-}
-
-impl<T> Slot<T> {
-    /// Within the back-off after a failed fetch: callers use what is cached, or fail at once,
-    /// instead of each waiting out its own timeout.
-    fn backing_off(&self) -> bool {
-        self.failed_at
-            .is_some_and(|t| t.elapsed() < FETCH_FAILURE_BACKOFF)
-    }
-
-    fn stale(&self) -> Option<Arc<T>> {
-        self.cached.as_ref().map(|c| c.value.clone())
-    }
-
-    fn store(&mut self, value: T) -> Arc<T> {
-        let value = Arc::new(value);
-        self.cached = Some(Cached {
-            value: value.clone(),
-            fetched: Instant::now(),
-        });
-        self.failed_at = None;
-        value
-    }
-}
-
 pub struct NhsLogin {
     settings: Arc<NhsLoginSettings>,
     signing_key: EncodingKey,
@@ -283,130 +190,6 @@ impl NhsLogin {
 
     pub fn sessions(&self) -> &session::Sessions {
         &self.sessions
-    }
-
-    fn http(&self) -> Result<&reqwest::Client, NhsLoginError> {
-        self.http
-            .get_or_init(|| {
-                reqwest::Client::builder()
-                    .timeout(self.settings.timeout)
-                    .connect_timeout(self.settings.timeout)
-                    .redirect(reqwest::redirect::Policy::none())
-                    .user_agent(concat!("pkb-edge/", env!("CARGO_PKG_VERSION")))
-                    .build()
-                    .map_err(|e| e.to_string())
-            })
-            .as_ref()
-            .map_err(|e| NhsLoginError::Unavailable(format!("HTTP client: {e}")))
-    }
-
-    async fn get_json<T: serde::de::DeserializeOwned>(
-        &self,
-        url: &str,
-        what: &str,
-    ) -> Result<T, NhsLoginError> {
-        let r = self
-            .http()?
-            .get(url)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(|e| NhsLoginError::Unavailable(format!("{what}: {e}")))?;
-        if !r.status().is_success() {
-            return Err(NhsLoginError::Unavailable(format!(
-                "{what}: HTTP {}",
-                r.status().as_u16()
-            )));
-        }
-        r.json()
-            .await
-            .map_err(|e| NhsLoginError::Unavailable(format!("{what}: not the expected JSON: {e}")))
-    }
-
-    /// `{issuer}/.well-known/openid-configuration`, cached for an hour; its `issuer` must be the
-    /// configured one exactly. One fetch at a time; when NHS login is unreachable the last copy
-    /// is used, and for 5 s after a failure nobody waits on another fetch.
-    async fn metadata(&self) -> Result<Arc<Metadata>, NhsLoginError> {
-        let mut slot = self.metadata.lock().await;
-        if let Some(c) = slot
-            .cached
-            .as_ref()
-            .filter(|c| c.fetched.elapsed() < METADATA_TTL)
-        {
-            return Ok(c.value.clone());
-        }
-        if slot.backing_off() {
-            return slot
-                .stale()
-                .ok_or_else(|| NhsLoginError::Unavailable("discovery failed moments ago".into()));
-        }
-        match self.fetch_metadata().await {
-            Ok(m) => Ok(slot.store(m)),
-            Err(e) => {
-                slot.failed_at = Some(Instant::now());
-                slot.stale().ok_or(e)
-            }
-        }
-    }
-
-    async fn fetch_metadata(&self) -> Result<Metadata, NhsLoginError> {
-        let url = format!("{}/.well-known/openid-configuration", self.settings.issuer);
-        let m: Metadata = self.get_json(&url, "discovery").await?;
-        if m.issuer.trim_end_matches('/') != self.settings.issuer {
-            return Err(NhsLoginError::Refused(format!(
-                "discovery names issuer `{}`, not the configured nhs_login.issuer",
-                m.issuer
-            )));
-        }
-        Ok(m)
-    }
-
-    /// The key for `kid`, fetching the JWKS again (at most every 10 s) when the kid is unknown:
-    /// NHS login may rotate its keys. A failed fetch keeps the keys already known.
-    async fn key_for(&self, kid: &str, jwks_uri: &str) -> Result<DecodingKey, NhsLoginError> {
-        let mut slot = self.jwks.lock().await;
-        let fresh_enough = |c: &Cached<JwkSet>| c.fetched.elapsed() < JWKS_TTL;
-        if let Some(jwk) = slot
-            .cached
-            .as_ref()
-            .filter(|c| fresh_enough(c))
-            .and_then(|c| c.value.find(kid).cloned())
-        {
-            return DecodingKey::from_jwk(&jwk)
-                .map_err(|e| NhsLoginError::IdToken(format!("key `{kid}` is unusable: {e}")));
-        }
-        let may_fetch = !slot.backing_off()
-            && slot
-                .cached
-                .as_ref()
-                .is_none_or(|c| !fresh_enough(c) || c.fetched.elapsed() >= JWKS_REFETCH_MIN);
-        if may_fetch {
-            match self.get_json::<JwkSet>(jwks_uri, "jwks").await {
-                Ok(set) => {
-                    slot.store(set);
-                }
-                Err(e) => {
-                    slot.failed_at = Some(Instant::now());
-                    if slot.cached.is_none() {
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        let jwk = slot
-            .stale()
-            .and_then(|set| set.find(kid).cloned())
-            .ok_or_else(|| NhsLoginError::IdToken(format!("signed with unknown key `{kid}`")))?;
-        DecodingKey::from_jwk(&jwk)
-            .map_err(|e| NhsLoginError::IdToken(format!("key `{kid}` is unusable: {e}")))
-    }
-
-    fn sign<T: Serialize>(&self, claims: &T) -> Result<String, NhsLoginError> {
-        let mut header = Header::new(Algorithm::RS512);
-        header.typ = Some("JWT".into());
-        header.kid = self.settings.key_id.clone();
-        jsonwebtoken::encode(&header, claims, &self.signing_key)
-            .map_err(|e| NhsLoginError::Refused(format!("cannot sign: {e}")))
     }
 
     /// Starts a sign-in: records the state and returns NHS login's authorize URL. With an
@@ -579,15 +362,7 @@ impl NhsLogin {
         previous: Option<&Session>,
     ) -> Result<(SessionId, Session, Option<&'static str>), NhsLoginError> {
         let metadata = self.metadata().await?;
-        let now = self.clock.now();
-        let assertion = self.sign(&ClientAssertion {
-            iss: &self.settings.client_id,
-            sub: &self.settings.client_id,
-            aud: &metadata.token_endpoint,
-            jti: random_id(),
-            iat: now,
-            exp: now + ASSERTION_LIFETIME_SECS,
-        })?;
+        let assertion = self.client_assertion(&metadata.token_endpoint)?;
         let form = [
             ("grant_type", "authorization_code"),
             ("code", code),
@@ -667,156 +442,9 @@ impl NhsLogin {
         let id = self.sessions.create(&session).await?;
         Ok((id, session, gp_reason))
     }
-
-    async fn verify_id_token(
-        &self,
-        token: &str,
-        metadata: &Metadata,
-        pending: &LoginState,
-    ) -> Result<IdTokenClaims, NhsLoginError> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| NhsLoginError::IdToken(format!("not a JWT: {e}")))?;
-        if header.alg != Algorithm::RS512 {
-            return Err(NhsLoginError::IdToken(format!(
-                "signed with {:?}, not RS512",
-                header.alg
-            )));
-        }
-        let kid = header
-            .kid
-            .ok_or_else(|| NhsLoginError::IdToken("no `kid` in its header".into()))?;
-        let key = self.key_for(&kid, &metadata.jwks_uri).await?;
-        let mut validation = Validation::new(Algorithm::RS512);
-        validation.set_issuer(&[metadata.issuer.as_str()]);
-        validation.set_audience(&[self.settings.client_id.as_str()]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub", "iat"]);
-        // Times are checked below against pkb-edge's clock, so tests can move it.
-        validation.validate_exp = false;
-        let claims = jsonwebtoken::decode::<IdTokenClaims>(token, &key, &validation)
-            .map_err(|e| NhsLoginError::IdToken(id_token_problem(&e)))?
-            .claims;
-        let (now, skew) = (self.clock.now(), self.settings.clock_skew_secs);
-        if claims.exp + skew <= now {
-            return Err(NhsLoginError::IdToken("expired (`exp`)".into()));
-        }
-        if claims.iat > now + skew {
-            return Err(NhsLoginError::IdToken(
-                "issued in the future (`iat`)".into(),
-            ));
-        }
-        let several_audiences = claims.aud.as_array().is_some_and(|a| a.len() > 1);
-        if several_audiences && claims.azp.as_deref() != Some(self.settings.client_id.as_str()) {
-            return Err(NhsLoginError::IdToken(
-                "several audiences and `azp` is not this client".into(),
-            ));
-        }
-        if claims.nonce.as_deref() != Some(pending.nonce.as_str()) {
-            return Err(NhsLoginError::IdToken(
-                "`nonce` is not the one this sign-in sent".into(),
-            ));
-        }
-        let vot = claims.vot.as_deref().and_then(Vector::parse);
-        if !vot.is_some_and(|v| self.settings.vtr.contains(&v)) {
-            return Err(NhsLoginError::IdToken(format!(
-                "`vot` {:?} is not one of the requested vectors {:?}",
-                claims.vot.as_deref().unwrap_or(""),
-                self.settings.vtr
-            )));
-        }
-        if claims.sub.is_empty() || claims.sub.len() > 256 {
-            return Err(NhsLoginError::IdToken("`sub` is empty or too long".into()));
-        }
-        if claims.jti.as_deref().is_none_or(str::is_empty) {
-            return Err(NhsLoginError::IdToken("no `jti`".into()));
-        }
-        Ok(claims)
-    }
-
-    async fn userinfo(
-        &self,
-        endpoint: &str,
-        access_token: &str,
-        sub: &str,
-    ) -> Result<Userinfo, NhsLoginError> {
-        let r = self
-            .http()?
-            .get(endpoint)
-            .bearer_auth(access_token)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(|e| NhsLoginError::Unavailable(format!("userinfo: {e}")))?;
-        let status = r.status();
-        if status.is_server_error() || status.as_u16() == 429 {
-            return Err(NhsLoginError::Unavailable(format!(
-                "userinfo: HTTP {}",
-                status.as_u16()
-            )));
-        }
-        if !status.is_success() {
-            return Err(NhsLoginError::Userinfo(format!("HTTP {}", status.as_u16())));
-        }
-        let info: Userinfo = r
-            .json()
-            .await
-            .map_err(|e| NhsLoginError::Userinfo(format!("not the expected JSON: {e}")))?;
-        if info.sub != sub {
-            return Err(NhsLoginError::Userinfo(
-                "its `sub` is not the id_token's".into(),
-            ));
-        }
-        Ok(info)
-    }
-
-    /// `{pkb.base_url}{path}?assertedLoginIdentity=…[&prompt=…]` with a fresh assertion for the
-    /// session's user: `code` is the `jti` of their NHS login id_token, and it lives 60 s.
-    pub fn pkb_url(
-        &self,
-        pkb_base: &url::Url,
-        path: &RelativePath,
-        session: &Session,
-    ) -> Result<String, NhsLoginError> {
-        let token = self.assertion(session)?;
-        let (before_fragment, fragment) = match path.as_str().split_once('#') {
-            Some((p, f)) => (p, Some(f)),
-            None => (path.as_str(), None),
-        };
-        let mut url = format!(
-            "{}{before_fragment}",
-            pkb_base.as_str().trim_end_matches('/')
-        );
-        url.push(if before_fragment.contains('?') {
-            '&'
-        } else {
-            '?'
-        });
-        url.push_str("assertedLoginIdentity=");
-        url.push_str(&token);
-        if let Some(prompt) = &self.settings.pkb_prompt {
-            url.push_str("&prompt=");
-            url.push_str(prompt);
-        }
-        if let Some(f) = fragment {
-            url.push('#');
-            url.push_str(f);
-        }
-        Ok(url)
-    }
 }
 
 impl NhsLogin {
-    /// A fresh `asserted_login_identity` for the session's user.
-    fn assertion(&self, session: &Session) -> Result<String, NhsLoginError> {
-        let now = self.clock.now();
-        self.sign(&AssertedLoginIdentity {
-            code: &session.id_token_jti,
-            iss: &self.settings.client_id,
-            jti: random_id(),
-            iat: now,
-            exp: now + ASSERTION_LIFETIME_SECS,
-        })
-    }
-
     /// One more refresh of `user`'s GP credentials in the current window, counted in the store
     /// (so every instance counts together); true while within `max_refreshes`.
     pub async fn may_refresh_gp(&self, user: &str) -> Result<bool, NhsLoginError> {
@@ -828,43 +456,5 @@ impl NhsLogin {
             .count_in_window(PURPOSE_GP_REFRESH, user, gp.window_secs)
             .await?;
         Ok(n <= i64::from(gp.max_refreshes))
-    }
-}
-
-/// userinfo, as much as pkb-edge passes on.
-#[derive(Debug, Deserialize)]
-struct Userinfo {
-    sub: String,
-    nhs_number: Option<String>,
-    identity_proofing_level: Option<String>,
-    gp_integration_credentials: Option<serde_json::Value>,
-}
-
-/// jsonwebtoken's error, said in terms of the check that failed.
-fn id_token_problem(e: &jsonwebtoken::errors::Error) -> String {
-    use jsonwebtoken::errors::ErrorKind;
-    match e.kind() {
-        ErrorKind::InvalidSignature => "bad signature".into(),
-        ErrorKind::InvalidIssuer => "wrong issuer (`iss`)".into(),
-        ErrorKind::InvalidAudience => "not for this client (`aud`)".into(),
-        ErrorKind::ExpiredSignature => "expired (`exp`)".into(),
-        ErrorKind::MissingRequiredClaim(c) => format!("no `{c}` claim"),
-        ErrorKind::InvalidAlgorithm => "not signed with RS512".into(),
-        other => format!("{other:?}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vectors_parse_in_any_method_order_and_refuse_nonsense() {
-        let v = Vector::parse("P9.Cp.Cd").unwrap();
-        assert_eq!(v, Vector::parse("P9.Cd.Cp").unwrap());
-        assert_ne!(v, Vector::parse("P5.Cp.Cd").unwrap());
-        for bad in ["", "P9", "P7.Cp", "P9.Cx", "P9.Cp.Cp", "p9.cp", "P9..Cp"] {
-            assert_eq!(Vector::parse(bad), None, "{bad}");
-        }
     }
 }

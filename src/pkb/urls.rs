@@ -209,7 +209,10 @@ mod tests {
             &Otp::new("a/b+c"),
             None,
         );
-        assert_eq!(url.expose(), "http://127.0.0.1:9/otp.action?otpToken=a%2Fb%2Bc");
+        assert_eq!(
+            url.expose(),
+            "http://127.0.0.1:9/otp.action?otpToken=a%2Fb%2Bc"
+        );
     }
 
     #[test]
@@ -238,14 +241,16 @@ mod tests {
             id_type: "NHS".into(),
         };
         let landing = landing_with_context("/a?b=c%20d", &nhs, &names());
-        let url = url::Url::parse(&otp_login_url(
-            "https://pkb.example",
-            "/otp.action",
-            "otpToken",
-            &Otp::new("x"),
-            Some(&landing),
+        let url = url::Url::parse(
+            &otp_login_url(
+                "https://pkb.example",
+                "/otp.action",
+                "otpToken",
+                &Otp::new("x"),
+                Some(&landing),
+            )
+            .into_exposed(),
         )
-        .into_exposed())
         .unwrap();
         let got = url
             .query_pairs()
