@@ -275,49 +275,25 @@ impl Validator {
         let identity = self
             .required("identity", raw.identity)
             .and_then(|i| self.identity(i));
-        let pkb = self.required("pkb", raw.pkb).and_then(|p| {
-            let callback = match (&public_url, &prefix) {
-                (Some(base), Some(prefix)) => Some(format!(
-                    "{}{prefix}/callback",
-                    base.as_str().trim_end_matches('/')
-                )),
-                _ => None,
-            };
-            self.pkb(p, callback, env)
-        });
         let store = self
             .required("store", raw.store)
             .and_then(|s| self.store(s, env));
         let decorate = self.decorate(raw.decorate.unwrap_or_default());
         let limits = self.limits(raw.limits);
         let audit = self.audit(raw.audit, env);
-        let nhs_callback = match (&public_url, &prefix) {
+        let callback = |path: &str| match (&public_url, &prefix) {
             (Some(base), Some(prefix)) => Some(format!(
-                "{}{prefix}/nhs/callback",
+                "{}{prefix}{path}",
                 base.as_str().trim_end_matches('/')
             )),
             _ => None,
         };
         let wants_nhs_login = matches!(identity, Some(IdentitySettings::NhsLogin { .. }));
-        // Outer None: invalid (the problem is recorded); inner None: not configured.
-        let nhs_login = match (raw.nhs_login, wants_nhs_login) {
-            (Some(n), true) => self.nhs_login(n, nhs_callback, env).map(Some),
-            (None, true) => {
-                self.problem(
-                    "nhs_login",
-                    "identity.mode = \"nhs_login\" needs an [nhs_login] table (issuer, client_id, private_key_file)",
-                );
-                None
-            }
-            (Some(_), false) => {
-                self.problem(
-                    "nhs_login",
-                    "is used only with identity.mode = \"nhs_login\"; set that mode or remove the table",
-                );
-                None
-            }
-            (None, false) => Some(None),
-        };
+        let pkb = self
+            .required("pkb", raw.pkb)
+            .and_then(|p| self.pkb(p, callback("/callback"), env));
+        let nhs_login =
+            self.nhs_login_table(raw.nhs_login, wants_nhs_login, callback("/nhs/callback"), env);
         if let (Some(Some(ops)), Some(listen)) = (&ops_listen, &listen) {
             if ops == listen {
                 self.problem(
@@ -341,6 +317,36 @@ impl Validator {
             audit: audit?,
             nhs_login: nhs_login?,
         })
+    }
+
+    /// `[nhs_login]`, which goes with `identity.mode = "nhs_login"`. Outer `None`: invalid (the
+    /// problem is recorded); inner `None`: not configured.
+    fn nhs_login_table(
+        &mut self,
+        table: Option<nhs_login::RawNhsLogin>,
+        wanted: bool,
+        callback: Option<String>,
+        env: &dyn Environment,
+    ) -> Option<Option<NhsLoginSettings>> {
+        // Outer None: invalid (the problem is recorded); inner None: not configured.
+        match (table, wanted) {
+            (Some(n), true) => self.nhs_login(n, callback, env).map(Some),
+            (None, true) => {
+                self.problem(
+                    "nhs_login",
+                    "identity.mode = \"nhs_login\" needs an [nhs_login] table (issuer, client_id, private_key_file)",
+                );
+                None
+            }
+            (Some(_), false) => {
+                self.problem(
+                    "nhs_login",
+                    "is used only with identity.mode = \"nhs_login\"; set that mode or remove the table",
+                );
+                None
+            }
+            (None, false) => Some(None),
+        }
     }
 
     pub(super) fn base_url(&mut self, key: &str, s: &str) -> Option<Url> {

@@ -238,24 +238,7 @@ impl Validator {
                 }
                 ok
             });
-        let private_key = self
-            .secret(
-                "nhs_login.private_key",
-                n.private_key,
-                "nhs_login.private_key_file",
-                n.private_key_file.as_deref(),
-                ENV_NHS_LOGIN_KEY,
-                env,
-            )
-            .and_then(
-                |pem| match crate::core::rsa_keys::check_private_key(pem.expose()) {
-                    Ok(()) => Some(pem),
-                    Err(e) => {
-                        self.problem("nhs_login.private_key_file", e);
-                        None
-                    }
-                },
-            );
+        let private_key = self.rp_private_key(n.private_key, n.private_key_file.as_deref(), env);
         let redirect_uri = match n.redirect_uri {
             Some(uri) => self
                 .base_url("nhs_login.redirect_uri", &uri)
@@ -266,17 +249,7 @@ impl Validator {
         let vtr = self.vtr(&n.vtr);
         let wants_gp = n.scopes.iter().any(|s| s == "gp_integration_credentials");
         let gp_credentials = self.gp_table(n.gp_credentials, wants_gp);
-        let pkb_prompt = match n.pkb_prompt.as_str() {
-            "" => Some(None),
-            "none" | "login" => Some(Some(n.pkb_prompt.clone())),
-            other => {
-                self.problem(
-                    "nhs_login.pkb_prompt",
-                    format!("`{other}` is not one of \"\" (blank), \"none\", \"login\""),
-                );
-                None
-            }
-        };
+        let pkb_prompt = self.pkb_prompt(&n.pkb_prompt);
         let cookie_ok = !n.cookie_name.is_empty()
             && n.cookie_name
                 .bytes()
@@ -313,6 +286,48 @@ impl Validator {
             clock_skew_secs: n.clock_skew_secs,
             gp_credentials: gp_credentials?,
         })
+    }
+
+    /// The relying party's RSA key, from exactly one place, checked as NHS login requires.
+    fn rp_private_key(
+        &mut self,
+        inline: Option<String>,
+        file: Option<&std::path::Path>,
+        env: &dyn Environment,
+    ) -> Option<SecretText> {
+        self
+            .secret(
+                "nhs_login.private_key",
+                inline,
+                "nhs_login.private_key_file",
+                file,
+                ENV_NHS_LOGIN_KEY,
+                env,
+            )
+            .and_then(
+                |pem| match crate::core::rsa_keys::check_private_key(pem.expose()) {
+                    Ok(()) => Some(pem),
+                    Err(e) => {
+                        self.problem("nhs_login.private_key_file", e);
+                        None
+                    }
+                },
+            )
+    }
+
+    /// `prompt` sent into PKB with the assertion: blank (none sent), `none` or `login`.
+    fn pkb_prompt(&mut self, prompt: &str) -> Option<Option<String>> {
+        match prompt {
+            "" => Some(None),
+            "none" | "login" => Some(Some(prompt.to_string())),
+            other => {
+                self.problem(
+                    "nhs_login.pkb_prompt",
+                    format!("`{other}` is not one of \"\" (blank), \"none\", \"login\""),
+                );
+                None
+            }
+        }
     }
 
     fn nhs_scopes(&mut self, scopes: &[String]) {

@@ -110,14 +110,9 @@ pub(super) fn default_state_ttl() -> i64 {
 }
 
 impl Validator {
-    pub(super) fn pkb(
-        &mut self,
-        p: RawPkb,
-        callback: Option<String>,
-        env: &dyn Environment,
-    ) -> Option<PkbSettings> {
-        let names = p.names();
-        for (name, value) in &names {
+    /// PKB's paths (each starting with a single `/`) and parameter names.
+    fn pkb_names(&mut self, names: &[(&'static str, String)]) {
+        for (name, value) in names {
             let key = format!("pkb.{name}");
             let is_path = name.ends_with("_path");
             if is_path && (!value.starts_with('/') || value.starts_with("//")) {
@@ -138,6 +133,16 @@ impl Validator {
                 );
             }
         }
+    }
+
+    pub(super) fn pkb(
+        &mut self,
+        p: RawPkb,
+        callback: Option<String>,
+        env: &dyn Environment,
+    ) -> Option<PkbSettings> {
+        let names = p.names();
+        self.pkb_names(&names);
         let name = |n: &str| {
             names
                 .iter()

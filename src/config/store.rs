@@ -150,10 +150,54 @@ fn default_cache_ttl() -> u64 {
 
 impl Validator {
     pub(super) fn store(&mut self, s: RawStore, env: &dyn Environment) -> Option<StoreSettings> {
-        let url = self.required("store.url", s.url);
+        let url = self.required("store.url", s.url.clone());
+        let (url, url_password) = match url {
+            Some(u) => self.store_url(u, &s),
+            None => (None, None),
+        };
+        let password = self.store_password(url_password, s.password_file.as_deref(), env);
+        let (keys_source, keys) = self.store_keys(s.keys.clone(), s.keys_file.as_deref(), env);
+        if !(1..=1000).contains(&s.pool_size) {
+            self.problem("store.pool_size", "must be between 1 and 1000");
+        }
+        if let Some(ca) = &s.tls_ca_file {
+            if s.tls != TlsMode::Verify {
+                self.problem(
+                    "store.tls_ca_file",
+                    "is only used with store.tls = \"verify\"; set that too (or remove the CA file)",
+                );
+            }
+            if !ca.is_file() {
+                self.problem(
+                    "store.tls_ca_file",
+                    format!("{} is not a readable file", ca.display()),
+                );
+            }
+        }
+        if s.cache_capacity == 0 {
+            self.problem("store.cache_capacity", "must be at least 1");
+        }
+        if !(1..=3600).contains(&s.cache_ttl_secs) {
+            self.problem("store.cache_ttl_secs", "must be between 1 and 3600");
+        }
+        Some(StoreSettings {
+            url: url?,
+            password,
+            pool_size: s.pool_size,
+            tls_ca_file: s.tls_ca_file,
+            tls: s.tls,
+            keys: keys?,
+            keys_source,
+            cache_capacity: s.cache_capacity,
+            cache_ttl: Duration::from_secs(s.cache_ttl_secs),
+        })
+    }
+
+    /// The store URL (a PostgreSQL password taken out of it), with the problems it has.
+    fn store_url(&mut self, u: String, s: &RawStore) -> (Option<String>, Option<SecretText>) {
         let mut password = None;
-        let url = match url {
-            Some(u) if u.starts_with("sqlite://") => {
+        let url = match u {
+            u if u.starts_with("sqlite://") => {
                 if u.len() == "sqlite://".len() {
                     self.problem("store.url", "names no file: sqlite://PATH");
                 }
@@ -165,7 +209,7 @@ impl Validator {
                 }
                 Some(u)
             }
-            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+            u if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
                 match Url::parse(&u) {
                     Ok(parsed)
                         if parsed
@@ -197,7 +241,7 @@ impl Validator {
                     }
                 }
             }
-            Some(u) => {
+            u => {
                 self.problem(
                     "store.url",
                     format!(
@@ -207,10 +251,20 @@ impl Validator {
                 );
                 None
             }
-            None => None,
         };
-        let from_elsewhere = match (s.password_file, env.var(ENV_STORE_PASSWORD)) {
-            (Some(path), _) => match std::fs::read_to_string(&path) {
+        (url, password)
+    }
+
+    /// The database password: from the URL, or `store.password_file`, or the environment; not
+    /// from two places.
+    fn store_password(
+        &mut self,
+        mut password: Option<SecretText>,
+        password_file: Option<&std::path::Path>,
+        env: &dyn Environment,
+    ) -> Option<SecretText> {
+        let from_elsewhere = match (password_file, env.var(ENV_STORE_PASSWORD)) {
+            (Some(path), _) => match std::fs::read_to_string(path) {
                 Ok(p) if !p.trim().is_empty() => Some(SecretText::new(p.trim().to_string())),
                 Ok(_) => {
                     self.problem(
@@ -239,30 +293,23 @@ impl Validator {
             }
             password = Some(p);
         }
-        if !(1..=1000).contains(&s.pool_size) {
-            self.problem("store.pool_size", "must be between 1 and 1000");
-        }
-        if let Some(ca) = &s.tls_ca_file {
-            if s.tls != TlsMode::Verify {
-                self.problem(
-                    "store.tls_ca_file",
-                    "is only used with store.tls = \"verify\"; set that too (or remove the CA file)",
-                );
-            }
-            if !ca.is_file() {
-                self.problem(
-                    "store.tls_ca_file",
-                    format!("{} is not a readable file", ca.display()),
-                );
-            }
-        }
-        let (keys_source, keys) = match (s.keys, s.keys_file, env.var(ENV_KEYS)) {
+        password
+    }
+
+    /// The encryption keys, parsed, and where they came from (for messages).
+    fn store_keys(
+        &mut self,
+        inline: Option<String>,
+        file: Option<&std::path::Path>,
+        env: &dyn Environment,
+    ) -> (String, Option<Vec<StoreKey>>) {
+        let (keys_source, keys) = match (inline, file, env.var(ENV_KEYS)) {
             (Some(_), Some(_), _) => {
                 self.problem("store.keys", "give store.keys or store.keys_file, not both");
                 (String::new(), None)
             }
             (Some(k), None, _) => ("store.keys".to_string(), Some(SecretText::new(k))),
-            (None, Some(path), _) => match std::fs::read_to_string(&path) {
+            (None, Some(path), _) => match std::fs::read_to_string(path) {
                 Ok(k) => ("store.keys_file".to_string(), Some(SecretText::new(k))),
                 Err(e) => {
                     self.problem(
@@ -288,22 +335,6 @@ impl Validator {
                 None
             }
         });
-        if s.cache_capacity == 0 {
-            self.problem("store.cache_capacity", "must be at least 1");
-        }
-        if !(1..=3600).contains(&s.cache_ttl_secs) {
-            self.problem("store.cache_ttl_secs", "must be between 1 and 3600");
-        }
-        Some(StoreSettings {
-            url: url?,
-            password,
-            pool_size: s.pool_size,
-            tls_ca_file: s.tls_ca_file,
-            tls: s.tls,
-            keys: keys?,
-            keys_source,
-            cache_capacity: s.cache_capacity,
-            cache_ttl: Duration::from_secs(s.cache_ttl_secs),
-        })
+        (keys_source, keys)
     }
 }
