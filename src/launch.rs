@@ -87,22 +87,7 @@ impl LaunchParams {
             }
         }
         let redirect_uri = match redirect_uri {
-            Some(r) => {
-                let path =
-                    relative_path::parse(&r).map_err(|e| bad(format!("`redirect_uri` {e}")))?;
-                let hides_context = form_urlencoded::parse(
-                    path.query().unwrap_or_default().as_bytes(),
-                )
-                .any(|(k, _)| {
-                    k == names.national_id.as_str()
-                        || k == names.national_id_type.as_str()
-                        || k == names.email.as_str()
-                });
-                if hides_context {
-                    return Err(bad("`redirect_uri` must not carry patient context; pass it as launch parameters".into()));
-                }
-                Some(path)
-            }
+            Some(r) => Some(landing_path(&r, names)?),
             None => None,
         };
         let context = match (national_id, national_id_type, email) {
@@ -146,6 +131,25 @@ impl LaunchParams {
             context,
         })
     }
+}
+
+/// `redirect_uri`: a relative path on PKB that does not smuggle patient context past the
+/// launch parameters' checks.
+fn landing_path(r: &str, names: &ContextParams) -> Result<RelativePath, LaunchError> {
+    let bad = |m: String| LaunchError::BadRequest(m);
+    let path = relative_path::parse(r).map_err(|e| bad(format!("`redirect_uri` {e}")))?;
+    let hides_context =
+        form_urlencoded::parse(path.query().unwrap_or_default().as_bytes()).any(|(k, _)| {
+            k == names.national_id.as_str()
+                || k == names.national_id_type.as_str()
+                || k == names.email.as_str()
+        });
+    if hides_context {
+        return Err(bad(
+            "`redirect_uri` must not carry patient context; pass it as launch parameters".into(),
+        ));
+    }
+    Ok(path)
 }
 
 pub struct LaunchService {

@@ -292,8 +292,12 @@ impl Validator {
         let pkb = self
             .required("pkb", raw.pkb)
             .and_then(|p| self.pkb(p, callback("/callback"), env));
-        let nhs_login =
-            self.nhs_login_table(raw.nhs_login, wants_nhs_login, callback("/nhs/callback"), env);
+        let nhs_login = self.nhs_login_table(
+            raw.nhs_login,
+            wants_nhs_login,
+            callback("/nhs/callback"),
+            env,
+        );
         if let (Some(Some(ops)), Some(listen)) = (&ops_listen, &listen) {
             if ops == listen {
                 self.problem(

@@ -295,24 +295,23 @@ impl Validator {
         file: Option<&std::path::Path>,
         env: &dyn Environment,
     ) -> Option<SecretText> {
-        self
-            .secret(
-                "nhs_login.private_key",
-                inline,
-                "nhs_login.private_key_file",
-                file,
-                ENV_NHS_LOGIN_KEY,
-                env,
-            )
-            .and_then(
-                |pem| match crate::core::rsa_keys::check_private_key(pem.expose()) {
-                    Ok(()) => Some(pem),
-                    Err(e) => {
-                        self.problem("nhs_login.private_key_file", e);
-                        None
-                    }
-                },
-            )
+        self.secret(
+            "nhs_login.private_key",
+            inline,
+            "nhs_login.private_key_file",
+            file,
+            ENV_NHS_LOGIN_KEY,
+            env,
+        )
+        .and_then(
+            |pem| match crate::core::rsa_keys::check_private_key(pem.expose()) {
+                Ok(()) => Some(pem),
+                Err(e) => {
+                    self.problem("nhs_login.private_key_file", e);
+                    None
+                }
+            },
+        )
     }
 
     /// `prompt` sent into PKB with the assertion: blank (none sent), `none` or `login`.

@@ -132,17 +132,6 @@ pub struct CallbackFailure {
     pub purpose: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct TokenAnswer {
-    id_token: Option<String>,
-    access_token: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct OAuthErrorBody {
-    error: Option<String>,
-}
-
 pub struct NhsLogin {
     settings: Arc<NhsLoginSettings>,
     signing_key: EncodingKey,
@@ -362,51 +351,7 @@ impl NhsLogin {
         previous: Option<&Session>,
     ) -> Result<(SessionId, Session, Option<&'static str>), NhsLoginError> {
         let metadata = self.metadata().await?;
-        let assertion = self.client_assertion(&metadata.token_endpoint)?;
-        let form = [
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", self.settings.redirect_uri.as_str()),
-            (
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            ),
-            ("client_assertion", assertion.as_str()),
-        ];
-        let r = self
-            .http()?
-            .post(&metadata.token_endpoint)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| NhsLoginError::Unavailable(format!("token: {e}")))?;
-        let status = r.status();
-        if status.is_server_error() || status.as_u16() == 429 {
-            return Err(NhsLoginError::Unavailable(format!(
-                "token: HTTP {}",
-                status.as_u16()
-            )));
-        }
-        let body = r
-            .bytes()
-            .await
-            .map_err(|e| NhsLoginError::Unavailable(format!("token: {e}")))?;
-        if !status.is_success() {
-            let code = serde_json::from_slice::<OAuthErrorBody>(&body)
-                .ok()
-                .and_then(|b| b.error)
-                .unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
-            return Err(NhsLoginError::Refused(format!("token endpoint: {code}")));
-        }
-        let answer: TokenAnswer = serde_json::from_slice(&body)
-            .map_err(|e| NhsLoginError::Refused(format!("token answer is not JSON: {e}")))?;
-        let id_token = answer
-            .id_token
-            .ok_or_else(|| NhsLoginError::IdToken("the token answer has no id_token".into()))?;
-        let access_token = answer
-            .access_token
-            .ok_or_else(|| NhsLoginError::Refused("the token answer has no access_token".into()))?;
+        let (id_token, access_token) = self.exchange_code(code, &metadata).await?;
         let claims = self.verify_id_token(&id_token, &metadata, pending).await?;
         let userinfo = self
             .userinfo(&metadata.userinfo_endpoint, &access_token, &claims.sub)

@@ -72,6 +72,17 @@ impl<T> Slot<T> {
     }
 }
 
+#[derive(Deserialize)]
+struct TokenAnswer {
+    id_token: Option<String>,
+    access_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct OAuthErrorBody {
+    error: Option<String>,
+}
+
 impl NhsLogin {
     pub(super) fn http(&self) -> Result<&reqwest::Client, NhsLoginError> {
         self.http
@@ -191,5 +202,60 @@ impl NhsLogin {
             .ok_or_else(|| NhsLoginError::IdToken(format!("signed with unknown key `{kid}`")))?;
         DecodingKey::from_jwk(&jwk)
             .map_err(|e| NhsLoginError::IdToken(format!("key `{kid}` is unusable: {e}")))
+    }
+
+    /// The authorization code exchanged at the token endpoint, authenticated with a client
+    /// assertion: the id_token and the access token.
+    pub(super) async fn exchange_code(
+        &self,
+        code: &str,
+        metadata: &Metadata,
+    ) -> Result<(String, String), NhsLoginError> {
+        let assertion = self.client_assertion(&metadata.token_endpoint)?;
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", self.settings.redirect_uri.as_str()),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion.as_str()),
+        ];
+        let r = self
+            .http()?
+            .post(&metadata.token_endpoint)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| NhsLoginError::Unavailable(format!("token: {e}")))?;
+        let status = r.status();
+        if status.is_server_error() || status.as_u16() == 429 {
+            return Err(NhsLoginError::Unavailable(format!(
+                "token: HTTP {}",
+                status.as_u16()
+            )));
+        }
+        let body = r
+            .bytes()
+            .await
+            .map_err(|e| NhsLoginError::Unavailable(format!("token: {e}")))?;
+        if !status.is_success() {
+            let code = serde_json::from_slice::<OAuthErrorBody>(&body)
+                .ok()
+                .and_then(|b| b.error)
+                .unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
+            return Err(NhsLoginError::Refused(format!("token endpoint: {code}")));
+        }
+        let answer: TokenAnswer = serde_json::from_slice(&body)
+            .map_err(|e| NhsLoginError::Refused(format!("token answer is not JSON: {e}")))?;
+        let id_token = answer
+            .id_token
+            .ok_or_else(|| NhsLoginError::IdToken("the token answer has no id_token".into()))?;
+        let access_token = answer
+            .access_token
+            .ok_or_else(|| NhsLoginError::Refused("the token answer has no access_token".into()))?;
+        Ok((id_token, access_token))
     }
 }

@@ -550,11 +550,28 @@ async fn authorize(State(op): Op, Query(q): Query<HashMap<String, String>>) -> R
             _ => return error("invalid_request", "vtr must be a JSON array of vectors"),
         },
     };
-    let problem = if get("response_type") != "code" {
+    let problem = authorize_problem(&q);
+    if let Some((code, description)) = problem {
+        return error(code, description);
+    }
+    if get("prompt") == "none" {
+        return silent_authorize(&op, &q, &client.client_id, &vtr, error);
+    }
+    if let Some((code, description)) = op.knobs.lock().authorize_error.take() {
+        return error(&code, &description);
+    }
+    op.bump("login_page");
+    login_page(&op, &client.client_id, &q)
+}
+
+/// What is wrong with an authorize request's parameters, as NHS login would say it.
+fn authorize_problem(q: &HashMap<String, String>) -> Option<(&'static str, &'static str)> {
+    let get = |k: &str| q.get(k).cloned().unwrap_or_default();
+    if get("response_type") != "code" {
         Some(("unsupported_response_type", "response_type must be code"))
     } else if !get("scope").split(' ').any(|s| s == "openid") {
         Some(("invalid_scope", "scope must include openid"))
-    } else if state.is_empty() {
+    } else if get("state").is_empty() {
         Some(("invalid_request", "state is required"))
     } else if get("nonce").is_empty() {
         Some(("invalid_request", "nonce is required"))
@@ -564,48 +581,56 @@ async fn authorize(State(op): Op, Query(q): Query<HashMap<String, String>>) -> R
         Some(("invalid_request", "prompt must be blank, none or login"))
     } else {
         None
+    }
+}
+
+/// `prompt=none`: sign in as the asserted user, or say why not. The simulator keeps no browser
+/// session of its own.
+fn silent_authorize(
+    op: &NhsLoginSim,
+    q: &HashMap<String, String>,
+    client_id: &str,
+    vtr: &[Vector],
+    error: impl Fn(&str, &str) -> Response,
+) -> Response {
+    let get = |k: &str| q.get(k).cloned().unwrap_or_default();
+    op.bump("authorize_silent");
+    if let Some(code) = op.knobs.lock().silent_error.clone() {
+        return error(&code, "simulated");
+    }
+    let Some(asserted) = q.get("asserted_login_identity") else {
+        // The simulator keeps no browser session of its own.
+        return error("login_required", "no session");
     };
-    if let Some((code, description)) = problem {
-        return error(code, description);
-    }
-    if get("prompt") == "none" {
-        op.bump("authorize_silent");
-        if let Some(code) = op.knobs.lock().silent_error.clone() {
-            return error(&code, "simulated");
+    let user = match op.accept_assertion(asserted) {
+        Ok(user) => user,
+        Err(why) => {
+            return error(
+                "login_required",
+                &format!("asserted_login_identity refused: {why}"),
+            )
         }
-        let Some(asserted) = q.get("asserted_login_identity") else {
-            // The simulator keeps no browser session of its own.
-            return error("login_required", "no session");
-        };
-        let user = match op.accept_assertion(asserted) {
-            Ok(user) => user,
-            Err(why) => {
-                return error(
-                    "login_required",
-                    &format!("asserted_login_identity refused: {why}"),
-                )
-            }
-        };
-        let Some(vot) = vot_for(&op.users[user], &vtr) else {
-            return error("access_denied", "proofing level too low");
-        };
-        return issue_code(
-            &op,
-            CodeGrant {
-                user,
-                scope: get("scope"),
-                client_id: client.client_id.clone(),
-                redirect_uri: redirect_uri.clone(),
-                nonce: get("nonce"),
-                vot,
-            },
-            &state,
-        );
-    }
-    if let Some((code, description)) = op.knobs.lock().authorize_error.take() {
-        return error(&code, &description);
-    }
-    op.bump("login_page");
+    };
+    let Some(vot) = vot_for(&op.users[user], vtr) else {
+        return error("access_denied", "proofing level too low");
+    };
+    issue_code(
+        op,
+        CodeGrant {
+            user,
+            scope: get("scope"),
+            client_id: client_id.to_string(),
+            redirect_uri: get("redirect_uri"),
+            nonce: get("nonce"),
+            vot,
+        },
+        &get("state"),
+    )
+}
+
+/// The interactive sign-in page: choose a test user, then Continue or "Do not share".
+fn login_page(op: &NhsLoginSim, client_id: &str, q: &HashMap<String, String>) -> Response {
+    let get = |k: &str| q.get(k).cloned().unwrap_or_default();
     let mut hidden = String::new();
     for key in [
         "client_id",
@@ -637,7 +662,7 @@ async fn authorize(State(op): Op, Query(q): Query<HashMap<String, String>>) -> R
              <form method=\"post\" action=\"/authorize\">{hidden}{choices}\
              <button class=\"go\" id=\"continue\" name=\"decision\" value=\"allow\">Continue</button>\
              <button id=\"decline\" name=\"decision\" value=\"deny\">Do not share my information</button></form>",
-            client = escape(&client.client_id)
+            client = escape(client_id)
         ),
     )
     .into_response()
