@@ -39,7 +39,7 @@ pub use nhs_login::{
 };
 pub use pkb::{pkb_default, ClientAuth, PkbSettings};
 pub use server::{LimitSettings, ServerSettings, Upstream};
-pub use store::{parse_keys, KeyError, StoreKey, StoreSettings, TlsMode};
+pub use store::{parse_keys, redact_url, KeyError, StoreKey, StoreSettings, TlsMode};
 
 /// Environment variable that may hold the PKB client secret.
 pub const ENV_CLIENT_SECRET: &str = "PKB_EDGE_CLIENT_SECRET";

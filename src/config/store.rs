@@ -246,7 +246,7 @@ impl Validator {
                     "store.url",
                     format!(
                         "`{}` must be sqlite://PATH (e.g. sqlite:///var/lib/pkb-edge/pairings.db) or postgres://USER@HOST:PORT/DATABASE",
-                        crate::store::redact_url(&u)
+                        redact_url(&u)
                     ),
                 );
                 None
@@ -336,5 +336,32 @@ impl Validator {
             }
         });
         (keys_source, keys)
+    }
+}
+
+/// A database URL with any password replaced, for messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            if u.query_pairs().any(|(k, _)| k == "password") {
+                let kept: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if k == "password" {
+                            "***".into()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(kept);
+            }
+            u.to_string()
+        }
+        Err(_) => url.to_string(),
     }
 }

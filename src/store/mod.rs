@@ -18,6 +18,7 @@ use crate::config::StoreSettings;
 use crate::core::clock::Clock;
 use crypto::Keyring;
 
+pub use crate::config::redact_url;
 pub use backend::{Backend, PairingRows, SealedRecords};
 pub use pairings::{
     FreshError, PairState, Pairing, PairingInfo, Pairings, RefreshFailure, RekeyPage, TakenState,
@@ -172,31 +173,4 @@ pub async fn open_pairings(
         )
         .await?,
     ))
-}
-
-/// A database URL with any password replaced, for messages.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            if u.query_pairs().any(|(k, _)| k == "password") {
-                let kept: Vec<(String, String)> = u
-                    .query_pairs()
-                    .map(|(k, v)| {
-                        let v = if k == "password" {
-                            "***".into()
-                        } else {
-                            v.into_owned()
-                        };
-                        (k.into_owned(), v)
-                    })
-                    .collect();
-                u.query_pairs_mut().clear().extend_pairs(kept);
-            }
-            u.to_string()
-        }
-        Err(_) => url.to_string(),
-    }
 }

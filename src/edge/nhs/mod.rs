@@ -4,7 +4,6 @@
 //! this.
 
 mod cookies;
-mod errors;
 pub mod routes;
 
 use async_trait::async_trait;

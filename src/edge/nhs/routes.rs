@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::cookies::cookie_value;
 use crate::core::relative_path::{self, RelativePath};
-use crate::edge::reply::{page, Format, Reply};
+use crate::edge::reply::{nhs_login_error, page, Format, Reply};
 use crate::nhs_login::gp::GpStatus;
 use crate::nhs_login::{NhsLogin, NhsLoginError, Session, PURPOSE_GP_REFRESH};
 use crate::pages::MessagePage;
@@ -473,6 +473,13 @@ impl NhsWeb {
         s.outcome = "gave_up";
         s.gp_refresh = Some("gave_up");
         (reply, s)
+    }
+}
+
+impl NhsWeb {
+    /// The page for every way NHS login can fail, with a way to sign in again to `return_to`.
+    pub fn error_page(&self, e: &NhsLoginError, format: Format, return_to: &str) -> Reply {
+        nhs_login_error(e, format, self.login_href(return_to))
     }
 }
 

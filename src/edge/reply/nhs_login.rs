@@ -1,8 +1,7 @@
 //! The page (or JSON) for every way NHS login can fail. Each offers only links the person
 //! chooses; nothing retries by itself.
 
-use super::routes::NhsWeb;
-use crate::edge::reply::{Format, Reply};
+use super::{Format, Reply};
 use crate::nhs_login::NhsLoginError;
 use crate::pages::MessagePage;
 
@@ -154,29 +153,28 @@ fn describe(e: &NhsLoginError) -> Content {
     }
 }
 
-impl NhsWeb {
-    /// The page for every way NHS login can fail. Each offers only links the person chooses.
-    pub fn error_page(&self, e: &NhsLoginError, format: Format, return_to: &str) -> Reply {
-        let c = describe(e);
-        let action = match c.link {
-            Link::SignIn(label) => (label, self.login_href(return_to)),
-            Link::Home => ("Go to the home page", "/".to_string()),
-        };
-        let reply = Reply::message(
-            c.status,
-            format,
-            c.code,
-            MessagePage {
-                title: c.title,
-                paragraphs: vec![c.text],
-                action: Some(action),
-                form: None,
-                footnote: c.footnote,
-            },
-        );
-        match c.retry_after {
-            Some(secs) => reply.with_header("Retry-After", secs),
-            None => reply,
-        }
+/// The page for every way NHS login can fail. Each offers only links the person chooses;
+/// `sign_in` signs in again and comes back.
+pub fn nhs_login_error(e: &NhsLoginError, format: Format, sign_in: String) -> Reply {
+    let c = describe(e);
+    let action = match c.link {
+        Link::SignIn(label) => (label, sign_in),
+        Link::Home => ("Go to the home page", "/".to_string()),
+    };
+    let reply = Reply::message(
+        c.status,
+        format,
+        c.code,
+        MessagePage {
+            title: c.title,
+            paragraphs: vec![c.text],
+            action: Some(action),
+            form: None,
+            footnote: c.footnote,
+        },
+    );
+    match c.retry_after {
+        Some(secs) => reply.with_header("Retry-After", secs),
+        None => reply,
     }
 }
