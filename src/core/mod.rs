@@ -1,6 +1,7 @@
 //! Leaves: small pieces every layer may use, which import nothing else of pkb-edge.
 
 pub mod clock;
+pub mod cookies;
 pub mod hash;
 pub mod limits;
 pub mod patient;

@@ -213,11 +213,16 @@ fn cookie_user(headers: &HeaderMap) -> Option<String> {
         .get_all("cookie")
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == USER_COOKIE)
-        .map(|(_, v)| v.to_string())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == USER_COOKIE)
+        .map(|c| c.value().to_string())
         .filter(|u| valid_user(u))
+}
+
+/// The front's sign-in cookie. Plain HTTP on loopback, so not `Secure`.
+fn user_cookie(value: &str, max_age_secs: Option<i64>) -> String {
+    crate::core::cookies::set_cookie_over(false, USER_COOKIE, value, max_age_secs)
 }
 
 fn valid_user(u: &str) -> bool {
@@ -240,10 +245,7 @@ async fn signin(Form(f): Form<SignIn>) -> Response {
             .into_response();
     }
     let mut r = Redirect::to(&local_next(f.next.as_deref())).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "{USER_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax",
-        f.user
-    )) {
+    if let Ok(v) = HeaderValue::from_str(&user_cookie(&f.user, None)) {
         r.headers_mut().insert("set-cookie", v);
     }
     r
@@ -251,10 +253,9 @@ async fn signin(Form(f): Form<SignIn>) -> Response {
 
 async fn signout() -> Response {
     let mut r = Redirect::to("/_front/signin").into_response();
-    r.headers_mut().insert(
-        "set-cookie",
-        HeaderValue::from_static("demo_user=; Path=/; Max-Age=0"),
-    );
+    if let Ok(v) = HeaderValue::from_str(&user_cookie("", Some(0))) {
+        r.headers_mut().insert("set-cookie", v);
+    }
     r
 }
 

@@ -3,7 +3,6 @@
 //! keeps its state in its own context. Header mode runs [`EdgeProxy`] alone and carries none of
 //! this.
 
-mod cookies;
 pub mod routes;
 
 use async_trait::async_trait;
@@ -14,12 +13,12 @@ use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
 use tracing::Instrument;
 
-use self::cookies::{cookie_value, cookies_without};
 pub use self::routes::{NhsWeb, Step, GP_HEADERS, NHS_NUMBER_HEADER, PROOFING_LEVEL_HEADER};
 use super::headers::same_origin_referer;
 use super::proxy::{request_span, write_reply, EdgeProxy, RequestCtx};
 use super::reply::Reply;
 use super::routes::{format_of, Route};
+use crate::core::cookies::{cookie_value, cookies_without};
 use crate::nhs_login::gp::GpStatus;
 use crate::nhs_login::{NhsLoginError, Session as NhsSession};
 use crate::observe::audit::{Action, Event};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use serde_json::json;
 
-use super::cookies::cookie_value;
+use crate::core::cookies::{clear_cookie, cookie_value, set_cookie};
 use crate::core::relative_path::{self, RelativePath};
 use crate::edge::reply::{nhs_login_error, page, Format, Reply};
 use crate::nhs_login::gp::GpStatus;
@@ -118,27 +118,10 @@ impl NhsWeb {
             Some(existing) => (existing, None),
             None => {
                 let fresh = crate::core::random::random_token();
-                let set = format!(
-                    "{name}={fresh}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age={}",
-                    self.nhs.settings().login_ttl_secs
-                );
+                let set = set_cookie(&name, &fresh, Some(self.nhs.settings().login_ttl_secs));
                 (fresh, Some(set))
             }
         }
-    }
-
-    fn set_cookie(&self, id: &str) -> String {
-        format!(
-            "{}={id}; Path=/; HttpOnly; Secure; SameSite=Lax",
-            self.cookie_name()
-        )
-    }
-
-    fn clear_cookie(&self) -> String {
-        format!(
-            "{}=; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age=0",
-            self.cookie_name()
-        )
     }
 
     pub fn login_href(&self, return_to: &str) -> String {
@@ -278,8 +261,10 @@ impl NhsWeb {
                 } else {
                     "callback"
                 };
-                let reply = Reply::redirect(signed_in.return_to.clone())
-                    .with_header("Set-Cookie", self.set_cookie(&signed_in.session_id.0));
+                let reply = Reply::redirect(signed_in.return_to.clone()).with_header(
+                    "Set-Cookie",
+                    set_cookie(self.cookie_name(), &signed_in.session_id.0, None),
+                );
                 let mut s = step(name, "signed_in", Some(&signed_in.session));
                 s.gp = signed_in
                     .session
@@ -356,7 +341,7 @@ impl NhsWeb {
                 .render(),
             ),
         }
-        .with_header("Set-Cookie", self.clear_cookie());
+        .with_header("Set-Cookie", clear_cookie(self.cookie_name()));
         let outcome = if ended { "signed_out" } else { "no_session" };
         (reply, step("logout", outcome, session))
     }
