@@ -19,7 +19,7 @@ use super::reply::Reply;
 use super::routes::Route;
 use crate::config::Upstream;
 use crate::decorate::{merged_vary, private_cache_control, Decorator, Lookup};
-use crate::identity::IdentityResolver;
+use crate::identity::{Asking, HeaderIdentity, Identify};
 use crate::launch::LaunchService;
 use crate::observe::audit::AuditLog;
 use crate::observe::metrics::metrics;
@@ -28,7 +28,7 @@ use crate::pairing::PairingService;
 pub struct EdgeProxy {
     pub upstream: Upstream,
     pub prefix: String,
-    pub identity: IdentityResolver,
+    pub identity: HeaderIdentity,
     pub launch: Arc<LaunchService>,
     pub pairing: Arc<PairingService>,
     pub decorator: Arc<Decorator>,
@@ -92,14 +92,19 @@ pub fn request_span(ctx: &RequestCtx) -> tracing::Span {
 
 impl EdgeProxy {
     /// What is known before routing: draining, the peer's trust, the user, the request id.
-    pub fn begin(&self, session: &mut Session, ctx: &mut RequestCtx) {
+    pub async fn begin(&self, session: &mut Session, ctx: &mut RequestCtx) {
         if self.draining.load(Ordering::Relaxed) {
             session.set_keepalive(None);
         }
         let peer = peer_ip(session);
         let headers = &session.req_header().headers;
         ctx.peer_trusted = self.identity.peer_is_trusted(peer);
-        ctx.user = self.identity.resolve(peer, headers);
+        // Header mode never fails to answer: a bad or untrusted header is nobody.
+        ctx.user = self
+            .identity
+            .identify(&Asking { peer, headers })
+            .await
+            .unwrap_or(None);
         ctx.request_id = request_id(ctx.peer_trusted, headers);
     }
 
@@ -185,7 +190,7 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        self.begin(session, ctx);
+        self.begin(session, ctx).await;
         match Route::of(&self.prefix, session.req_header().uri.path()) {
             Some(route) => {
                 let reply = self

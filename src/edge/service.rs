@@ -15,7 +15,7 @@ use crate::decorate::Decorator;
 use crate::edge::nhs::{NhsLoginLayer, NhsWeb};
 use crate::edge::ops::OpsApp;
 use crate::edge::proxy::EdgeProxy;
-use crate::identity::IdentityResolver;
+use crate::identity::{HeaderIdentity, NhsSessionIdentity};
 use crate::launch::LaunchService;
 use crate::nhs_login::NhsLogin;
 use crate::observe::audit::AuditLog;
@@ -89,13 +89,23 @@ pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, St
         Some(settings) => {
             let nhs = NhsLogin::new(Arc::new(settings.clone()), pairings.records(), clock)
                 .map_err(StartError::NhsLogin)?;
+            let nhs = Arc::new(nhs);
+            let sessions = NhsSessionIdentity { nhs: nhs.clone() };
             let web = NhsWeb {
-                nhs: Arc::new(nhs),
+                nhs,
                 prefix: config.prefix.clone(),
                 pkb_base: config.pkb.base_url.clone(),
                 public_origin: config.public_url.origin().ascii_serialization(),
             };
-            add_proxy(&mut server, config, NhsLoginLayer { inner: proxy, web });
+            add_proxy(
+                &mut server,
+                config,
+                NhsLoginLayer {
+                    inner: proxy,
+                    web,
+                    sessions,
+                },
+            );
         }
         None => add_proxy(&mut server, config, proxy),
     }
@@ -145,7 +155,7 @@ fn header_proxy(
     Ok(EdgeProxy {
         upstream: config.upstream.clone(),
         prefix: config.prefix.clone(),
-        identity: IdentityResolver::new(&config.identity),
+        identity: HeaderIdentity::new(&config.identity),
         launch,
         pairing,
         decorator,

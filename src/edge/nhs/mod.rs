@@ -18,7 +18,8 @@ use super::headers::same_origin_referer;
 use super::proxy::{request_span, write_reply, EdgeProxy, RequestCtx};
 use super::reply::Reply;
 use super::routes::{format_of, Route};
-use crate::core::cookies::{cookie_value, cookies_without};
+use crate::core::cookies::cookies_without;
+use crate::identity::{Asking, Identify, NhsSessionIdentity};
 use crate::nhs_login::gp::GpStatus;
 use crate::nhs_login::{NhsLoginError, Session as NhsSession};
 use crate::observe::audit::{Action, Event};
@@ -29,6 +30,8 @@ use crate::store::StoreError;
 pub struct NhsLoginLayer {
     pub inner: EdgeProxy,
     pub web: NhsWeb,
+    /// Who is asking, in this mode: the session the cookie names.
+    pub sessions: NhsSessionIdentity,
 }
 
 /// The layer's state for one request, around the inner proxy's.
@@ -74,15 +77,12 @@ fn store_unavailable() -> NhsLoginError {
 impl NhsLoginLayer {
     /// The session named by the cookie, if any. A store failure is remembered, not treated as
     /// "signed out": the gate answers 503 rather than sending a signed-in user to sign in again.
-    async fn load_session(&self, headers: &http::HeaderMap, ctx: &mut NhsCtx) {
-        let Some(id) = cookie_value(headers, &self.web.nhs.settings().cookie_name) else {
-            return;
-        };
-        match self.web.nhs.sessions().get(&id).await {
-            Ok(Some(s)) => {
-                ctx.inner.user = Some(s.sub.clone());
-                ctx.session_id = Some(id);
-                ctx.session = Some(s);
+    async fn load_session(&self, asking: &Asking<'_>, ctx: &mut NhsCtx) {
+        match self.sessions.identify(asking).await {
+            Ok(Some(found)) => {
+                ctx.inner.user = Some(found.session.sub.clone());
+                ctx.session_id = Some(found.id);
+                ctx.session = Some(found.session);
             }
             Ok(None) => {}
             Err(e) => {
@@ -279,8 +279,12 @@ impl ProxyHttp for NhsLoginLayer {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut NhsCtx) -> Result<bool> {
-        self.inner.begin(session, &mut ctx.inner);
-        self.load_session(&session.req_header().headers, ctx).await;
+        self.inner.begin(session, &mut ctx.inner).await;
+        let asking = Asking {
+            peer: None,
+            headers: &session.req_header().headers,
+        };
+        self.load_session(&asking, ctx).await;
         let span = request_span(&ctx.inner);
         let req = session.req_header();
         let path = req.uri.path();
