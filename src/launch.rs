@@ -10,6 +10,8 @@ use crate::core::limits::LaunchLimiter;
 use crate::core::patient::PatientContext;
 use crate::core::relative_path::{self, RelativePath};
 use crate::core::secret::{Otp, OtpLoginUrl};
+use crate::observe::audit::{Action, AuditLog, Caller, Event};
+use crate::observe::metrics::metrics;
 use crate::pkb::urls::{self, ContextParams};
 use crate::pkb::{PkbClient, PkbError};
 use crate::store::{FreshError, Pairing, StoreError};
@@ -163,10 +165,11 @@ pub struct LaunchService {
     patient_landing_path: String,
     /// The longest a launch waits for PKB in all (refresh and OTP together).
     deadline: Duration,
+    audit: Arc<AuditLog>,
 }
 
 impl LaunchService {
-    pub fn new(tokens: Arc<TokenSource>, limiter: LaunchLimiter) -> Self {
+    pub fn new(tokens: Arc<TokenSource>, limiter: LaunchLimiter, audit: Arc<AuditLog>) -> Self {
         let pkb = tokens.pkb().clone();
         let s: &PkbSettings = pkb.settings();
         LaunchService {
@@ -183,7 +186,43 @@ impl LaunchService {
             limiter,
             tokens,
             pkb,
+            audit,
         }
+    }
+
+    /// A launch as a request asks for it (`query` is the launch query): the URL to send the
+    /// browser to, or why not. Timed, counted, logged and audited here.
+    pub async fn launch_for(
+        &self,
+        caller: Caller<'_>,
+        query: Option<&str>,
+    ) -> Result<OtpLoginUrl, LaunchError> {
+        let started = std::time::Instant::now();
+        let mut patient = None;
+        let result = async {
+            let user = caller.user.ok_or(LaunchError::NoIdentity)?;
+            let params = self.params(query)?;
+            patient = params.context.clone();
+            self.launch(user, &params).await
+        }
+        .await;
+        let m = metrics();
+        m.launch_duration_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "redirect");
+        m.launch_total.with_label_values(&[outcome]).inc();
+        let reason = result.as_ref().err().map(ToString::to_string);
+        tracing::info!(user = caller.user.unwrap_or(""), outcome, reason, "launch");
+        self.audit.record(Event {
+            request_id: caller.request_id,
+            user: caller.user,
+            action: Action::Launch,
+            outcome,
+            refused: result.is_err(),
+            patient: patient.as_ref(),
+            reason,
+        });
+        result
     }
 
     pub fn context_names(&self) -> &ContextParams {

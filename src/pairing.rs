@@ -17,6 +17,8 @@ use crate::core::clock::Clock;
 use crate::core::random::{random_token, state_is_well_formed};
 use crate::core::relative_path::{self, RelativePath};
 use crate::core::secret::CodeVerifier;
+use crate::observe::audit::{Action, AuditLog, Caller, Event};
+use crate::observe::metrics::metrics;
 use crate::pkb::{urls, PkbClient, PkbError};
 use crate::store::{PairState, Pairings, StoreError, TakenState, TokenSet};
 
@@ -50,6 +52,9 @@ pub enum PairingError {
     PkbUnavailable(String),
     #[error("PKB refused the request: {0}")]
     PkbRefused(String),
+    /// A state-changing request not sent by this site's own pages.
+    #[error("not sent by this site's own pages (Origin / Sec-Fetch-Site)")]
+    CrossSite,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -64,6 +69,7 @@ impl PairingError {
             PairingError::PkbDenied(_) => "pkb_denied",
             PairingError::PkbUnavailable(_) => "pkb_unavailable",
             PairingError::PkbRefused(_) => "pkb_refused",
+            PairingError::CrossSite => "cross_site",
             PairingError::Store(_) => "store_error",
         }
     }
@@ -74,6 +80,7 @@ pub struct PairingService {
     pkb: Arc<PkbClient>,
     clock: Arc<dyn Clock>,
     state_ttl_secs: i64,
+    audit: Arc<AuditLog>,
 }
 
 /// The named query parameters, each at most once (a repeated one is ambiguous, so refused).
@@ -100,17 +107,89 @@ impl PairingService {
         pkb: Arc<PkbClient>,
         clock: Arc<dyn Clock>,
         state_ttl_secs: i64,
+        audit: Arc<AuditLog>,
     ) -> Self {
         PairingService {
             pairings,
             pkb,
             clock,
             state_ttl_secs,
+            audit,
         }
     }
 
-    /// Starts a pairing: records the state and returns PKB's authorize URL to send the browser to.
+    /// `/pair`: PKB's authorize URL to send the browser to. Counted, logged and audited.
     pub async fn start(
+        &self,
+        caller: Caller<'_>,
+        query: Option<&str>,
+    ) -> Result<String, PairingError> {
+        let result = self.begin(caller.user, query).await;
+        self.record(caller, Action::Pair, result.as_ref().map(|_| "started"));
+        result
+    }
+
+    /// `/callback`: PKB's answer; on success the tokens are stored, and the user goes back to
+    /// where pairing started, if anywhere. Counted, logged and audited.
+    pub async fn callback(
+        &self,
+        caller: Caller<'_>,
+        query: Option<&str>,
+    ) -> Result<Option<RelativePath>, PairingError> {
+        let result = self.finish(caller.user, query).await;
+        self.record(
+            caller,
+            Action::PairCallback,
+            result.as_ref().map(|_| "paired"),
+        );
+        result
+    }
+
+    /// `/unpair`, only from this site's own pages: whether there was a pairing to remove.
+    /// Counted, logged and audited.
+    pub async fn unpair(
+        &self,
+        caller: Caller<'_>,
+        same_origin: bool,
+    ) -> Result<bool, PairingError> {
+        let result = match (same_origin, caller.user) {
+            (false, _) => Err(PairingError::CrossSite),
+            (true, None) => Err(PairingError::NoIdentity),
+            (true, Some(user)) => self.pairings.remove(user).await.map_err(Into::into),
+        };
+        let outcome = |&was_paired: &bool| {
+            if was_paired {
+                "unpaired"
+            } else {
+                "was_not_paired"
+            }
+        };
+        self.record(caller, Action::Unpair, result.as_ref().map(outcome));
+        result
+    }
+
+    /// A pairing step or its refusal: the metric, a log line and an audit line.
+    fn record(&self, caller: Caller<'_>, action: Action, result: Result<&str, &PairingError>) {
+        let (outcome, reason) = match result {
+            Ok(outcome) => (outcome, None),
+            Err(e) => (e.outcome(), Some(e.to_string())),
+        };
+        metrics().pairing_total.with_label_values(&[outcome]).inc();
+        let user = caller.user;
+        tracing::info!(user, ?action, outcome, reason, "pairing");
+        self.audit.record(Event {
+            request_id: caller.request_id,
+            user,
+            action,
+            outcome,
+            refused: reason.is_some(),
+            patient: None,
+            reason,
+        });
+    }
+
+    /// Starts a pairing: records the state and returns PKB's authorize URL to send the browser to.
+    async fn begin(
         &self,
         user_id: Option<&str>,
         query: Option<&str>,
@@ -147,7 +226,7 @@ impl PairingService {
     }
 
     /// Completes a pairing; on success, where to send the browser (`return_to`), if anywhere.
-    pub async fn callback(
+    async fn finish(
         &self,
         user_id: Option<&str>,
         query: Option<&str>,
@@ -206,11 +285,6 @@ impl PairingService {
         Ok(pending
             .return_to
             .and_then(|r| relative_path::parse(&r).ok()))
-    }
-
-    pub async fn unpair(&self, user_id: Option<&str>) -> Result<bool, PairingError> {
-        let user_id = user_id.ok_or(PairingError::NoIdentity)?;
-        Ok(self.pairings.remove(user_id).await?)
     }
 
     pub async fn is_paired(&self, user_id: Option<&str>) -> Result<bool, PairingError> {

@@ -10,8 +10,7 @@ use super::reply::{self, Format, Reply};
 use crate::core::patient::PatientContext;
 use crate::core::same_origin::same_origin;
 use crate::launch::LaunchError;
-use crate::observe::audit::{Action, Event};
-use crate::observe::metrics::metrics;
+use crate::observe::audit::Caller;
 use crate::pairing::PairingError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +71,13 @@ impl Request<'_> {
         self.ctx.user.as_deref()
     }
 
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            request_id: &self.ctx.request_id,
+            user: self.user(),
+        }
+    }
+
     fn this_url(&self) -> &str {
         self.req.uri.path_and_query().map_or("", |p| p.as_str())
     }
@@ -124,32 +130,7 @@ impl EdgeProxy {
 
     /// `GET {prefix}/launch`: into PKB with a one-time password.
     async fn launch(&self, r: &Request<'_>) -> Reply {
-        let started = std::time::Instant::now();
-        let mut patient = None;
-        let result = async {
-            let user = r.user().ok_or(LaunchError::NoIdentity)?;
-            let params = self.launch.params(r.query())?;
-            patient = params.context.clone();
-            self.launch.launch(user, &params).await
-        }
-        .await;
-        let m = metrics();
-        m.launch_duration_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "redirect");
-        m.launch_total.with_label_values(&[outcome]).inc();
-        let reason = result.as_ref().err().map(ToString::to_string);
-        tracing::info!(user = r.user().unwrap_or(""), outcome, reason, "launch");
-        self.audit.record(Event {
-            request_id: &r.ctx.request_id,
-            user: r.user(),
-            action: Action::Launch,
-            outcome,
-            refused: result.is_err(),
-            patient: patient.as_ref(),
-            reason,
-        });
-        match result {
+        match self.launch.launch_for(r.caller(), r.query()).await {
             Ok(location) => Reply::redirect(location.into_exposed()),
             Err(e) => reply::launch_error(&e, r.format, &self.prefix, r.this_url()),
         }
@@ -157,26 +138,18 @@ impl EdgeProxy {
 
     /// `GET {prefix}/pair`: off to PKB's consent page.
     async fn pair(&self, r: &Request<'_>) -> Reply {
-        match self.pairing.start(r.user(), r.query()).await {
-            Ok(authorize_url) => {
-                self.pairing_step(r.ctx, Action::Pair, "started", None);
-                Reply::redirect(authorize_url)
-            }
-            Err(e) => self.pairing_refused(r, Action::Pair, &e),
+        match self.pairing.start(r.caller(), r.query()).await {
+            Ok(authorize_url) => Reply::redirect(authorize_url),
+            Err(e) => self.pairing_refused(r, &e),
         }
     }
 
     /// `GET {prefix}/callback`: PKB's answer; the tokens are stored.
     async fn pairing_callback(&self, r: &Request<'_>) -> Reply {
-        match self.pairing.callback(r.user(), r.query()).await {
-            Ok(return_to) => {
-                self.pairing_step(r.ctx, Action::PairCallback, "paired", None);
-                match return_to {
-                    Some(path) => Reply::redirect(path.to_string()),
-                    None => Reply::linked(r.format, &self.prefix),
-                }
-            }
-            Err(e) => self.pairing_refused(r, Action::PairCallback, &e),
+        match self.pairing.callback(r.caller(), r.query()).await {
+            Ok(Some(path)) => Reply::redirect(path.to_string()),
+            Ok(None) => Reply::linked(r.format, &self.prefix),
+            Err(e) => self.pairing_refused(r, &e),
         }
     }
 
@@ -184,22 +157,10 @@ impl EdgeProxy {
     async fn unpair(&self, r: &Request<'_>) -> Reply {
         let origin = r.header(http::header::ORIGIN);
         let site = r.header(http::HeaderName::from_static("sec-fetch-site"));
-        if !same_origin(&self.public_origin, origin, site) {
-            let why = "not sent by this site's own pages (Origin / Sec-Fetch-Site)";
-            self.pairing_step(r.ctx, Action::Unpair, "cross_site", Some(why.into()));
-            return Reply::cross_site(r.format);
-        }
-        match self.pairing.unpair(r.user()).await {
-            Ok(was_paired) => {
-                let outcome = if was_paired {
-                    "unpaired"
-                } else {
-                    "was_not_paired"
-                };
-                self.pairing_step(r.ctx, Action::Unpair, outcome, None);
-                Reply::unlinked(r.format, &self.prefix, was_paired)
-            }
-            Err(e) => self.pairing_refused(r, Action::Unpair, &e),
+        let same_origin = same_origin(&self.public_origin, origin, site);
+        match self.pairing.unpair(r.caller(), same_origin).await {
+            Ok(was_paired) => Reply::unlinked(r.format, &self.prefix, was_paired),
+            Err(e) => self.pairing_refused(r, &e),
         }
     }
 
@@ -235,30 +196,7 @@ impl EdgeProxy {
         Reply::json(200, serde_json::json!({ "available": available.as_json() }))
     }
 
-    /// A pairing step (or its refusal, when `reason` is given): counted, logged and audited.
-    fn pairing_step(
-        &self,
-        ctx: &RequestCtx,
-        action: Action,
-        outcome: &str,
-        reason: Option<String>,
-    ) {
-        metrics().pairing_total.with_label_values(&[outcome]).inc();
-        let user = ctx.user.as_deref();
-        tracing::info!(user, ?action, outcome, reason, "pairing");
-        self.audit.record(Event {
-            request_id: &ctx.request_id,
-            user,
-            action,
-            outcome,
-            refused: reason.is_some(),
-            patient: None,
-            reason,
-        });
-    }
-
-    fn pairing_refused(&self, r: &Request<'_>, action: Action, e: &PairingError) -> Reply {
-        self.pairing_step(r.ctx, action, e.outcome(), Some(e.to_string()));
+    fn pairing_refused(&self, r: &Request<'_>, e: &PairingError) -> Reply {
         reply::pairing_error(e, r.format, &self.restart_pairing())
     }
 }

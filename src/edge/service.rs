@@ -87,8 +87,13 @@ pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, St
     let mut server = pingora_server(config, options);
     match &config.nhs_login {
         Some(settings) => {
-            let nhs = NhsLogin::new(Arc::new(settings.clone()), pairings.records(), clock)
-                .map_err(StartError::NhsLogin)?;
+            let nhs = NhsLogin::new(
+                Arc::new(settings.clone()),
+                pairings.records(),
+                clock,
+                proxy.audit.clone(),
+            )
+            .map_err(StartError::NhsLogin)?;
             let nhs = Arc::new(nhs);
             let sessions = NhsSessionIdentity { nhs: nhs.clone() };
             let web = NhsWeb {
@@ -141,11 +146,13 @@ fn header_proxy(
         pkb.clone(),
         clock.clone(),
         config.pkb.state_ttl_secs,
+        audit.clone(),
     ));
     let tokens = Arc::new(TokenSource::new(pairings, pkb, clock));
     let launch = Arc::new(LaunchService::new(
         tokens.clone(),
         LaunchLimiter::per_minute(config.limits.launch_per_minute),
+        audit.clone(),
     ));
     let decorator = Arc::new(Decorator::new(config.decorate.clone(), tokens));
     let mut vary_on = vec![config.identity.header().to_string()];

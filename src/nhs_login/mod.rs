@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::{NhsLoginSettings, Vector};
 use crate::core::clock::Clock;
 use crate::core::relative_path::RelativePath;
+use crate::observe::audit::{Action, AuditLog, Caller, Event};
+use crate::observe::metrics::metrics;
 use crate::store::records::Records;
 use crate::store::{RecordKind, StoreError};
 
@@ -108,6 +110,22 @@ fn binding_hash(binding: &str) -> String {
         .collect()
 }
 
+/// What a step of NHS login did (sign-in, callback, sign-out, launch into PKB, GP refresh), as
+/// `record` counts, logs and audits it.
+#[derive(Debug)]
+pub struct Step {
+    pub name: &'static str,
+    pub outcome: &'static str,
+    /// The user it concerned, when known.
+    pub user: Option<String>,
+    pub refused: bool,
+    pub reason: Option<String>,
+    /// GP credentials retrieved at this sign-in: their status, and why not `valid`.
+    pub gp: Option<(&'static str, Option<&'static str>)>,
+    /// A step of a GP credential refresh: `started`, `refreshed`, `failed`, `gave_up`.
+    pub gp_refresh: Option<&'static str>,
+}
+
 /// A sign-in started to fetch fresh GP credentials.
 pub const PURPOSE_GP_REFRESH: &str = "gp_refresh";
 
@@ -141,6 +159,7 @@ pub struct NhsLogin {
     sessions: session::Sessions,
     records: Records,
     clock: Arc<dyn Clock>,
+    audit: Arc<AuditLog>,
 }
 
 fn random_id() -> String {
@@ -154,6 +173,7 @@ impl NhsLogin {
         settings: Arc<NhsLoginSettings>,
         records: Records,
         clock: Arc<dyn Clock>,
+        audit: Arc<AuditLog>,
     ) -> Result<NhsLogin, String> {
         let signing_key = EncodingKey::from_rsa_pem(settings.private_key.expose().as_bytes())
             .map_err(|e| format!("nhs_login.private_key_file: {e}"))?;
@@ -170,7 +190,50 @@ impl NhsLogin {
             jwks: tokio::sync::Mutex::new(Slot::default()),
             records,
             clock,
+            audit,
         })
+    }
+
+    /// An NHS login step: counted, logged and audited (with the GP credential status it
+    /// brought, and the refresh step it was).
+    pub fn record(&self, caller: Caller<'_>, step: Step) {
+        let m = metrics();
+        m.nhs_login_total
+            .with_label_values(&[step.name, step.outcome])
+            .inc();
+        let user = step.user.as_deref().or(caller.user);
+        let (name, outcome, reason) = (step.name, step.outcome, step.reason.as_deref());
+        tracing::info!(user, step = name, outcome, reason, "nhs_login");
+        let audit = |action, outcome, refused, reason: Option<String>| {
+            self.audit.record(Event {
+                request_id: caller.request_id,
+                user,
+                action,
+                outcome,
+                refused,
+                patient: None,
+                reason,
+            })
+        };
+        if let Some((status, reason)) = step.gp {
+            m.gp_credentials_total.with_label_values(&[status]).inc();
+            tracing::info!(user, status, reason, "gp_credentials");
+            let reason = reason.map(str::to_string);
+            audit(Action::GpCredentials, status, false, reason);
+        }
+        if let Some(outcome) = step.gp_refresh {
+            m.gp_credentials_refresh_total
+                .with_label_values(&[outcome])
+                .inc();
+            let refused = outcome == "gave_up" || outcome == "failed";
+            audit(Action::GpCredentialsRefresh, outcome, refused, None);
+        }
+        let action = match step.name {
+            "logout" => Action::NhsLogout,
+            "launch_pkb" => Action::NhsLaunchPkb,
+            _ => Action::NhsLogin,
+        };
+        audit(action, step.outcome, step.refused, step.reason);
     }
 
     pub fn settings(&self) -> &NhsLoginSettings {

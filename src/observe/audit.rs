@@ -41,6 +41,13 @@ pub enum Action {
     GpCredentialsRefresh,
 }
 
+/// Whom a step is on behalf of: the request, and its user when known.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    pub request_id: &'a str,
+    pub user: Option<&'a str>,
+}
+
 /// What happened, as one audit line says it.
 pub struct Event<'a> {
     pub request_id: &'a str,

@@ -13,7 +13,7 @@ use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
 use tracing::Instrument;
 
-pub use self::routes::{NhsWeb, Step, GP_HEADERS, NHS_NUMBER_HEADER, PROOFING_LEVEL_HEADER};
+pub use self::routes::{NhsWeb, GP_HEADERS, NHS_NUMBER_HEADER, PROOFING_LEVEL_HEADER};
 use super::headers::same_origin_referer;
 use super::proxy::{request_span, write_reply, EdgeProxy, RequestCtx};
 use super::reply::Reply;
@@ -21,9 +21,9 @@ use super::routes::{format_of, Route};
 use crate::core::cookies::cookies_without;
 use crate::identity::{Asking, Identify, NhsSessionIdentity};
 use crate::nhs_login::gp::GpStatus;
+use crate::nhs_login::Step;
 use crate::nhs_login::{NhsLoginError, Session as NhsSession};
-use crate::observe::audit::{Action, Event};
-use crate::observe::metrics::metrics;
+use crate::observe::audit::Caller;
 use crate::store::StoreError;
 
 /// The header-mode proxy with NHS login in front.
@@ -137,49 +137,12 @@ impl NhsLoginLayer {
         self.inner.serve(route, req, &ctx.inner).await
     }
 
-    /// An NHS login step: counted, logged and audited.
     fn record(&self, ctx: &RequestCtx, step: Step) {
-        let m = metrics();
-        m.nhs_login_total
-            .with_label_values(&[step.name, step.outcome])
-            .inc();
-        let user = step.user.as_deref().or(ctx.user.as_deref());
-        let (name, outcome, reason) = (step.name, step.outcome, step.reason.as_deref());
-        tracing::info!(user, step = name, outcome, reason, "nhs_login");
-        let audit = |action, outcome, refused, reason: Option<String>| {
-            self.inner.audit.record(Event {
-                request_id: &ctx.request_id,
-                user,
-                action,
-                outcome,
-                refused,
-                patient: None,
-                reason,
-            })
+        let caller = Caller {
+            request_id: &ctx.request_id,
+            user: ctx.user.as_deref(),
         };
-        if let Some((status, reason)) = step.gp {
-            m.gp_credentials_total.with_label_values(&[status]).inc();
-            tracing::info!(user, status, reason, "gp_credentials");
-            audit(
-                Action::GpCredentials,
-                status,
-                false,
-                reason.map(str::to_string),
-            );
-        }
-        if let Some(outcome) = step.gp_refresh {
-            m.gp_credentials_refresh_total
-                .with_label_values(&[outcome])
-                .inc();
-            let refused = outcome == "gave_up" || outcome == "failed";
-            audit(Action::GpCredentialsRefresh, outcome, refused, None);
-        }
-        let action = match step.name {
-            "logout" => Action::NhsLogout,
-            "launch_pkb" => Action::NhsLaunchPkb,
-            _ => Action::NhsLogin,
-        };
-        audit(action, step.outcome, step.refused, step.reason);
+        self.web.nhs.record(caller, step);
     }
 
     /// `X-GP-Credentials-Invalid: 1` from the upstream on a GP credentials path: the reply that

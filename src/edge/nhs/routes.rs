@@ -13,7 +13,7 @@ use crate::core::cookies::{clear_cookie, cookie_value, set_cookie};
 use crate::core::relative_path::{self, RelativePath};
 use crate::edge::reply::{nhs_login_error, page, Format, Reply};
 use crate::nhs_login::gp::GpStatus;
-use crate::nhs_login::{NhsLogin, NhsLoginError, Session, PURPOSE_GP_REFRESH};
+use crate::nhs_login::{NhsLogin, NhsLoginError, Session, Step, PURPOSE_GP_REFRESH};
 use crate::pages::MessagePage;
 
 /// The query parameter PKB and the NHS App carry a signed-in user's identity in.
@@ -22,21 +22,6 @@ pub const ASSERTED_PARAM: &str = "assertedLoginIdentity";
 /// Headers pkb-edge sets towards the upstream in `nhs_login` mode (besides the identity header).
 pub const NHS_NUMBER_HEADER: &str = "x-nhs-number";
 pub const PROOFING_LEVEL_HEADER: &str = "x-identity-proofing-level";
-
-/// What a route did, for the proxy's metrics and audit line.
-#[derive(Debug)]
-pub struct Step {
-    pub name: &'static str,
-    pub outcome: &'static str,
-    /// The user it concerned, when known.
-    pub user: Option<String>,
-    pub refused: bool,
-    pub reason: Option<String>,
-    /// GP credentials retrieved at this sign-in: their status, and why not `valid`.
-    pub gp: Option<(&'static str, Option<&'static str>)>,
-    /// A step of a GP credential refresh: `started`, `refreshed`, `failed`, `gave_up`.
-    pub gp_refresh: Option<&'static str>,
-}
 
 /// Headers carrying GP credentials to the upstream (on the configured paths only), and the
 /// upstream's signal that they failed. None of them ever comes from, or goes to, the browser.

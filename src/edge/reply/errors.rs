@@ -88,6 +88,7 @@ pub fn pairing_error(e: &PairingError, format: Format, retry: &str) -> Reply {
         ),
         PairingError::PkbUnavailable(_) => Reply::pkb_unavailable(format, retry),
         PairingError::PkbRefused(_) => Reply::pkb_refused(format),
+        PairingError::CrossSite => Reply::cross_site(format),
         PairingError::Store(e) => Reply::store_error(format, e, retry),
     }
 }
