@@ -208,7 +208,7 @@ fn postgres_stores_keep_the_password_out_of_the_url() {
     assert_eq!(c.store.url, "postgres://edge@db.example:5432/pkb");
     assert_eq!(c.store.password.as_ref().unwrap().expose(), "s@cret");
     assert_eq!(c.store.pool_size, 4);
-    assert_eq!(c.store.tls, crate::store::postgres::TlsMode::Verify);
+    assert_eq!(c.store.tls, crate::config::TlsMode::Verify);
     assert!(!format!("{c:?}").contains("s@cret"));
     let err = pg("", &[(ENV_STORE_PASSWORD, "other")]).unwrap_err();
     assert_eq!(keys_of(err.clone()), ["store.url"]);
