@@ -16,8 +16,8 @@ use axum::routing::{any, get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
 
-use crate::pages::escape;
 use crate::sim::SimPatient;
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 /// Where the front connects from; the demo proxy trusts only this address.
 pub const FRONT_SOURCE_IP: &str = "127.0.0.2";
@@ -29,14 +29,27 @@ main{max-width:48rem;margin:2rem auto;padding:0 1rem}table{border-collapse:colla
 th,td{text-align:left;padding:.5rem;border-bottom:1px solid #ddd}a.pkb{background:#005eb8;color:#fff;\
 padding:.3rem .7rem;border-radius:4px;text-decoration:none}form{display:inline}button{cursor:pointer}";
 
-fn page(title: &str, user: &str, body: &str) -> Html<String> {
-    Html(format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title><style>{STYLE}</style></head>\
-         <body><header><span>St Example Hospital · EHR</span><span id=\"signed-in\">{u}</span></header>\
-         <main><h1>{t}</h1>{body}</main></body></html>",
-        t = escape(title),
-        u = escape(user),
-    ))
+fn page(title: &str, user: &str, body: Markup) -> Html<String> {
+    Html(
+        html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    title { (title) }
+                    style { (PreEscaped(STYLE)) }
+                }
+                body {
+                    header {
+                        span { "St Example Hospital · EHR" }
+                        span id="signed-in" { (user) }
+                    }
+                    main { h1 { (title) } (body) }
+                }
+            }
+        }
+        .into_string(),
+    )
 }
 
 /// The sample EHR: a patient list whose links open PKB in patient context.
@@ -62,26 +75,35 @@ fn launch_href(nhs: &str) -> String {
 }
 
 async fn ehr_home(State(patients): Patients, headers: HeaderMap) -> Html<String> {
-    let mut rows = String::new();
-    for p in patients.iter() {
-        rows.push_str(&format!(
-            "<tr><td><a href=\"/patients/{nhs}\">{name}</a></td><td>{nhs}</td>\
-             <td><a class=\"pkb\" id=\"open-{nhs}\" href=\"{href}\">Open in PKB</a></td></tr>",
-            nhs = escape(&p.nhs_number),
-            name = escape(&p.name),
-            href = escape(&launch_href(&p.nhs_number)),
-        ));
-    }
     page(
         "Patients",
         &signed_in_user(&headers),
-        &format!(
-            "<table><thead><tr><th>Name</th><th>NHS number</th><th>Patients Know Best</th></tr></thead>\
-             <tbody>{rows}</tbody></table>\
-             <p><a href=\"/_pkb/launch\">Open my PKB inbox</a> · <a href=\"/_pkb/status\">PKB link status (JSON)</a></p>\
-             <form method=\"post\" action=\"/_pkb/unpair\"><button id=\"unlink\">Unlink my PKB account</button></form> \
-             <form method=\"post\" action=\"/_front/signout\"><button>Sign out</button></form>"
-        ),
+        html! {
+            table {
+                thead { tr { th { "Name" } th { "NHS number" } th { "Patients Know Best" } } }
+                tbody {
+                    @for p in patients.iter() {
+                        tr {
+                            td { a href={ "/patients/" (p.nhs_number) } { (p.name) } }
+                            td { (p.nhs_number) }
+                            td {
+                                a class="pkb" id={ "open-" (p.nhs_number) } href=(launch_href(&p.nhs_number)) {
+                                    "Open in PKB"
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            p {
+                a href="/_pkb/launch" { "Open my PKB inbox" }
+                " · "
+                a href="/_pkb/status" { "PKB link status (JSON)" }
+            }
+            form method="post" action="/_pkb/unpair" { button id="unlink" { "Unlink my PKB account" } }
+            " "
+            form method="post" action="/_front/signout" { button { "Sign out" } }
+        },
     )
 }
 
@@ -96,24 +118,24 @@ async fn ehr_patient(
             page(
                 "No such patient",
                 &signed_in_user(&headers),
-                "<p><a href=\"/\">Back</a></p>",
+                html! { p { a href="/" { "Back" } } },
             ),
         )
             .into_response();
     };
+    // Asks for the page's own headers to show the decoration pkb-edge added.
+    const SHOW_DECORATION: &str = "fetch(location.href,{method:'HEAD'}).then(r=>{document.getElementById('pkb-data').textContent=\
+        r.headers.get('X-PKB-Data-Available')||'(not decorated)'})";
     page(
         &p.name,
         &signed_in_user(&headers),
-        &format!(
-            "<p>NHS number {nhs}</p>\
-             <p>Data in PKB from other organisations: <strong id=\"pkb-data\">…</strong></p>\
-             <p><a class=\"pkb\" href=\"{href}\">Open {name} in PKB</a></p><p><a href=\"/\">All patients</a></p>\
-             <script>fetch(location.href,{{method:'HEAD'}}).then(r=>{{document.getElementById('pkb-data').textContent=\
-             r.headers.get('X-PKB-Data-Available')||'(not decorated)'}})</script>",
-            nhs = escape(&p.nhs_number),
-            name = escape(&p.name),
-            href = escape(&launch_href(&p.nhs_number)),
-        ),
+        html! {
+            p { "NHS number " (p.nhs_number) }
+            p { "Data in PKB from other organisations: " strong id="pkb-data" { "…" } }
+            p { a class="pkb" href=(launch_href(&p.nhs_number)) { "Open " (p.name) " in PKB" } }
+            p { a href="/" { "All patients" } }
+            script { (PreEscaped(SHOW_DECORATION)) }
+        },
     )
     .into_response()
 }
@@ -135,19 +157,40 @@ async fn portal_home(headers: HeaderMap, uri: axum::http::Uri) -> Html<String> {
             .to_string()
     };
     let user = h("x-authenticated-user");
-    Html(format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Patient portal</title><style>{STYLE}</style></head>\
-         <body><header><span>St Example Hospital · Patient portal</span><span id=\"signed-in\">Signed in with NHS login</span></header>\
-         <main><h1>Welcome</h1><dl><dt>NHS login user (sub)</dt><dd id=\"portal-user\">{user}</dd>\
-         <dt>NHS number</dt><dd id=\"portal-nhs-number\">{nhs}</dd><dt>Identity proofing level</dt><dd>{level}</dd>\
-         <dt>This page</dt><dd id=\"portal-path\">{path}</dd></dl>\
-         <p><a class=\"pkb\" id=\"open-pkb\" href=\"/_pkb/nhs/launch-pkb?path=%2Fpatient%2Frecord\">Open my record in Patients Know Best</a></p>\
-         <form method=\"post\" action=\"/_pkb/nhs/logout\"><button id=\"sign-out\">Sign out</button></form></main></body></html>",
-        user = escape(&user),
-        nhs = escape(&h("x-nhs-number")),
-        level = escape(&h("x-identity-proofing-level")),
-        path = escape(uri.path()),
-    ))
+    Html(
+        html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    title { "Patient portal" }
+                    style { (PreEscaped(STYLE)) }
+                }
+                body {
+                    header {
+                        span { "St Example Hospital · Patient portal" }
+                        span id="signed-in" { "Signed in with NHS login" }
+                    }
+                    main {
+                        h1 { "Welcome" }
+                        dl {
+                            dt { "NHS login user (sub)" } dd id="portal-user" { (user) }
+                            dt { "NHS number" } dd id="portal-nhs-number" { (h("x-nhs-number")) }
+                            dt { "Identity proofing level" } dd { (h("x-identity-proofing-level")) }
+                            dt { "This page" } dd id="portal-path" { (uri.path()) }
+                        }
+                        p {
+                            a class="pkb" id="open-pkb" href="/_pkb/nhs/launch-pkb?path=%2Fpatient%2Frecord" {
+                                "Open my record in Patients Know Best"
+                            }
+                        }
+                        form method="post" action="/_pkb/nhs/logout" { button id="sign-out" { "Sign out" } }
+                    }
+                }
+            }
+        }
+        .into_string(),
+    )
 }
 
 /// The front: signs people in (a cookie) and forwards everything else to the proxy.
@@ -198,13 +241,17 @@ async fn signin_page(Query(q): Query<Next>) -> Html<String> {
     page(
         "Sign in",
         "Not signed in",
-        &format!(
-            "<p>This stands in for the hospital's single sign-on.</p>\
-             <form method=\"post\" action=\"/_front/signin\"><input type=\"hidden\" name=\"next\" value=\"{}\">\
-             <label for=\"user\">User name</label> <input id=\"user\" name=\"user\" value=\"dr.jones\" required> \
-             <button id=\"signin\" type=\"submit\">Sign in</button></form>",
-            escape(&local_next(q.next.as_deref()))
-        ),
+        html! {
+            p { "This stands in for the hospital's single sign-on." }
+            form method="post" action="/_front/signin" {
+                input type="hidden" name="next" value=(local_next(q.next.as_deref()));
+                label for="user" { "User name" }
+                " "
+                input id="user" name="user" value="dr.jones" required;
+                " "
+                button id="signin" type="submit" { "Sign in" }
+            }
+        },
     )
 }
 
@@ -239,7 +286,7 @@ async fn signin(Form(f): Form<SignIn>) -> Response {
             page(
                 "Sign in",
                 "Not signed in",
-                "<p>Letters, digits and . _ @ - only.</p>",
+                html! { p { "Letters, digits and . _ @ - only." } },
             ),
         )
             .into_response();

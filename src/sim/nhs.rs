@@ -23,7 +23,7 @@ use serde_json::json;
 use crate::config::Vector;
 use crate::core::clock::{Clock, SystemClock};
 use crate::core::rsa_keys as keys;
-use crate::pages::escape;
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 /// What the simulator counts, by the names `count` takes.
 pub const NHS_ENDPOINTS: &[&str] = &[
@@ -484,17 +484,30 @@ fn redirect_with(redirect_uri: &str, pairs: &[(&str, &str)]) -> Response {
     }
 }
 
-fn op_page(title: &str, body: &str) -> Html<String> {
-    Html(format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
-         <style>body{{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f0f4f5}}\
-         header{{background:#005eb8;color:#fff;padding:.8rem 1.5rem;font-weight:700}}\
-         main{{max-width:34rem;margin:2rem auto;padding:2rem;background:#fff}}\
-         button{{padding:.6rem 1.2rem;border:0;font-weight:600;margin:.3rem .5rem .3rem 0;cursor:pointer}}\
-         .go{{background:#007f3b;color:#fff}}label{{display:block;margin:.4rem 0}}</style></head>\
-         <body><header>NHS login (simulator)</header><main><h1>{t}</h1>{body}</main></body></html>",
-        t = escape(title)
-    ))
+const OP_STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f0f4f5}\
+header{background:#005eb8;color:#fff;padding:.8rem 1.5rem;font-weight:700}\
+main{max-width:34rem;margin:2rem auto;padding:2rem;background:#fff}\
+button{padding:.6rem 1.2rem;border:0;font-weight:600;margin:.3rem .5rem .3rem 0;cursor:pointer}\
+.go{background:#007f3b;color:#fff}label{display:block;margin:.4rem 0}";
+
+fn op_page(title: &str, body: Markup) -> Html<String> {
+    Html(
+        html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    title { (title) }
+                    style { (PreEscaped(OP_STYLE)) }
+                }
+                body {
+                    header { "NHS login (simulator)" }
+                    main { h1 { (title) } (body) }
+                }
+            }
+        }
+        .into_string(),
+    )
 }
 
 /// The users a vector list admits, and the vector each gets (the first one asked for that the
@@ -517,7 +530,7 @@ async fn authorize(State(op): Op, Query(q): Query<HashMap<String, String>>) -> R
     let Some(client) = client else {
         return (
             StatusCode::BAD_REQUEST,
-            op_page("Error", "<p>unknown client_id</p>"),
+            op_page("Error", html! { p { "unknown client_id" } }),
         )
             .into_response();
     };
@@ -525,7 +538,7 @@ async fn authorize(State(op): Op, Query(q): Query<HashMap<String, String>>) -> R
     if !client.redirect_uris.contains(&redirect_uri) {
         return (
             StatusCode::BAD_REQUEST,
-            op_page("Error", "<p>redirect_uri is not registered</p>"),
+            op_page("Error", html! { p { "redirect_uri is not registered" } }),
         )
             .into_response();
     }
@@ -631,39 +644,35 @@ fn silent_authorize(
 /// The interactive sign-in page: choose a test user, then Continue or "Do not share".
 fn login_page(op: &NhsLoginSim, client_id: &str, q: &HashMap<String, String>) -> Response {
     let get = |k: &str| q.get(k).cloned().unwrap_or_default();
-    let mut hidden = String::new();
-    for key in [
+    let hidden = [
         "client_id",
         "redirect_uri",
         "state",
         "nonce",
         "vtr",
         "scope",
-    ] {
-        hidden.push_str(&format!(
-            "<input type=\"hidden\" name=\"{key}\" value=\"{}\">",
-            escape(&get(key))
-        ));
-    }
-    let mut choices = String::new();
-    for (i, u) in op.users.iter().enumerate() {
-        choices.push_str(&format!(
-            "<label><input type=\"radio\" name=\"user\" value=\"{i}\"{checked}> {} {} (NHS number {})</label>",
-            escape(&u.given_name),
-            escape(&u.family_name),
-            escape(&u.nhs_number),
-            checked = if i == 0 { " checked" } else { "" },
-        ));
-    }
+    ];
     op_page(
         "Sign in with NHS login",
-        &format!(
-            "<p>Choose a test user. <em>{client}</em> asks to use your NHS login information.</p>\
-             <form method=\"post\" action=\"/authorize\">{hidden}{choices}\
-             <button class=\"go\" id=\"continue\" name=\"decision\" value=\"allow\">Continue</button>\
-             <button id=\"decline\" name=\"decision\" value=\"deny\">Do not share my information</button></form>",
-            client = escape(client_id)
-        ),
+        html! {
+            p {
+                "Choose a test user. " em { (client_id) }
+                " asks to use your NHS login information."
+            }
+            form method="post" action="/authorize" {
+                @for key in hidden {
+                    input type="hidden" name=(key) value=(get(key));
+                }
+                @for (i, u) in op.users.iter().enumerate() {
+                    label {
+                        input type="radio" name="user" value=(i) checked[i == 0];
+                        " " (u.given_name) " " (u.family_name) " (NHS number " (u.nhs_number) ")"
+                    }
+                }
+                button class="go" id="continue" name="decision" value="allow" { "Continue" }
+                button id="decline" name="decision" value="deny" { "Do not share my information" }
+            }
+        },
     )
     .into_response()
 }
