@@ -12,17 +12,43 @@ use super::PairingsCommand;
 use crate::config::Config;
 use crate::core::clock::{rfc3339, SystemClock};
 use crate::observe::audit::{Action, AuditLog, Event};
-use crate::store::Pairings;
+use crate::store::{Pairings, StoreError};
 
 const PAGE: u32 = 500;
 
-/// What a command reports: the text for standard output, or why it failed.
-pub type Outcome = Result<(), String>;
+/// Why a `pairings` command failed; each says what was done before it stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("cannot open the token store: {0}")]
+    Open(StoreError),
+    /// A store named by URL (migrate's source or target) would not open.
+    #[error("{store}: {source}")]
+    OpenAt { store: String, source: StoreError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Audit(String),
+    #[error("`{0}` has no pairing; nothing was changed")]
+    NotPaired(String),
+    #[error("stopped after {done} re-encrypted ({source}); run again to continue")]
+    RekeyStopped { done: usize, source: StoreError },
+    #[error("reading the source: {0}")]
+    ReadSource(StoreError),
+    #[error("writing the target after {written} written ({source}); run again to continue")]
+    WriteTarget { written: usize, source: StoreError },
+    #[error("checking the target: {0}")]
+    CheckTarget(StoreError),
+    #[error("cannot write: {0}")]
+    Output(#[from] std::io::Error),
+}
 
-async fn open(config: &Config) -> Result<Arc<Pairings>, String> {
+/// What a command reports: done (its text went to standard output), or why it failed.
+pub type Outcome = Result<(), AdminError>;
+
+async fn open(config: &Config) -> Result<Arc<Pairings>, AdminError> {
     crate::store::open_pairings(&config.store, Arc::new(SystemClock))
         .await
-        .map_err(|e| format!("cannot open the token store: {e}"))
+        .map_err(AdminError::Open)
 }
 
 /// Runs `pairings …` on a small runtime of its own.
@@ -73,19 +99,14 @@ fn on_runtime(
 /// One line per pairing: user id, created, last refreshed, access token expiry, key id.
 pub async fn list(config: &Config, out: &mut dyn Write) -> Outcome {
     let pairings = open(config).await?;
-    let w = |out: &mut dyn Write, line: String| {
-        writeln!(out, "{line}").map_err(|e| format!("cannot write: {e}"))
-    };
+    let w = |out: &mut dyn Write, line: String| writeln!(out, "{line}").map_err(AdminError::Output);
     w(
         out,
         "user_id\tcreated\trefreshed\taccess_expires\tkey_id".into(),
     )?;
     let (mut after, mut total) = (None::<String>, 0usize);
     loop {
-        let page = pairings
-            .list_page(after.as_deref(), PAGE)
-            .await
-            .map_err(|e| e.to_string())?;
+        let page = pairings.list_page(after.as_deref(), PAGE).await?;
         let Some(last) = page.last() else { break };
         after = Some(last.user_id.clone());
         total += page.len();
@@ -109,9 +130,9 @@ pub async fn list(config: &Config, out: &mut dyn Write) -> Outcome {
 /// Deletes one user's pairing, and writes an audit line for it.
 pub async fn revoke(config: &Config, user: &str, out: &mut dyn Write) -> Outcome {
     let pairings = open(config).await?;
-    let keys = crate::store::keyring(&config.store).map_err(|e| e.to_string())?;
-    let audit = AuditLog::open(&config.audit, keys.derived_key())?;
-    let removed = pairings.remove(user).await.map_err(|e| e.to_string())?;
+    let keys = crate::store::keyring(&config.store)?;
+    let audit = AuditLog::open(&config.audit, keys.derived_key()).map_err(AdminError::Audit)?;
+    let removed = pairings.remove(user).await?;
     let request_id = format!("admin-{:016x}", rand::random::<u64>());
     audit.record(Event {
         request_id: &request_id,
@@ -123,21 +144,20 @@ pub async fn revoke(config: &Config, user: &str, out: &mut dyn Write) -> Outcome
         reason: None,
     });
     if !removed {
-        return Err(format!("`{user}` has no pairing; nothing was changed"));
+        return Err(AdminError::NotPaired(user.to_string()));
     }
     writeln!(
         out,
         "revoked the pairing of `{user}`; running instances stop using it within store.cache_ttl_secs ({} s)",
         config.store.cache_ttl.as_secs()
     )
-    .map_err(|e| format!("cannot write: {e}"))
+    .map_err(AdminError::Output)
 }
 
 /// Re-encrypts every pairing under the first configured key, a page at a time.
 pub async fn rekey(config: &Config, out: &mut dyn Write) -> Outcome {
     let pairings = open(config).await?;
-    let primary = crate::store::keyring(&config.store)
-        .map_err(|e| e.to_string())?
+    let primary = crate::store::keyring(&config.store)?
         .primary_id()
         .to_string();
     let (mut after, mut scanned, mut rekeyed, mut already, mut changed) =
@@ -146,8 +166,9 @@ pub async fn rekey(config: &Config, out: &mut dyn Write) -> Outcome {
         let page = pairings
             .rekey_page(after.as_deref(), PAGE)
             .await
-            .map_err(|e| {
-                format!("stopped after {rekeyed} re-encrypted ({e}); run again to continue")
+            .map_err(|source| AdminError::RekeyStopped {
+                done: rekeyed,
+                source,
             })?;
         let Some(last) = page.last else { break };
         after = Some(last);
@@ -161,7 +182,7 @@ pub async fn rekey(config: &Config, out: &mut dyn Write) -> Outcome {
         "{scanned} pairing(s): {rekeyed} re-encrypted under key `{primary}`, {already} already were, {changed} changed meanwhile{}",
         if changed > 0 { " (run again to take them)" } else { "" }
     )
-    .map_err(|e| format!("cannot write: {e}"))
+    .map_err(AdminError::Output)
 }
 
 /// Copies every pairing from the store at `from` to the store at `to`, sealed rows as they are
@@ -175,23 +196,17 @@ pub async fn migrate(config: &Config, from: &str, to: &str, out: &mut dyn Write)
         async move {
             crate::store::open_pairings(&c.store, Arc::new(SystemClock))
                 .await
-                .map_err(|e| format!("{}: {e}", crate::store::redact_url(&c.store.url)))
+                .map_err(|source| AdminError::OpenAt {
+                    store: crate::store::redact_url(&c.store.url),
+                    source,
+                })
         }
     };
     let source = open(from).await?;
     let target = open(to).await?;
     // The target learns the source's key checks, so it refuses the wrong keys the same way.
-    for (key_id, check) in source
-        .backend()
-        .key_checks()
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        target
-            .backend()
-            .add_key_check(&key_id, check)
-            .await
-            .map_err(|e| e.to_string())?;
+    for (key_id, check) in source.backend().key_checks().await? {
+        target.backend().add_key_check(&key_id, check).await?;
     }
     let (mut after, mut written, mut current) = (None::<String>, 0usize, 0usize);
     loop {
@@ -199,13 +214,15 @@ pub async fn migrate(config: &Config, from: &str, to: &str, out: &mut dyn Write)
             .backend()
             .page(after.clone(), PAGE)
             .await
-            .map_err(|e| format!("reading the source: {e}"))?;
+            .map_err(AdminError::ReadSource)?;
         let Some(last) = rows.last() else { break };
         after = Some(last.user_id.clone());
         let n = rows.len();
-        let done = target.backend().import(rows).await.map_err(|e| {
-            format!("writing the target after {written} written ({e}); run again to continue")
-        })?;
+        let done = target
+            .backend()
+            .import(rows)
+            .await
+            .map_err(|source| AdminError::WriteTarget { written, source })?;
         written += done;
         current += n - done;
     }
@@ -214,7 +231,7 @@ pub async fn migrate(config: &Config, from: &str, to: &str, out: &mut dyn Write)
         let (n, last) = target
             .verify_page(after.as_deref(), PAGE)
             .await
-            .map_err(|e| format!("checking the target: {e}"))?;
+            .map_err(AdminError::CheckTarget)?;
         verified += n;
         match last {
             Some(l) => after = Some(l),
@@ -225,5 +242,5 @@ pub async fn migrate(config: &Config, from: &str, to: &str, out: &mut dyn Write)
         out,
         "{written} pairing(s) written, {current} already up to date; the target holds {verified}, all of which open with the configured keys"
     )
-    .map_err(|e| format!("cannot write: {e}"))
+    .map_err(AdminError::Output)
 }

@@ -55,10 +55,15 @@ impl LaunchLimiter {
         if next - now > window {
             return Err(Duration::from_nanos(next - now - window));
         }
-        if shard.len() >= SWEEP_AT && !shard.contains_key(user) {
-            shard.retain(|_, t| *t > now);
+        match shard.get_mut(user) {
+            Some(t) => *t = next,
+            None => {
+                if shard.len() >= SWEEP_AT {
+                    shard.retain(|_, t| *t > now);
+                }
+                shard.insert(user.to_string(), next);
+            }
         }
-        shard.insert(user.to_string(), next);
         Ok(())
     }
 
