@@ -19,11 +19,7 @@ use pkb_edge::store::sqlite::SqlitePairingStore;
 use pkb_edge::store::{Pairings, TokenSet};
 
 fn names() -> ContextParams {
-    ContextParams {
-        national_id: "contextNationalId".into(),
-        national_id_type: "contextNationalIdType".into(),
-        email: "contextUserEmail".into(),
-    }
+    ContextParams::default()
 }
 
 fn pure(c: &mut Criterion) {

@@ -324,11 +324,7 @@ mod tests {
     use super::*;
 
     fn names() -> ContextParams {
-        ContextParams {
-            national_id: "contextNationalId".into(),
-            national_id_type: "contextNationalIdType".into(),
-            email: "contextUserEmail".into(),
-        }
+        ContextParams::default()
     }
 
     fn parse(q: &str) -> Result<LaunchParams, String> {

@@ -3,6 +3,7 @@
 pub mod clock;
 pub mod cookies;
 pub mod hash;
+pub mod http;
 pub mod limits;
 pub mod patient;
 pub mod random;

@@ -16,8 +16,8 @@ use axum::routing::{any, get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
 
+use crate::pages::{document, html, Markup, PreEscaped};
 use crate::sim::SimPatient;
-use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 /// Where the front connects from; the demo proxy trusts only this address.
 pub const FRONT_SOURCE_IP: &str = "127.0.0.2";
@@ -30,26 +30,16 @@ th,td{text-align:left;padding:.5rem;border-bottom:1px solid #ddd}a.pkb{backgroun
 padding:.3rem .7rem;border-radius:4px;text-decoration:none}form{display:inline}button{cursor:pointer}";
 
 fn page(title: &str, user: &str, body: Markup) -> Html<String> {
-    Html(
-        html! {
-            (DOCTYPE)
-            html lang="en" {
-                head {
-                    meta charset="utf-8";
-                    title { (title) }
-                    style { (PreEscaped(STYLE)) }
-                }
-                body {
-                    header {
-                        span { "St Example Hospital · EHR" }
-                        span id="signed-in" { (user) }
-                    }
-                    main { h1 { (title) } (body) }
-                }
-            }
-        }
-        .into_string(),
-    )
+    let banner = html! {
+        span { "St Example Hospital · EHR" }
+        span id="signed-in" { (user) }
+    };
+    Html(document(
+        title,
+        STYLE,
+        Some(banner),
+        html! { h1 { (title) } (body) },
+    ))
 }
 
 /// The sample EHR: a patient list whose links open PKB in patient context.
@@ -157,40 +147,26 @@ async fn portal_home(headers: HeaderMap, uri: axum::http::Uri) -> Html<String> {
             .to_string()
     };
     let user = h("x-authenticated-user");
-    Html(
-        html! {
-            (DOCTYPE)
-            html lang="en" {
-                head {
-                    meta charset="utf-8";
-                    title { "Patient portal" }
-                    style { (PreEscaped(STYLE)) }
-                }
-                body {
-                    header {
-                        span { "St Example Hospital · Patient portal" }
-                        span id="signed-in" { "Signed in with NHS login" }
-                    }
-                    main {
-                        h1 { "Welcome" }
-                        dl {
-                            dt { "NHS login user (sub)" } dd id="portal-user" { (user) }
-                            dt { "NHS number" } dd id="portal-nhs-number" { (h("x-nhs-number")) }
-                            dt { "Identity proofing level" } dd { (h("x-identity-proofing-level")) }
-                            dt { "This page" } dd id="portal-path" { (uri.path()) }
-                        }
-                        p {
-                            a class="pkb" id="open-pkb" href="/_pkb/nhs/launch-pkb?path=%2Fpatient%2Frecord" {
-                                "Open my record in Patients Know Best"
-                            }
-                        }
-                        form method="post" action="/_pkb/nhs/logout" { button id="sign-out" { "Sign out" } }
-                    }
-                }
+    let banner = html! {
+        span { "St Example Hospital · Patient portal" }
+        span id="signed-in" { "Signed in with NHS login" }
+    };
+    let main = html! {
+        h1 { "Welcome" }
+        dl {
+            dt { "NHS login user (sub)" } dd id="portal-user" { (user) }
+            dt { "NHS number" } dd id="portal-nhs-number" { (h("x-nhs-number")) }
+            dt { "Identity proofing level" } dd { (h("x-identity-proofing-level")) }
+            dt { "This page" } dd id="portal-path" { (uri.path()) }
+        }
+        p {
+            a class="pkb" id="open-pkb" href="/_pkb/nhs/launch-pkb?path=%2Fpatient%2Frecord" {
+                "Open my record in Patients Know Best"
             }
         }
-        .into_string(),
-    )
+        form method="post" action="/_pkb/nhs/logout" { button id="sign-out" { "Sign out" } }
+    };
+    Html(document("Patient portal", STYLE, Some(banner), main))
 }
 
 /// The front: signs people in (a cookie) and forwards everything else to the proxy.

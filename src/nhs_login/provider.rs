@@ -87,11 +87,7 @@ impl NhsLogin {
     pub(super) fn http(&self) -> Result<&reqwest::Client, NhsLoginError> {
         self.http
             .get_or_init(|| {
-                reqwest::Client::builder()
-                    .timeout(self.settings.timeout)
-                    .connect_timeout(self.settings.timeout)
-                    .redirect(reqwest::redirect::Policy::none())
-                    .user_agent(concat!("pkb-edge/", env!("CARGO_PKG_VERSION")))
+                crate::core::http::client_builder(self.settings.timeout)
                     .build()
                     .map_err(|e| e.to_string())
             })

@@ -93,14 +93,10 @@ impl PkbClient {
     fn http(&self) -> Result<&reqwest::Client, PkbError> {
         self.http
             .get_or_init(|| {
-                reqwest::Client::builder()
-                    .timeout(self.settings.timeout)
-                    .connect_timeout(self.settings.timeout)
-                    .redirect(reqwest::redirect::Policy::none())
+                crate::core::http::client_builder(self.settings.timeout)
                     .pool_idle_timeout(std::time::Duration::from_secs(50))
                     .pool_max_idle_per_host(256)
                     .tcp_nodelay(true)
-                    .user_agent(concat!("pkb-edge/", env!("CARGO_PKG_VERSION")))
                     .build()
                     .map_err(|e| e.to_string())
             })

@@ -46,6 +46,18 @@ pub struct ContextParams {
     pub email: String,
 }
 
+impl Default for ContextParams {
+    /// PKB's documented names (`pkb.national_id_param` and the others, unset).
+    fn default() -> Self {
+        use crate::config::pkb_default;
+        ContextParams {
+            national_id: pkb_default::national_id_param.into(),
+            national_id_type: pkb_default::national_id_type_param.into(),
+            email: pkb_default::email_param.into(),
+        }
+    }
+}
+
 /// The landing path with the patient context added to its query, before any fragment.
 pub fn landing_with_context(path: &str, context: &PatientContext, names: &ContextParams) -> String {
     let (before_fragment, fragment) = match path.split_once('#') {
@@ -139,11 +151,7 @@ mod tests {
     use super::*;
 
     fn names() -> ContextParams {
-        ContextParams {
-            national_id: "contextNationalId".into(),
-            national_id_type: "contextNationalIdType".into(),
-            email: "contextUserEmail".into(),
-        }
+        ContextParams::default()
     }
 
     #[test]

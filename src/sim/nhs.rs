@@ -23,7 +23,7 @@ use serde_json::json;
 use crate::config::Vector;
 use crate::core::clock::{Clock, SystemClock};
 use crate::core::rsa_keys as keys;
-use maud::{html, Markup, PreEscaped, DOCTYPE};
+use crate::pages::{document, html, Markup};
 
 /// What the simulator counts, by the names `count` takes.
 pub const NHS_ENDPOINTS: &[&str] = &[
@@ -491,23 +491,13 @@ button{padding:.6rem 1.2rem;border:0;font-weight:600;margin:.3rem .5rem .3rem 0;
 .go{background:#007f3b;color:#fff}label{display:block;margin:.4rem 0}";
 
 fn op_page(title: &str, body: Markup) -> Html<String> {
-    Html(
-        html! {
-            (DOCTYPE)
-            html lang="en" {
-                head {
-                    meta charset="utf-8";
-                    title { (title) }
-                    style { (PreEscaped(OP_STYLE)) }
-                }
-                body {
-                    header { "NHS login (simulator)" }
-                    main { h1 { (title) } (body) }
-                }
-            }
-        }
-        .into_string(),
-    )
+    let banner = html! { "NHS login (simulator)" };
+    Html(document(
+        title,
+        OP_STYLE,
+        Some(banner),
+        html! { h1 { (title) } (body) },
+    ))
 }
 
 /// The users a vector list admits, and the vector each gets (the first one asked for that the

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::{LoginView, NhsLoginView, SimPatient};
-use maud::{html, Markup, PreEscaped, DOCTYPE};
+use crate::pages::{document, html, Markup};
 
 const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#eef3f7;color:#1b1f23}\
 header{background:#2d6e8e;color:#fff;padding:.8rem 1.5rem;font-weight:700}\
@@ -13,21 +13,8 @@ button{padding:.6rem 1.2rem;border-radius:4px;border:0;font-weight:600;margin-ri
 .allow{background:#2d6e8e;color:#fff}.deny{background:#ddd}dt{font-weight:600}label{display:block;margin:.5rem 0}dd{overflow-wrap:anywhere}";
 
 fn page(title: &str, body: Markup) -> String {
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                title { (title) }
-                style { (PreEscaped(STYLE)) }
-            }
-            body {
-                header { "Patients Know Best (simulator)" }
-                main { h1 { (title) } (body) }
-            }
-        }
-    }
-    .into_string()
+    let banner = html! { "Patients Know Best (simulator)" };
+    document(title, STYLE, Some(banner), html! { h1 { (title) } (body) })
 }
 
 pub fn home() -> String {

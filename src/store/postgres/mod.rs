@@ -28,6 +28,29 @@ mod tls;
 use super::{PairingRows, SealedPairing, StoreError};
 pub use crate::config::TlsMode;
 
+/// Inserts a pairing row, or replaces a user's tokens (keeping `created_at`), with a new version.
+const UPSERT: &str = "INSERT INTO pairings (user_id, key_id, access_token, refresh_token, access_expires_at, created_at, refreshed_at, version)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, nextval('pairing_versions'))
+     ON CONFLICT (user_id) DO UPDATE SET
+        key_id = excluded.key_id, access_token = excluded.access_token,
+        refresh_token = excluded.refresh_token,
+        access_expires_at = excluded.access_expires_at,
+        refreshed_at = excluded.refreshed_at,
+        version = nextval('pairing_versions')";
+
+/// `UPSERT`'s parameters for `row`.
+fn row_params(row: &SealedPairing) -> [&(dyn tokio_postgres::types::ToSql + Sync); 7] {
+    [
+        &row.user_id,
+        &row.key_id,
+        &row.access_token,
+        &row.refresh_token,
+        &row.access_expires_at,
+        &row.created_at,
+        &row.refreshed_at,
+    ]
+}
+
 /// Each entry upgrades the schema by one version; never edit one that has shipped.
 const MIGRATIONS: &[&str] = &[
     // (pair_states, in 1, is no longer written: pairing states are sealed records of kind
@@ -272,28 +295,7 @@ impl PairingRows for PostgresPairingStore {
     async fn put(&self, row: SealedPairing) -> Result<SealedPairing, StoreError> {
         let conn = self.conn().await?;
         let stored = conn
-            .query_one(
-                &format!(
-                    "INSERT INTO pairings ({COLUMNS})
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, nextval('pairing_versions'))
-                     ON CONFLICT (user_id) DO UPDATE SET
-                        key_id = excluded.key_id, access_token = excluded.access_token,
-                        refresh_token = excluded.refresh_token,
-                        access_expires_at = excluded.access_expires_at,
-                        refreshed_at = excluded.refreshed_at,
-                        version = nextval('pairing_versions')
-                     RETURNING {COLUMNS}"
-                ),
-                &[
-                    &row.user_id,
-                    &row.key_id,
-                    &row.access_token,
-                    &row.refresh_token,
-                    &row.access_expires_at,
-                    &row.created_at,
-                    &row.refreshed_at,
-                ],
-            )
+            .query_one(&format!("{UPSERT} RETURNING {COLUMNS}"), &row_params(&row))
             .await?;
         Ok(read_row(&stored))
     }
@@ -371,33 +373,12 @@ impl PairingRows for PostgresPairingStore {
         let tx = conn.transaction().await?;
         let stmt = tx
             .prepare(&format!(
-                "INSERT INTO pairings ({COLUMNS})
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, nextval('pairing_versions'))
-                 ON CONFLICT (user_id) DO UPDATE SET
-                    key_id = excluded.key_id, access_token = excluded.access_token,
-                    refresh_token = excluded.refresh_token,
-                    access_expires_at = excluded.access_expires_at,
-                    refreshed_at = excluded.refreshed_at,
-                    version = nextval('pairing_versions')
-                 WHERE pairings.refreshed_at < excluded.refreshed_at"
+                "{UPSERT} WHERE pairings.refreshed_at < excluded.refreshed_at"
             ))
             .await?;
         let mut inserted = 0;
         for row in &rows {
-            inserted += tx
-                .execute(
-                    &stmt,
-                    &[
-                        &row.user_id,
-                        &row.key_id,
-                        &row.access_token,
-                        &row.refresh_token,
-                        &row.access_expires_at,
-                        &row.created_at,
-                        &row.refreshed_at,
-                    ],
-                )
-                .await? as usize;
+            inserted += tx.execute(&stmt, &row_params(&row)).await? as usize;
         }
         tx.commit().await?;
         Ok(inserted)
