@@ -17,7 +17,8 @@
 //! installs both). `PKB_EDGE_BENCH_SECS` (default 5) sets each measurement's length,
 //! `PKB_EDGE_BENCH_BIG` (default 1000000, at least 100000) the size of the largest store, and
 //! `PKB_EDGE_BENCH_CONCURRENCY` (default `1,16,64,256`) the levels, and `PKB_EDGE_BENCH_ONLY`
-//! (comma-separated substrings of variant names, e.g. `launch via`) a subset to run. Results:
+//! (comma-separated substrings of variant names, e.g. `launch via`) a subset to run;
+//! `PKB_EDGE_BENCH_BIN` runs another pkb-edge binary (an older build) for an A/B comparison. Results:
 //! `target/bench/edge.json`, and a table with the ratios on standard output.
 
 use std::collections::BTreeMap;
@@ -36,6 +37,13 @@ use pkb_edge::sim::{obtain_tokens, SimConfig, Simulator};
 use pkb_edge::store::crypto::Keyring;
 use pkb_edge::store::{open_backend, Pairings, TokenSet};
 
+#[path = "../tests/common/process.rs"]
+mod process;
+
+use process::{free_port, wait_listening, Killed};
+
+/// How long a process (pkb-edge, nginx, bare Pingora) may take to listen.
+const STARTUP: Duration = Duration::from_secs(60);
 const HOT_USER: &str = "hot.user";
 /// Users with real tokens in the big stores, spread evenly over their id space.
 const COLD_REAL: usize = 2_000;
@@ -43,34 +51,6 @@ const REFRESH_USERS: usize = 500;
 const SMALL: &str = "/page/small";
 const LARGE: &str = "/page/large";
 const PATIENT_PAGE: &str = "/patients/9990000018";
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_listening(port: u16, what: &str) -> Duration {
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{what} did not start"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    started.elapsed()
-}
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -137,7 +117,10 @@ file = "{audit}"
         );
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, config).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_pkb-edge"))
+        // `PKB_EDGE_BENCH_BIN`: another pkb-edge binary (an older build, for an A/B run).
+        let binary = std::env::var("PKB_EDGE_BENCH_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_pkb-edge").to_string());
+        let child = Command::new(binary)
             .args(["run", "--config"])
             .arg(&path)
             .env("PKB_EDGE_LOG", "warn")
@@ -145,7 +128,7 @@ file = "{audit}"
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let startup = wait_listening(port, name);
+        let startup = wait_listening(port, name, STARTUP);
         Edge {
             process: Killed(child),
             port,
@@ -256,8 +239,8 @@ http {{
             .stderr(Stdio::null())
             .spawn()
             .ok()?;
-        wait_listening(upstream_port, "nginx");
-        wait_listening(sim_port, "nginx");
+        wait_listening(upstream_port, "nginx", STARTUP);
+        wait_listening(sim_port, "nginx", STARTUP);
         Some(Nginx {
             master: Some(child),
             upstream_port,
@@ -576,7 +559,7 @@ fn start_bare_pingora(upstream: SocketAddr) -> Edge {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let startup = wait_listening(port, "bare Pingora");
+    let startup = wait_listening(port, "bare Pingora", STARTUP);
     Edge {
         process: Killed(child),
         port,

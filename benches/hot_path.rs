@@ -157,9 +157,10 @@ fn decoration_hit(c: &mut Criterion) {
     );
 }
 
-/// The launch rate limit: ours (a sharded map of one GCRA time per user) against governor's
-/// keyed limiter (DashMap of GCRA state), both at the default 30 per minute, 10,000 users taking
-/// turns so every check finds its user's state.
+/// The launch rate limit as the launch path calls it (`LaunchLimiter`, on governor's keyed
+/// limiter, with its sweep) against governor's keyed limiter called bare, both at the default 30
+/// per minute, 10,000 users taking turns so every check finds its user's state. (The sharded map
+/// pkb-edge kept before measured 137 ns here against governor's 87 ns, so it was replaced.)
 fn limiter(c: &mut Criterion) {
     use governor::{Quota, RateLimiter};
     use pkb_edge::core::limits::LaunchLimiter;
@@ -168,7 +169,7 @@ fn limiter(c: &mut Criterion) {
         .collect();
     let ours = LaunchLimiter::per_minute(30);
     let mut i = 0;
-    c.bench_function("launch limiter: pkb-edge's", |b| {
+    c.bench_function("launch limiter: LaunchLimiter", |b| {
         b.iter(|| {
             i = (i + 1) % users.len();
             black_box(ours.check(&users[i]).is_ok())
@@ -177,7 +178,7 @@ fn limiter(c: &mut Criterion) {
     let quota = Quota::per_minute(std::num::NonZeroU32::new(30).unwrap());
     let theirs: RateLimiter<String, _, _> = RateLimiter::keyed(quota);
     let mut i = 0;
-    c.bench_function("launch limiter: governor keyed", |b| {
+    c.bench_function("launch limiter: governor keyed, bare", |b| {
         b.iter(|| {
             i = (i + 1) % users.len();
             // The launch path holds a &str; governor's keyed store wants the owned key.

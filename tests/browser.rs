@@ -3,40 +3,19 @@
 //! PKB's page for that patient, then launch again without linking. A screenshot of each step goes
 //! to `target/tmp/browser-screenshots/`.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 
+use common::{free_port, wait_listening, Killed};
+
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 struct Steps {
     browser: Client,
@@ -148,8 +127,8 @@ fn start_session(extra: &[&str], screenshots: &str) -> Option<Session> {
             .spawn()
             .unwrap(),
     );
-    wait_for_port(driver_port, "chromedriver");
-    wait_for_port(port, "the demo");
+    wait_listening(driver_port, "chromedriver", Duration::from_secs(30));
+    wait_listening(port, "the demo", Duration::from_secs(30));
 
     let profile = tempfile::tempdir().unwrap();
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(screenshots);

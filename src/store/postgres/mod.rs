@@ -378,7 +378,7 @@ impl PairingRows for PostgresPairingStore {
             .await?;
         let mut inserted = 0;
         for row in &rows {
-            inserted += tx.execute(&stmt, &row_params(&row)).await? as usize;
+            inserted += tx.execute(&stmt, &row_params(row)).await? as usize;
         }
         tx.commit().await?;
         Ok(inserted)
