@@ -275,12 +275,6 @@ impl Validator {
         let identity = self
             .required("identity", raw.identity)
             .and_then(|i| self.identity(i));
-        let store = self
-            .required("store", raw.store)
-            .and_then(|s| self.store(s, env));
-        let decorate = self.decorate(raw.decorate.unwrap_or_default());
-        let limits = self.limits(raw.limits);
-        let audit = self.audit(raw.audit, env);
         let callback = |path: &str| match (&public_url, &prefix) {
             (Some(base), Some(prefix)) => Some(format!(
                 "{}{prefix}{path}",
@@ -288,10 +282,16 @@ impl Validator {
             )),
             _ => None,
         };
-        let wants_nhs_login = matches!(identity, Some(IdentitySettings::NhsLogin { .. }));
         let pkb = self
             .required("pkb", raw.pkb)
             .and_then(|p| self.pkb(p, callback("/callback"), env));
+        let store = self
+            .required("store", raw.store)
+            .and_then(|s| self.store(s, env));
+        let decorate = self.decorate(raw.decorate.unwrap_or_default());
+        let limits = self.limits(raw.limits);
+        let audit = self.audit(raw.audit, env);
+        let wants_nhs_login = matches!(identity, Some(IdentitySettings::NhsLogin { .. }));
         let nhs_login = self.nhs_login_table(
             raw.nhs_login,
             wants_nhs_login,

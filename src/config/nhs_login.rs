@@ -224,7 +224,6 @@ impl Validator {
         callback: Option<String>,
         env: &dyn Environment,
     ) -> Option<NhsLoginSettings> {
-        self.session_limits(&n);
         let issuer = self
             .required("nhs_login.issuer", n.issuer)
             .and_then(|s| self.base_url("nhs_login.issuer", &s))
@@ -250,6 +249,7 @@ impl Validator {
         let wants_gp = n.scopes.iter().any(|s| s == "gp_integration_credentials");
         let gp_credentials = self.gp_table(n.gp_credentials, wants_gp);
         let pkb_prompt = self.pkb_prompt(&n.pkb_prompt);
+        self.session_limits(n.session_idle_secs, n.session_max_secs, n.login_ttl_secs);
         let cookie_ok = !n.cookie_name.is_empty()
             && n.cookie_name
                 .bytes()
@@ -396,7 +396,7 @@ impl Validator {
     }
 
     /// Session and sign-in durations, within NHS login's rules.
-    fn session_limits(&mut self, n: &RawNhsLogin) {
+    fn session_limits(&mut self, idle_secs: i64, max_secs: i64, login_ttl_secs: i64) {
         let mut within = |key: &str, value: i64, max: i64, rule: &str| {
             if value < 60 || value > max {
                 self.problem(
@@ -407,19 +407,19 @@ impl Validator {
         };
         within(
             "nhs_login.session_idle_secs",
-            n.session_idle_secs,
+            idle_secs,
             NHS_LOGIN_IDLE_SECS,
             "NHS login requires re-authentication after 30 minutes idle",
         );
         within(
             "nhs_login.session_max_secs",
-            n.session_max_secs,
+            max_secs,
             NHS_LOGIN_MAX_SECS,
             "NHS login requires re-authentication after 12 hours",
         );
         within(
             "nhs_login.login_ttl_secs",
-            n.login_ttl_secs,
+            login_ttl_secs,
             3600,
             "how long a sign-in may take",
         );

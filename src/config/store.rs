@@ -156,7 +156,6 @@ impl Validator {
             None => (None, None),
         };
         let password = self.store_password(url_password, s.password_file.as_deref(), env);
-        let (keys_source, keys) = self.store_keys(s.keys.clone(), s.keys_file.as_deref(), env);
         if !(1..=1000).contains(&s.pool_size) {
             self.problem("store.pool_size", "must be between 1 and 1000");
         }
@@ -174,6 +173,7 @@ impl Validator {
                 );
             }
         }
+        let (keys_source, keys) = self.store_keys(s.keys.clone(), s.keys_file.as_deref(), env);
         if s.cache_capacity == 0 {
             self.problem("store.cache_capacity", "must be at least 1");
         }

@@ -58,7 +58,9 @@ pub fn cookies_without(headers: &HeaderMap, name: &str) -> Option<String> {
             !pair.is_empty()
                 && pair
                     .split_once('=')
-                    .is_none_or(|(k, _)| k != name && k != login)
+                    // Named as the parser above reads names (trimmed), so a cookie it would
+                    // believe is never passed on.
+                    .is_none_or(|(k, _)| k.trim() != name && k.trim() != login)
         })
         .collect();
     (!kept.is_empty()).then(|| kept.join("; "))
@@ -102,6 +104,16 @@ mod tests {
         assert_eq!(
             cookie_value(&headers(&["pkb_edge_sessionx=1"]), "pkb_edge_session"),
             None
+        );
+        // A name with spaces around it is the same cookie to both.
+        let spaced = headers(&["a=1; pkb_edge_session =abc"]);
+        assert_eq!(
+            cookie_value(&spaced, "pkb_edge_session").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            cookies_without(&spaced, "pkb_edge_session").as_deref(),
+            Some("a=1")
         );
     }
 }

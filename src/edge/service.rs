@@ -84,8 +84,9 @@ pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, St
     let draining = Arc::new(AtomicBool::new(false));
     let proxy = header_proxy(config, pairings.clone(), clock.clone(), draining.clone())?;
 
-    let mut server = pingora_server(config, options);
-    match &config.nhs_login {
+    // Everything that can fail is built before Pingora bootstraps (with `--upgrade`, that takes
+    // the listening sockets over from the running process).
+    let layer = match &config.nhs_login {
         Some(settings) => {
             let nhs = NhsLogin::new(
                 Arc::new(settings.clone()),
@@ -95,23 +96,29 @@ pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, St
             )
             .map_err(StartError::NhsLogin)?;
             let nhs = Arc::new(nhs);
-            let sessions = NhsSessionIdentity { nhs: nhs.clone() };
-            let web = NhsWeb {
-                nhs,
-                prefix: config.prefix.clone(),
-                pkb_base: config.pkb.base_url.clone(),
-                public_origin: config.public_url.origin().ascii_serialization(),
-            };
-            add_proxy(
-                &mut server,
-                config,
-                NhsLoginLayer {
-                    inner: proxy,
-                    web,
-                    sessions,
+            Some((
+                NhsSessionIdentity { nhs: nhs.clone() },
+                NhsWeb {
+                    nhs,
+                    prefix: config.prefix.clone(),
+                    pkb_base: config.pkb.base_url.clone(),
+                    public_origin: config.public_url.origin().ascii_serialization(),
                 },
-            );
+            ))
         }
+        None => None,
+    };
+    let mut server = pingora_server(config, options);
+    match layer {
+        Some((sessions, web)) => add_proxy(
+            &mut server,
+            config,
+            NhsLoginLayer {
+                inner: proxy,
+                web,
+                sessions,
+            },
+        ),
         None => add_proxy(&mut server, config, proxy),
     }
     server.add_service(pingora::services::background::background_service(

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::crypto::Keyring;
+use super::crypto::{Keyring, SealError};
 use super::{RecordKind, SealedRecord, SealedRecords, StoreError};
 use crate::core::clock::Clock;
 
@@ -23,12 +23,14 @@ pub struct Records {
 }
 
 /// What taking a record found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Taken<T> {
     /// Never there, used already, or no longer opening with the configured keys.
     Absent,
     /// There, but past its expiry (and now gone).
     Expired,
+    /// There (and now gone), but it does not open with the configured keys.
+    Unreadable(StoreError),
     Valid(Record<T>),
 }
 
@@ -45,6 +47,10 @@ fn id_hash(kind: RecordKind, id: &str) -> Vec<u8> {
     h.update([0]);
     h.update(id.as_bytes());
     h.finalize().to_vec()
+}
+
+fn warn_unreadable(kind: RecordKind, e: &StoreError) {
+    tracing::warn!(kind = kind.as_str(), error = %e, "a stored record does not open with the configured keys, or is not in the expected shape; treated as absent");
 }
 
 fn aad(kind: RecordKind, id_hash: &[u8]) -> Vec<u8> {
@@ -120,6 +126,10 @@ impl Records {
     ) -> Result<Option<Record<T>>, StoreError> {
         Ok(match self.take_checked(kind, id).await? {
             Taken::Valid(record) => Some(record),
+            Taken::Unreadable(e) => {
+                warn_unreadable(kind, &e);
+                None
+            }
             Taken::Absent | Taken::Expired => None,
         })
     }
@@ -136,7 +146,10 @@ impl Records {
         if row.expires_at <= self.clock.now() {
             return Ok(Taken::Expired);
         }
-        Ok(self.open(kind, row).map_or(Taken::Absent, Taken::Valid))
+        Ok(match self.open_checked(kind, row) {
+            Ok(record) => Taken::Valid(record),
+            Err(e) => Taken::Unreadable(e),
+        })
     }
 
     pub async fn extend(
@@ -190,26 +203,27 @@ impl Records {
         })
     }
 
+    /// The record's content, or `None` (logged) when it no longer opens: for browser flows a
+    /// record sealed with a retired key reads as absent, and the user starts again.
     fn open<T: DeserializeOwned>(&self, kind: RecordKind, row: SealedRecord) -> Option<Record<T>> {
-        let plain = match self
+        self.open_checked(kind, row)
+            .inspect_err(|e| warn_unreadable(kind, e))
+            .ok()
+    }
+
+    fn open_checked<T: DeserializeOwned>(
+        &self,
+        kind: RecordKind,
+        row: SealedRecord,
+    ) -> Result<Record<T>, StoreError> {
+        let plain = self
             .keyring
-            .open(&row.key_id, &row.sealed, &aad(kind, &row.id_hash))
-        {
-            Ok(plain) => plain,
-            Err(e) => {
-                tracing::warn!(kind = kind.as_str(), error = %e, "a stored record does not open with the configured keys; treated as absent");
-                return None;
-            }
-        };
-        match serde_json::from_slice(&plain) {
-            Ok(value) => Some(Record {
-                value,
-                expires_at: row.expires_at,
-            }),
-            Err(e) => {
-                tracing::warn!(kind = kind.as_str(), error = %e, "a stored record is not in the expected shape; treated as absent");
-                None
-            }
-        }
+            .open(&row.key_id, &row.sealed, &aad(kind, &row.id_hash))?;
+        let value = serde_json::from_slice(&plain)
+            .map_err(|_| StoreError::Sealing(SealError::Corrupt(row.key_id.clone())))?;
+        Ok(Record {
+            value,
+            expires_at: row.expires_at,
+        })
     }
 }

@@ -341,6 +341,9 @@ impl Pairings {
         Ok(match taken {
             Taken::Absent => TakenState::Unknown,
             Taken::Expired => TakenState::Expired,
+            // A state sealed with a key since retired, or altered: the store's problem, not
+            // the user's.
+            Taken::Unreadable(e) => return Err(e),
             Taken::Valid(record) => TakenState::Valid(PairState {
                 user_id: record.value.user_id,
                 code_verifier: CodeVerifier::new(record.value.code_verifier),

@@ -305,6 +305,31 @@ async fn pair_states_are_single_use_expire_and_survive_reopen() {
 }
 
 #[tokio::test]
+async fn a_pair_state_that_no_longer_opens_is_a_store_error() {
+    let f = Fixture::new();
+    let p = f.open(&Keyring::generate_line("old")).await.unwrap();
+    let pending = PairState {
+        user_id: "alice".into(),
+        code_verifier: CodeVerifier::new("v".repeat(43)),
+        return_to: None,
+        expires_at: NOW + 600,
+    };
+    p.put_pair_state("state-a", &pending).await.unwrap();
+    drop(p);
+    // The key that sealed it is retired before the callback comes back.
+    let p = f.open(&Keyring::generate_line("new")).await.unwrap();
+    assert!(matches!(
+        p.take_pair_state("state-a").await,
+        Err(StoreError::Sealing(_))
+    ));
+    // Spent all the same.
+    assert_eq!(
+        p.take_pair_state("state-a").await.unwrap(),
+        TakenState::Unknown
+    );
+}
+
+#[tokio::test]
 async fn skew_and_stale_version_force_refresh() {
     let f = Fixture::new();
     let p = Arc::new(f.open(&Keyring::generate_line("k")).await.unwrap());
