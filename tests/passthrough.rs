@@ -207,3 +207,77 @@ fn sigterm_lets_in_flight_requests_finish() {
         .expect("in-flight request answered");
     assert_eq!(answered, 200);
 }
+
+/// Every header the upstream received whose name is `name` once case is ignored and `_` is read
+/// as `-` (as CGI, WSGI, PHP and Rack read them).
+fn any_spelling(echo: &serde_json::Value, name: &str) -> Vec<String> {
+    let key = |n: &str| n.to_ascii_lowercase().replace('_', "-");
+    echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| key(h[0].as_str().unwrap()) == key(name))
+        .map(|h| h[1].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn identity_header_spellings_and_refused_values_never_reach_the_upstream() {
+    let w = World::start_with(|c| c.trusted_peers = vec!["127.0.0.2/32".into()]);
+    rt().block_on(async {
+        let send = |from: &'static str,
+                    headers: Vec<(&'static str, reqwest::header::HeaderValue)>| {
+            let mut r = client_from(from).get(w.proxy.url("/page"));
+            for (name, value) in headers {
+                r = r.header(name, value);
+            }
+            async move { echo_of(r.send().await.unwrap()).await }
+        };
+        let v = |s: &str| reqwest::header::HeaderValue::from_str(s).unwrap();
+
+        // From an untrusted peer, no spelling of the identity header passes.
+        let echo = send(
+            "127.0.0.1",
+            vec![
+                ("X_Authenticated_User", v("admin")),
+                ("X-Authenticated_User", v("admin")),
+                ("x-authenticated-user", v("admin")),
+            ],
+        )
+        .await;
+        assert_eq!(any_spelling(&echo, USER_HEADER), Vec::<String>::new());
+
+        // From the trusted peer, the believed header passes; other spellings of it do not.
+        let echo = send(
+            "127.0.0.2",
+            vec![
+                (USER_HEADER, v("admin")),
+                ("X_Authenticated_User", v("mallory")),
+            ],
+        )
+        .await;
+        assert_eq!(any_spelling(&echo, USER_HEADER), vec!["admin"]);
+
+        // From the trusted peer, values pkb-edge does not believe do not reach the upstream:
+        // two values, a 300-character id, a value that is not UTF-8.
+        let refused = [
+            vec![(USER_HEADER, v("admin")), (USER_HEADER, v("mallory"))],
+            vec![(USER_HEADER, v(&"a".repeat(300)))],
+            vec![(
+                USER_HEADER,
+                reqwest::header::HeaderValue::from_bytes(b"adm\xffin").unwrap(),
+            )],
+        ];
+        for headers in refused {
+            let echo = send("127.0.0.2", headers).await;
+            assert_eq!(any_spelling(&echo, USER_HEADER), Vec::<String>::new());
+        }
+
+        // The decoration header is pkb-edge's in every spelling too.
+        let echo = send("127.0.0.2", vec![("X_PKB_Data_Available", v("yes"))]).await;
+        assert_eq!(
+            any_spelling(&echo, "x-pkb-data-available"),
+            Vec::<String>::new()
+        );
+    });
+}

@@ -3,6 +3,33 @@
 
 use http::{HeaderMap, HeaderName};
 
+/// Whether `name` is `protected` in another spelling: the same once case is ignored and `_` is
+/// read as `-`, as CGI, WSGI, PHP and Rack do when they turn headers into variables. `name` is
+/// as `http` stores it (lower case).
+pub fn same_header(name: &str, protected: &HeaderName) -> bool {
+    let protected = protected.as_str();
+    name.len() == protected.len()
+        && name
+            .bytes()
+            .zip(protected.bytes())
+            .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+}
+
+/// Removes from `headers` every copy of each `protected` header, in every spelling, except the
+/// exact header `keep` (the identity header pkb-edge believed).
+pub fn strip_spellings(
+    headers: &HeaderMap,
+    protected: &[HeaderName],
+    keep: Option<&HeaderName>,
+) -> Vec<HeaderName> {
+    headers
+        .keys()
+        .filter(|name| keep != Some(*name))
+        .filter(|name| protected.iter().any(|p| same_header(name.as_str(), p)))
+        .cloned()
+        .collect()
+}
+
 /// The request id header: taken from trusted peers, generated otherwise, passed upstream and
 /// returned on pkb-edge's own answers.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -138,6 +165,23 @@ mod tests {
         ]));
         assert!(ws.keep_upgrade);
         assert_eq!(ws.remove, vec![HeaderName::from_static("connection")]);
+    }
+
+    #[test]
+    fn protected_headers_are_found_in_every_spelling() {
+        let identity = HeaderName::from_static("x-authenticated-user");
+        let h = headers(&[
+            ("x-authenticated-user", "alice"),
+            ("X_Authenticated_User", "mallory"),
+            ("x-authenticated_user", "mallory"),
+            ("x-authenticated-users", "other"),
+            ("accept", "*/*"),
+        ]);
+        let gone = strip_spellings(&h, std::slice::from_ref(&identity), Some(&identity));
+        let names: Vec<&str> = gone.iter().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x_authenticated_user", "x-authenticated_user"]);
+        let all = strip_spellings(&h, std::slice::from_ref(&identity), None);
+        assert_eq!(all.len(), 3);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
 use tracing::Instrument;
 
-use super::headers::{hop_by_hop, loggable_path, request_id, REQUEST_ID};
+use super::headers::{hop_by_hop, loggable_path, request_id, strip_spellings, REQUEST_ID};
 use super::reply::Reply;
 use super::routes::Route;
 use crate::config::Upstream;
@@ -36,8 +36,9 @@ pub struct EdgeProxy {
     pub vary_on: Vec<String>,
     /// `public_url`'s origin, for the same-origin check on state-changing POSTs.
     pub public_origin: String,
-    /// Headers only pkb-edge may set towards the upstream: client copies are always removed.
-    pub proxy_set_headers: Vec<HeaderName>,
+    /// Headers only pkb-edge may set or believe towards the upstream (the identity header
+    /// included): client copies, in every spelling, are removed.
+    pub protected_headers: Vec<HeaderName>,
     pub audit: Arc<AuditLog>,
     /// Set once the process is told to stop or hand over (SIGTERM, SIGQUIT): connections are
     /// no longer kept alive.
@@ -228,11 +229,13 @@ impl ProxyHttp for EdgeProxy {
         if hop.keep_upgrade {
             upstream_request.insert_header(http::header::CONNECTION, "upgrade")?;
         }
-        if !ctx.peer_trusted || self.identity.header_is_ours() {
-            upstream_request.remove_header(self.identity.header());
-        }
-        for name in &self.proxy_set_headers {
-            upstream_request.remove_header(name);
+        // What pkb-edge does not believe, the upstream does not receive: the identity header
+        // goes unless it named the user (in this exact spelling), and every other spelling or
+        // copy of it, and of the headers pkb-edge sets, goes always.
+        let believed =
+            (ctx.user.is_some() && !self.identity.header_is_ours()).then(|| self.identity.header());
+        for name in strip_spellings(&upstream_request.headers, &self.protected_headers, believed) {
+            upstream_request.remove_header(&name);
         }
         upstream_request.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
         Ok(())

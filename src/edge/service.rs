@@ -113,11 +113,7 @@ pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, St
         Some((sessions, web)) => add_proxy(
             &mut server,
             config,
-            NhsLoginLayer {
-                inner: proxy,
-                web,
-                sessions,
-            },
+            NhsLoginLayer::new(proxy, web, sessions),
         ),
         None => add_proxy(&mut server, config, proxy),
     }
@@ -175,7 +171,10 @@ fn header_proxy(
         decorator,
         vary_on,
         public_origin: config.public_url.origin().ascii_serialization(),
-        proxy_set_headers: vec![config.decorate.header.clone()],
+        protected_headers: vec![
+            config.decorate.header.clone(),
+            config.identity.header().clone(),
+        ],
         audit,
         draining,
     })

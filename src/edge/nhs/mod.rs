@@ -7,14 +7,14 @@ pub mod routes;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::Method;
+use http::{HeaderName, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
 use tracing::Instrument;
 
 pub use self::routes::{NhsWeb, GP_HEADERS, NHS_NUMBER_HEADER, PROOFING_LEVEL_HEADER};
-use super::headers::same_origin_referer;
+use super::headers::{same_origin_referer, strip_spellings};
 use super::proxy::{request_span, write_reply, EdgeProxy, RequestCtx};
 use super::reply::Reply;
 use super::routes::{format_of, Route};
@@ -32,6 +32,24 @@ pub struct NhsLoginLayer {
     pub web: NhsWeb,
     /// Who is asking, in this mode: the session the cookie names.
     pub sessions: NhsSessionIdentity,
+    /// The headers this layer sets upstream; client copies, in every spelling, are removed.
+    pub own_headers: Vec<HeaderName>,
+}
+
+impl NhsLoginLayer {
+    pub fn new(inner: EdgeProxy, web: NhsWeb, sessions: NhsSessionIdentity) -> Self {
+        let own_headers = [NHS_NUMBER_HEADER, PROOFING_LEVEL_HEADER]
+            .into_iter()
+            .chain(GP_HEADERS)
+            .map(HeaderName::from_static)
+            .collect();
+        NhsLoginLayer {
+            inner,
+            web,
+            sessions,
+            own_headers,
+        }
+    }
 }
 
 /// The layer's state for one request, around the inner proxy's.
@@ -194,11 +212,8 @@ impl NhsLoginLayer {
         upstream_request: &mut RequestHeader,
         ctx: &NhsCtx,
     ) -> Result<()> {
-        for name in [NHS_NUMBER_HEADER, PROOFING_LEVEL_HEADER]
-            .into_iter()
-            .chain(GP_HEADERS)
-        {
-            upstream_request.remove_header(name);
+        for name in strip_spellings(&upstream_request.headers, &self.own_headers, None) {
+            upstream_request.remove_header(&name);
         }
         let settings = self.web.nhs.settings();
         let cookies = cookies_without(&upstream_request.headers, &settings.cookie_name);
