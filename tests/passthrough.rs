@@ -281,3 +281,34 @@ fn identity_header_spellings_and_refused_values_never_reach_the_upstream() {
         );
     });
 }
+
+/// Sends `request` on a new connection and returns the status line.
+fn raw_status(port: u16, request: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut status = String::new();
+    BufReader::new(stream).read_line(&mut status).unwrap();
+    status
+}
+
+#[test]
+fn an_http11_request_without_exactly_one_host_is_refused() {
+    let w = World::start();
+    let port = w.config().port;
+    for request in [
+        "GET /page HTTP/1.1\r\n\r\n",
+        "GET /page HTTP/1.1\r\nHost: ehr.test\r\nHost: evil.test\r\n\r\n",
+        "GET /_pkb/status HTTP/1.1\r\nConnection: close\r\n\r\n",
+    ] {
+        let status = raw_status(port, request);
+        assert!(status.starts_with("HTTP/1.1 400"), "{request:?}: {status}");
+    }
+    // With one Host the same request passes, and HTTP/1.0 needs none.
+    let status = raw_status(port, "GET /page HTTP/1.1\r\nHost: ehr.test\r\n\r\n");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let status = raw_status(port, "GET /page HTTP/1.0\r\n\r\n");
+    assert!(status.contains(" 200 "), "{status}");
+}

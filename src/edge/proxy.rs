@@ -109,6 +109,17 @@ impl EdgeProxy {
         ctx.request_id = request_id(ctx.peer_trusted, headers);
     }
 
+    /// A request pkb-edge answers 400 before anything else looks at it: an HTTP/1.1 request
+    /// without exactly one `Host` (RFC 9112 §3.2), which the next hop could read either way.
+    pub fn malformed(&self, session: &Session) -> Option<Reply> {
+        let req = session.req_header();
+        let hosts = req.headers.get_all(http::header::HOST).iter().count();
+        (req.version == http::Version::HTTP_11 && hosts != 1).then(|| {
+            let why = "An HTTP/1.1 request must carry exactly one Host header.";
+            Reply::malformed(super::routes::format_of(req), why)
+        })
+    }
+
     /// Answers a reserved route. Reserved routes read no request body; a connection that sent
     /// one is not reused.
     pub async fn answer(
@@ -192,6 +203,9 @@ impl ProxyHttp for EdgeProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         self.begin(session, ctx).await;
+        if let Some(reply) = self.malformed(session) {
+            return self.answer(session, ctx, reply).await;
+        }
         match Route::of(&self.prefix, session.req_header().uri.path()) {
             Some(route) => {
                 let reply = self

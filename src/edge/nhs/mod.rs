@@ -258,6 +258,9 @@ impl ProxyHttp for NhsLoginLayer {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut NhsCtx) -> Result<bool> {
         self.inner.begin(session, &mut ctx.inner).await;
+        if let Some(reply) = self.inner.malformed(session) {
+            return self.inner.answer(session, &ctx.inner, reply).await;
+        }
         let asking = Asking {
             peer: None,
             headers: &session.req_header().headers,

@@ -155,6 +155,11 @@ impl Reply {
         )
     }
 
+    /// A request HTTP says is malformed (RFC 9110 §15.5.1), named for what is wrong with it.
+    pub fn malformed(format: Format, why: &str) -> Reply {
+        Reply::message(400, format, "bad_request", page("Bad request", why, None))
+    }
+
     fn bad_request(format: Format, why: &str) -> Reply {
         Reply::message(
             400,
