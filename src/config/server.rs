@@ -33,6 +33,14 @@ pub struct ServerSettings {
     pub grace_period_seconds: u64,
     pub graceful_shutdown_timeout_seconds: u64,
     pub upstream_keepalive_pool_size: usize,
+    /// Downstream connections open at once; `None` derives it from the descriptor limit at
+    /// start-up. At the limit the oldest idle keep-alive connection is closed for a new one.
+    pub max_connections: Option<usize>,
+    /// A keep-alive connection with no request for this long is closed.
+    pub keepalive_idle: std::time::Duration,
+    /// A request's whole head (request line and headers) must arrive within this long of its
+    /// first byte, however it is trickled.
+    pub header_timeout: std::time::Duration,
     /// Pingora's pid file, and the socket a new process (`run --upgrade`) takes the listening
     /// sockets over from.
     pub pid_file: PathBuf,
@@ -67,6 +75,9 @@ pub(super) struct RawServer {
     grace_period_seconds: u64,
     graceful_shutdown_timeout_seconds: u64,
     upstream_keepalive_pool_size: usize,
+    max_connections: Option<usize>,
+    keepalive_idle_secs: u64,
+    header_timeout_secs: u64,
     pid_file: Option<PathBuf>,
     upgrade_sock: Option<PathBuf>,
 }
@@ -79,6 +90,9 @@ impl Default for RawServer {
             grace_period_seconds: 30,
             graceful_shutdown_timeout_seconds: 10,
             upstream_keepalive_pool_size: 256,
+            max_connections: None,
+            keepalive_idle_secs: 60,
+            header_timeout_secs: 10,
             pid_file: None,
             upgrade_sock: None,
         }
@@ -183,12 +197,32 @@ impl Validator {
             self.problem("server.upstream_keepalive_pool_size", "must be at least 1");
             return None;
         }
+        if s.max_connections
+            .is_some_and(|m| !(1..=10_000_000).contains(&m))
+        {
+            self.problem(
+                "server.max_connections",
+                "must be between 1 and 10000000 (leave it out to derive it from the descriptor limit)",
+            );
+            return None;
+        }
+        if !(1..=3600).contains(&s.keepalive_idle_secs) {
+            self.problem("server.keepalive_idle_secs", "must be between 1 and 3600");
+            return None;
+        }
+        if !(1..=300).contains(&s.header_timeout_secs) {
+            self.problem("server.header_timeout_secs", "must be between 1 and 300");
+            return None;
+        }
         Some(ServerSettings {
             threads: s.threads,
             work_stealing: s.work_stealing,
             grace_period_seconds: s.grace_period_seconds,
             graceful_shutdown_timeout_seconds: s.graceful_shutdown_timeout_seconds,
             upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+            max_connections: s.max_connections,
+            keepalive_idle: std::time::Duration::from_secs(s.keepalive_idle_secs),
+            header_timeout: std::time::Duration::from_secs(s.header_timeout_secs),
             pid_file: s
                 .pid_file
                 .unwrap_or_else(|| std::env::temp_dir().join(format!("pkb-edge-{port}.pid"))),

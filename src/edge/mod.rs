@@ -1,8 +1,9 @@
 //! The edge: the only code that sees Pingora. A short dispatcher (`proxy`), one handler per
 //! reserved route (`routes`), NHS login as a layer around the proxy (`nhs`), the header rules
 //! (`headers`), the error → status + page/JSON mapping (`reply`), the ops listener (`ops`) and
-//! the service assembly (`service`).
+//! the service assembly (`service`), and the limits on client connections (`connections`).
 
+pub mod connections;
 pub mod headers;
 pub mod nhs;
 pub mod ops;

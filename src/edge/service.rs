@@ -12,6 +12,9 @@ use crate::config::PatientSource;
 use crate::core::clock::{Clock, SystemClock};
 use crate::core::limits::LaunchLimiter;
 use crate::decorate::Decorator;
+use crate::edge::connections::{
+    default_max_connections, descriptor_limit, ConnectionLimits, Guarded,
+};
 use crate::edge::nhs::{NhsLoginLayer, NhsWeb};
 use crate::edge::ops::OpsApp;
 use crate::edge::proxy::EdgeProxy;
@@ -201,25 +204,64 @@ fn pingora_server(config: &Config, options: StartOptions) -> Server {
     server
 }
 
-/// The public listener, serving `proxy`.
+/// The public listener, serving `proxy` within the connection limits.
 fn add_proxy<P>(server: &mut Server, config: &Config, proxy: P)
 where
     P: ProxyHttp + Send + Sync + 'static,
     P::CTX: Send + Sync,
 {
-    let mut service = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        proxy,
-        "pkb-edge proxy",
-    );
-    // A write buffer larger than Pingora's one-MSS default, so a response's header and a small
-    // body leave in one send instead of two (Pingora flushes at the end of every write anyway).
+    let proxy = pingora::proxy::http_proxy(&server.configuration, proxy);
+    let app = Guarded::new(proxy, connection_limits(config), |took| {
+        // Nothing is left in flight: no need to sit out the rest of the grace period, which
+        // Pingora's shutdown would otherwise always wait in full.
+        tracing::info!(
+            after_ms = took.as_millis() as u64,
+            "every connection closed; exiting"
+        );
+        std::process::exit(0);
+    });
+    let mut service = pingora::services::listening::Service::new("pkb-edge proxy".into(), app);
+    // No read buffer: Pingora reads a request into its own buffer, so the 64 KiB it would
+    // otherwise keep per connection (most of an idle connection's memory) only copied bytes
+    // twice. A write buffer larger than Pingora's one-MSS default, so a response's header and a
+    // small body leave in one send instead of two (Pingora flushes at the end of every write).
     service.add_listener(
         pingora::listeners::ListenerConfig::tcp(config.listen.to_string()).l4_buffer(
-            pingora::listeners::L4BufferSettings::default().write(DOWNSTREAM_WRITE_BUFFER),
+            pingora::listeners::L4BufferSettings::default()
+                .read(0)
+                .write(DOWNSTREAM_WRITE_BUFFER),
         ),
     );
     server.add_service(service);
+}
+
+/// The connection limits from `[server]`; `max_connections` by default from the descriptor
+/// limit (raised to its hard limit first).
+fn connection_limits(config: &Config) -> ConnectionLimits {
+    let descriptors = descriptor_limit();
+    let derived = default_max_connections(descriptors);
+    let max = config.server.max_connections.unwrap_or(derived);
+    if max > derived {
+        tracing::warn!(
+            max_connections = max,
+            descriptors,
+            "server.max_connections is more than the descriptor limit leaves room for ({derived}); \
+             clients may time out before the limit is reached"
+        );
+    }
+    tracing::info!(
+        max_connections = max,
+        descriptors,
+        keepalive_idle_secs = config.server.keepalive_idle.as_secs(),
+        header_timeout_secs = config.server.header_timeout.as_secs(),
+        "connection limits"
+    );
+    ConnectionLimits {
+        max,
+        keepalive_idle: config.server.keepalive_idle,
+        header_timeout: config.server.header_timeout,
+        grace: std::time::Duration::from_secs(config.server.grace_period_seconds),
+    }
 }
 
 /// Watches for SIGQUIT (graceful upgrade) and SIGTERM. From then on every response closes its

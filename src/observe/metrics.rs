@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use prometheus::{
     register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
-    Histogram, HistogramVec, IntCounter, IntCounterVec,
+    register_int_gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
 };
 
 /// From half a millisecond (proxy overhead) to ten seconds (a PKB stall).
@@ -29,7 +29,16 @@ pub struct Metrics {
     pub gp_credentials_total: IntCounterVec,
     pub gp_credentials_refresh_total: IntCounterVec,
     pub audit_write_errors_total: IntCounter,
+    pub downstream_connections: IntGauge,
+    pub downstream_connections_closed_total: IntCounterVec,
 }
+
+/// Why pkb-edge closed a downstream connection itself (`downstream_connections_closed_total`):
+/// the oldest idle one shed for a new one at `server.max_connections`, a new one refused at the
+/// limit with nothing idle to shed, or a request head not complete within
+/// `server.header_timeout_secs`.
+pub const CLOSED_REASONS: [&str; 3] = ["shed", "refused", "header_timeout"];
+const CLOSED_HELP: &str = "Client connections pkb-edge closed itself, by reason.";
 
 /// The process's metrics, registered once in the registry `/metrics` serves. `build_server`
 /// calls this before serving, so the registration (which fails only on a duplicate name) never
@@ -103,8 +112,33 @@ pub fn metrics() -> &'static Metrics {
                 "Audit lines that could not be written."
             )
             .unwrap_or_else(|e| panic!("metric audit_write_errors_total: {e}")),
+            downstream_connections: connections_gauge(),
+            downstream_connections_closed_total: labelled(
+                counter(
+                    "downstream_connections_closed_total",
+                    CLOSED_HELP,
+                    &["reason"],
+                ),
+                &CLOSED_REASONS,
+            ),
         }
     })
+}
+
+fn connections_gauge() -> IntGauge {
+    register_int_gauge!(
+        "pkb_edge_downstream_connections",
+        "Client connections open on the public listener."
+    )
+    .unwrap_or_else(|e| panic!("metric downstream_connections: {e}"))
+}
+
+/// `counter` with each of `values` (its one label's known values) exported from start-up, at 0.
+fn labelled(counter: IntCounterVec, values: &[&str]) -> IntCounterVec {
+    for value in values {
+        counter.with_label_values(&[value]);
+    }
+    counter
 }
 
 impl Metrics {
@@ -112,7 +146,7 @@ impl Metrics {
     /// checking dashboards and alerts against).
     pub fn family_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 9] = [
+        let collectors: [&dyn Collector; 11] = [
             &self.launch_total,
             &self.launch_duration_seconds,
             &self.pkb_request_duration_seconds,
@@ -122,6 +156,8 @@ impl Metrics {
             &self.decoration_total,
             &self.pairing_total,
             &self.audit_write_errors_total,
+            &self.downstream_connections,
+            &self.downstream_connections_closed_total,
         ];
         let process = prometheus::process_collector::ProcessCollector::for_self();
         collectors

@@ -38,6 +38,10 @@ pub struct ProxyConfig {
     pub store_url: Option<String>,
     /// An `[nhs_login]` table: the proxy then runs in `nhs_login` identity mode.
     pub nhs_login: Option<String>,
+    /// Lines added to the `[server]` table as they are (e.g. `header_timeout_secs = 1`).
+    pub server_extra: String,
+    /// Start the process with this limit on open descriptors (soft and hard).
+    pub descriptor_limit: Option<u64>,
 }
 
 impl ProxyConfig {
@@ -61,6 +65,8 @@ impl ProxyConfig {
             pid_file: dir.path().join("pkb-edge.pid"),
             store_url: None,
             nhs_login: None,
+            server_extra: String::new(),
+            descriptor_limit: None,
         }
     }
 
@@ -82,6 +88,7 @@ grace_period_seconds = {grace}
 graceful_shutdown_timeout_seconds = 5
 upgrade_sock = "{upgrade_sock}"
 pid_file = "{pid_file}"
+{server_extra}
 [identity]
 mode = "{mode}"
 header = "{USER_HEADER}"
@@ -105,6 +112,7 @@ pkb_concurrency = {pkb_concurrency}
             per_minute = self.launch_per_minute,
             upgrade_sock = self.upgrade_sock.display(),
             pid_file = self.pid_file.display(),
+            server_extra = self.server_extra,
             pkb_concurrency = self.pkb_concurrency,
             port = self.port,
             upstream = self.upstream,

@@ -150,7 +150,11 @@ fn launch(
     std::fs::write(&conf_path, config.toml()).unwrap();
     let log = dir.path().join(format!("proxy-{port}-{n}.log"));
     let out = dir.path().join(format!("proxy-{port}-{n}.out"));
-    let child = Command::new(env!("CARGO_BIN_EXE_pkb-edge"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pkb-edge"));
+    if let Some(limit) = config.descriptor_limit {
+        limit_descriptors(&mut command, limit);
+    }
+    let child = command
         .args(args)
         .arg("--config")
         .arg(&conf_path)
@@ -161,6 +165,24 @@ fn launch(
         .spawn()
         .unwrap();
     (Killed(child), log, out)
+}
+
+/// Starts the command with at most `limit` open descriptors (soft and hard limit).
+fn limit_descriptors(command: &mut Command, limit: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure only calls setrlimit, which is async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            let rlimit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Why a process did not get ready.

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -11,7 +12,7 @@ use axum::extract::{Query, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use axum::Router;
+use axum::{Extension, Router};
 use sha2::{Digest, Sha256};
 
 use super::rt;
@@ -19,25 +20,41 @@ use super::rt;
 /// A small upstream standing in for the EHR.
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// The target (path and query) of every request the echo answered, in order.
+    seen: Seen,
 }
+
+type Seen = Arc<Mutex<Vec<String>>>;
 
 impl Upstream {
     pub fn start() -> Upstream {
+        let seen = Seen::default();
         let app = Router::new()
             .route("/big", get(big))
             .route("/slow", get(slow))
-            .fallback(any(echo));
+            .fallback(any(echo))
+            .layer(Extension(seen.clone()));
         let listener = rt()
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let addr = listener.local_addr().unwrap();
         rt().spawn(async move { axum::serve(listener, app).await });
-        Upstream { addr }
+        Upstream { addr, seen }
+    }
+
+    /// The target of every request the echo has answered so far.
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
     }
 }
 
-async fn echo(Query(q): Query<Vec<(String, String)>>, request: Request) -> Response {
+async fn echo(
+    Extension(seen): Extension<Seen>,
+    Query(q): Query<Vec<(String, String)>>,
+    request: Request,
+) -> Response {
     let (parts, body) = request.into_parts();
+    seen.lock().unwrap().push(parts.uri.to_string());
     let bytes = axum::body::to_bytes(body, usize::MAX)
         .await
         .unwrap_or_default();

@@ -1,0 +1,248 @@
+//! Hostile clients, as raw bytes on a socket: idle and trickling connections, floods at the
+//! descriptor limit, malformed and ambiguous framing. Each test asserts what reached the echo
+//! upstream, and that a normal client is still served.
+
+mod common;
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A client speaking HTTP/1.1 by hand.
+struct Raw {
+    reader: BufReader<TcpStream>,
+}
+
+/// One response as a raw client reads it.
+struct Answer {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Raw {
+    fn connect(port: u16) -> Raw {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Raw {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.reader.get_mut().write_all(bytes)
+    }
+
+    /// The next response, or None if the connection closed first.
+    fn answer(&mut self) -> Option<Answer> {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return None,
+                Ok(_) if line == "\r\n" => break,
+                Ok(_) => head.push_str(&line),
+            }
+        }
+        let status = head.get(9..12)?.parse().ok()?;
+        let lower = head.to_ascii_lowercase();
+        let length = lower
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse::<usize>().unwrap());
+        let body = match length {
+            Some(n) => {
+                let mut body = vec![0; n];
+                self.reader.read_exact(&mut body).ok()?;
+                body
+            }
+            None if lower.contains("transfer-encoding: chunked") => self.chunked()?,
+            None => Vec::new(),
+        };
+        Some(Answer { status, head, body })
+    }
+
+    fn chunked(&mut self) -> Option<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let mut size = String::new();
+            self.reader.read_line(&mut size).ok()?;
+            let size = usize::from_str_radix(size.trim(), 16).ok()?;
+            let mut chunk = vec![0; size + 2];
+            self.reader.read_exact(&mut chunk).ok()?;
+            if size == 0 {
+                return Some(body);
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+
+    /// Whether the server closes the connection within `within` (nothing more to read).
+    fn closed_within(&mut self, within: Duration) -> bool {
+        let stream = self.reader.get_ref();
+        stream.set_read_timeout(Some(within)).unwrap();
+        let mut byte = [0; 1];
+        let closed = match self.reader.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        };
+        let stream = self.reader.get_ref();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        closed
+    }
+}
+
+const GET_PAGE: &[u8] = b"GET /page HTTP/1.1\r\nHost: ehr.test\r\n\r\n";
+
+/// A normal client on a new connection gets the page.
+fn served(port: u16) -> bool {
+    let mut client = Raw::connect(port);
+    client.send(GET_PAGE).is_ok() && client.answer().is_some_and(|a| a.status == 200)
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_keepalive_idle_secs() {
+    let w = World::start_with(|c| c.server_extra = "keepalive_idle_secs = 1".into());
+    let mut client = Raw::connect(w.config().port);
+    // The client asks for ten minutes; the server's limit wins.
+    client
+        .send(b"GET /page HTTP/1.1\r\nHost: ehr.test\r\nKeep-Alive: timeout=600\r\n\r\n")
+        .unwrap();
+    assert_eq!(client.answer().unwrap().status, 200);
+    assert!(client.closed_within(Duration::from_secs(15)));
+
+    // A connection that never sends a request is closed too.
+    let mut silent = Raw::connect(w.config().port);
+    assert!(silent.closed_within(Duration::from_secs(15)));
+    assert!(served(w.config().port));
+}
+
+#[test]
+fn a_trickled_head_is_cut_off_at_header_timeout_secs() {
+    let w = World::start_with(|c| c.server_extra = "header_timeout_secs = 1".into());
+    let mut client = Raw::connect(w.config().port);
+    client
+        .send(b"GET /trickled HTTP/1.1\r\nHost: ehr.test\r\n")
+        .unwrap();
+    // One byte every 200 ms: each read is quick, the head never ends. The server must cut the
+    // connection off well before the twelve seconds this would take.
+    let started = Instant::now();
+    let mut cut_off = false;
+    for _ in 0..60 {
+        if client.send(b"X").is_err() || client.closed_within(Duration::from_millis(200)) {
+            cut_off = true;
+            break;
+        }
+    }
+    assert!(cut_off, "still open after {:?}", started.elapsed());
+    assert_eq!(w.upstream.seen(), Vec::<String>::new());
+
+    // A head that arrives in pieces within the deadline is served.
+    let mut slow = Raw::connect(w.config().port);
+    for piece in GET_PAGE.chunks(10) {
+        slow.send(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(slow.answer().unwrap().status, 200);
+    assert_eq!(w.upstream.seen(), vec!["/page"]);
+}
+
+/// `pkb_edge_downstream_connections` as the ops listener reports it.
+fn open_connections(ops_port: u16) -> u64 {
+    let mut ops = Raw::connect(ops_port);
+    ops.send(b"GET /metrics HTTP/1.1\r\nHost: ops\r\n\r\n")
+        .unwrap();
+    let text = String::from_utf8(ops.answer().unwrap().body).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("pkb_edge_downstream_connections "))
+        .unwrap_or_else(|| panic!("no gauge in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn an_idle_flood_at_the_descriptor_limit_sheds_the_oldest_and_serves_new_clients() {
+    let ops_port = free_port();
+    // 256 descriptors: the limit derived from it is (256 - 128) / 2 = 64 connections.
+    let w = World::start_with(|c| {
+        c.descriptor_limit = Some(256);
+        c.ops_port = Some(ops_port);
+    });
+    let port = w.config().port;
+    let mut flood: Vec<Raw> = Vec::new();
+    for i in 0..300 {
+        let mut client = Raw::connect(port);
+        client.send(GET_PAGE).unwrap();
+        let answer = client.answer();
+        assert_eq!(answer.map(|a| a.status), Some(200), "flood client {i}");
+        flood.push(client);
+    }
+    // More idle connections than descriptors, and a new client is still served at once.
+    assert!(served(port));
+    let open = open_connections(ops_port);
+    assert!((1..=66).contains(&open), "{open} connections open");
+    // The oldest were shed; the newest is still open and still served.
+    assert!(flood[0].closed_within(Duration::from_secs(5)));
+    let newest = flood.last_mut().unwrap();
+    newest.send(GET_PAGE).unwrap();
+    assert_eq!(newest.answer().map(|a| a.status), Some(200));
+    let log = w.proxy.log();
+    assert!(log.contains("max_connections=64"), "{log}");
+}
+
+#[test]
+fn at_the_limit_with_nothing_idle_a_new_client_gets_503() {
+    let w = World::start_with(|c| {
+        c.server_extra = "max_connections = 2".into();
+    });
+    let port = w.config().port;
+    // Two heads in progress: neither connection is idle, so neither may be shed.
+    let mut busy: Vec<Raw> = (0..2).map(|_| Raw::connect(port)).collect();
+    for client in &mut busy {
+        client.send(b"GET /page HTTP/1.1\r\n").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut refused = Raw::connect(port);
+    let _ = refused.send(GET_PAGE);
+    let answer = refused.answer().expect("an answer before the close");
+    assert_eq!(answer.status, 503);
+    assert!(answer.head.contains("Retry-After: 1"), "{}", answer.head);
+    // Once a head completes and is answered, its connection is idle and can make room.
+    busy[0].send(b"Host: ehr.test\r\n\r\n").unwrap();
+    assert_eq!(busy[0].answer().unwrap().status, 200);
+    assert!(served(port));
+}
+
+#[test]
+fn sigterm_with_nothing_in_flight_exits_at_once() {
+    // The default 30 s grace period: with nothing in flight there is nothing to wait for.
+    let mut w = World::start_with(|c| c.grace_period_seconds = 30);
+    let mut idle = Raw::connect(w.config().port);
+    idle.send(GET_PAGE).unwrap();
+    assert_eq!(idle.answer().unwrap().status, 200);
+    w.proxy.signal("TERM");
+    let status = w.proxy.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn sigterm_waits_for_the_request_in_flight_then_exits() {
+    let mut w = World::start_with(|c| c.grace_period_seconds = 30);
+    let mut slow = Raw::connect(w.config().port);
+    slow.send(b"GET /slow?ms=2000 HTTP/1.1\r\nHost: ehr.test\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    w.proxy.signal("TERM");
+    let answer = slow.answer().expect("the request in flight is answered");
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, b"slow done");
+    let status = w.proxy.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+}
