@@ -252,6 +252,21 @@ impl ProxyHttp for EdgeProxy {
             upstream_request.remove_header(&name);
         }
         upstream_request.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+        // An absolute-form target (`GET http://host/path`, which Pingora accepts when its host
+        // is the Host header's) goes on in origin form, as an origin server expects it: an
+        // upstream that matched paths against the raw target could otherwise be confused.
+        let raw = upstream_request.raw_path();
+        if !raw.starts_with(b"/") && raw != b"*" {
+            let target = upstream_request
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .parse::<http::Uri>()
+                .map_err(|e| {
+                    pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "target", e)
+                })?;
+            upstream_request.set_uri(target);
+        }
         Ok(())
     }
 
