@@ -18,7 +18,9 @@
 //! `PKB_EDGE_BENCH_BIG` (default 1000000, at least 100000) the size of the largest store, and
 //! `PKB_EDGE_BENCH_CONCURRENCY` (default `1,16,64,256`) the levels, and `PKB_EDGE_BENCH_ONLY`
 //! (comma-separated substrings of variant names, e.g. `launch via`) a subset to run;
-//! `PKB_EDGE_BENCH_BIN` runs another pkb-edge binary (an older build) for an A/B comparison. Results:
+//! `PKB_EDGE_BENCH_BIN` runs another pkb-edge binary instead, and `PKB_EDGE_BENCH_OLD_BIN` runs an older
+//! build beside this one (rows marked "(old)") for an A/B comparison in one run. It also measures
+//! the memory an idle keep-alive connection costs (2,000 of them), here and in bare Pingora. Results:
 //! `target/bench/edge.json`, and a table with the ratios on standard output.
 
 use std::collections::BTreeMap;
@@ -118,8 +120,10 @@ file = "{audit}"
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, config).unwrap();
         // `PKB_EDGE_BENCH_BIN`: another pkb-edge binary (an older build, for an A/B run).
-        let binary = std::env::var("PKB_EDGE_BENCH_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_pkb-edge").to_string());
+        let binary = settings.binary.map(str::to_string).unwrap_or_else(|| {
+            std::env::var("PKB_EDGE_BENCH_BIN")
+                .unwrap_or_else(|_| env!("CARGO_BIN_EXE_pkb-edge").to_string())
+        });
         let child = Command::new(binary)
             .args(["run", "--config"])
             .arg(&path)
@@ -158,6 +162,52 @@ file = "{audit}"
         };
         (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
     }
+
+    /// What `IDLE_CONNECTIONS` keep-alive connections cost while idle, each after one request
+    /// for `path`, and what is still resident once they have closed.
+    fn idle_memory(&self, path: &str) -> IdleMemory {
+        use std::io::{Read, Write};
+        let before = self.rss_mb().0;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: bench\r\nX-Authenticated-User: {HOT_USER}\r\n\r\n"
+        );
+        let mut open = Vec::with_capacity(IDLE_CONNECTIONS);
+        for _ in 0..IDLE_CONNECTIONS {
+            let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+            conn.write_all(request.as_bytes()).unwrap();
+            // Small answers: the whole of one arrives before the blank line is found.
+            let mut got = Vec::new();
+            let mut buf = [0; 8192];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).unwrap();
+                assert!(n > 0, "closed before answering");
+                got.extend_from_slice(&buf[..n]);
+            }
+            open.push(conn);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let with = self.rss_mb().0;
+        drop(open);
+        std::thread::sleep(Duration::from_secs(2));
+        let after = self.rss_mb().0;
+        IdleMemory {
+            per_connection_kb: (with - before) * 1024.0 / IDLE_CONNECTIONS as f64,
+            before_mb: before,
+            with_mb: with,
+            after_close_mb: after,
+        }
+    }
+}
+
+/// Idle keep-alive connections held open for the memory measurement.
+const IDLE_CONNECTIONS: usize = 2_000;
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct IdleMemory {
+    per_connection_kb: f64,
+    before_mb: f64,
+    with_mb: f64,
+    after_close_mb: f64,
 }
 
 /// What differs between the instances.
@@ -168,12 +218,16 @@ struct Settings {
     /// Longer than the token lifetime: every launch refreshes.
     refresh_skew: i64,
     extra: &'static str,
+    /// Another pkb-edge binary than this build's (`PKB_EDGE_BENCH_BIN`, or the A/B run's older
+    /// build from `PKB_EDGE_BENCH_OLD_BIN`).
+    binary: Option<&'static str>,
 }
 
 const DEFAULTS: Settings = Settings {
     cache_capacity: 100_000,
     refresh_skew: 60,
     extra: "",
+    binary: None,
 };
 
 struct Common {
@@ -670,6 +724,16 @@ fn main() {
         },
         &common,
     );
+    // `PKB_EDGE_BENCH_OLD_BIN`: an older build run beside this one, for an A/B comparison in
+    // one run (its rows are marked "(old)").
+    let old = std::env::var("PKB_EDGE_BENCH_OLD_BIN").ok().map(|bin| {
+        let binary: &'static str = Box::leak(bin.into_boxed_str());
+        let settings = Settings {
+            binary: Some(binary),
+            ..DEFAULTS
+        };
+        Edge::start(d, "old", &d.join("hot.db"), &keys, settings, &common)
+    });
     let bare = start_bare_pingora(upstream);
     let nginx = Nginx::start(d, upstream, sim_addr);
     if nginx.is_none() {
@@ -765,6 +829,11 @@ fn main() {
         );
         variants.push(("1 MB page via nginx", app_hop, &large, n.pids()));
     }
+    if let Some(old) = &old {
+        variants.push(("launch via pkb-edge (old)", old.url("/"), &launch, old.pids()));
+        variants.push(("small page via pkb-edge (old)", old.url("/"), &small, old.pids()));
+        variants.push(("1 MB page via pkb-edge (old)", old.url("/"), &large, old.pids()));
+    }
     if let Ok(only) = std::env::var("PKB_EDGE_BENCH_ONLY") {
         let wanted: Vec<&str> = only.split(',').map(str::trim).collect();
         variants.retain(|(name, ..)| wanted.iter().any(|w| name.contains(w)));
@@ -811,6 +880,15 @@ fn main() {
         }
     }
     let refresh_calls = sim.count("token_refresh") - refreshes_before;
+
+    // Memory per idle keep-alive connection, here and in bare Pingora (and the older build).
+    let mut idle: Vec<(&str, IdleMemory)> = vec![
+        ("pkb-edge", hot.idle_memory(SMALL)),
+        ("bare Pingora", bare.idle_memory(SMALL)),
+    ];
+    if let Some(old) = &old {
+        idle.push(("pkb-edge (old)", old.idle_memory(SMALL)));
+    }
 
     // Resident memory with 100,000 pairings in the cache: a fresh instance on the 100k store,
     // its cache filled by a status look-up of every user (no PKB call).
@@ -870,7 +948,25 @@ fn main() {
             .map(|(_, m)| m.clone())
     };
     // (label, variant, against, p99 rather than throughput)
-    const RATIOS: [(&str, &str, &str, bool); 9] = [
+    const RATIOS: [(&str, &str, &str, bool); 12] = [
+        (
+            "launch via pkb-edge / (old), throughput",
+            "launch via pkb-edge",
+            "launch via pkb-edge (old)",
+            false,
+        ),
+        (
+            "small page via pkb-edge / (old), throughput",
+            "small page via pkb-edge",
+            "small page via pkb-edge (old)",
+            false,
+        ),
+        (
+            "1 MB page via pkb-edge / (old), throughput",
+            "1 MB page via pkb-edge",
+            "1 MB page via pkb-edge (old)",
+            false,
+        ),
         (
             "launch via pkb-edge / via nginx, throughput",
             "launch via pkb-edge",
@@ -979,6 +1075,12 @@ fn main() {
             .join(", ")
     );
     println!("resident memory, rss instance: {rss_before:.1} MB empty, {rss_cached:.1} MB with {filled} pairings cached");
+    for (name, m) in &idle {
+        println!(
+            "idle connections, {name}: {:.1} KB each ({IDLE_CONNECTIONS} open: {:.1} → {:.1} MB; {:.1} MB after they closed)",
+            m.per_connection_kb, m.before_mb, m.with_mb, m.after_close_mb
+        );
+    }
     println!(
         "peak resident memory: {}",
         peak.iter()
@@ -996,6 +1098,7 @@ fn main() {
         "refresh_calls": refresh_calls,
         "startup_ms": startup.iter().map(|(n, t)| (n.to_string(), serde_json::json!(t.as_secs_f64() * 1000.0))).collect::<serde_json::Map<_, _>>(),
         "rss_mb": { "empty": rss_before, "with_100k_cached": rss_cached, "cached": filled },
+        "idle_connections": idle.iter().map(|(n, m)| (n.to_string(), serde_json::json!(m))).collect::<serde_json::Map<_, _>>(),
         "peak_rss_mb": peak.iter().map(|(n, mb)| (n.to_string(), serde_json::json!(mb))).collect::<serde_json::Map<_, _>>(),
     });
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
