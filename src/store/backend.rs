@@ -63,8 +63,8 @@ pub trait PairingRows: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
-/// Sealed, short-lived records found by the hash of a secret id (NHS login states and sessions,
-/// PKB pairing states), and counters. One implementation per backend serves every record kind.
+/// Sealed, short-lived records found by the hash of a secret id (NHS login sessions, PKB pairing
+/// states), and counters. One implementation per backend serves every record kind.
 #[async_trait]
 pub trait SealedRecords: Send + Sync + 'static {
     /// Inserts or replaces a record, and forgets records of its kind that expired before `now`.

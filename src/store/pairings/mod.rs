@@ -267,8 +267,8 @@ impl Pairings {
         Ok((count, last))
     }
 
-    /// The short-lived sealed records (NHS login states and sessions, pairing states) in the
-    /// same store, under the same keys.
+    /// The short-lived sealed records (NHS login sessions, pairing states) in the same store,
+    /// under the same keys; and values sealed under them for the browser to keep.
     pub fn records(&self) -> Records {
         Records::new(
             self.backend.clone(),

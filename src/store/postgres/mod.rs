@@ -98,6 +98,9 @@ const MIGRATIONS: &[&str] = &[
         count BIGINT NOT NULL,
         PRIMARY KEY (kind, id_hash)
     );",
+    // 4: NHS login sign-ins in progress travel sealed in the browser's cookie now; their old
+    // rows (short-lived, never read again) go.
+    "DELETE FROM records WHERE kind = 'login_state';",
 ];
 
 /// The advisory lock that serialises migrations across instances starting together.
