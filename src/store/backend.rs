@@ -74,6 +74,17 @@ pub trait SealedRecords: Send + Sync + 'static {
         record: SealedRecord,
         now: i64,
     ) -> Result<(), StoreError>;
+    /// `put_record` for a record that belongs to `owner_hash` (the hash of a user id): then at
+    /// most `keep` records of its kind belong to that owner, the newest; older ones go, in the
+    /// same transaction, and one owner's puts are serialised across every process.
+    async fn put_owned_record(
+        &self,
+        kind: RecordKind,
+        record: SealedRecord,
+        owner_hash: &[u8],
+        keep: u32,
+        now: i64,
+    ) -> Result<(), StoreError>;
     /// The record, unless it expired at or before `now`.
     async fn get_record(
         &self,

@@ -119,6 +119,29 @@ impl Records {
             .await
     }
 
+    /// `put` for a record that belongs to `owner` (a user id, stored only as a hash): afterwards
+    /// that owner has at most `keep` records of this kind, the newest; putting one more drops
+    /// the oldest.
+    pub async fn put_owned<T: Serialize>(
+        &self,
+        kind: RecordKind,
+        id: &str,
+        owner: &str,
+        value: &T,
+        expires_at: i64,
+        keep: u32,
+    ) -> Result<(), StoreError> {
+        let record = self.seal(kind, id, value, expires_at)?;
+        let mut h = Sha256::new();
+        h.update(b"owner|");
+        h.update(kind.as_str().as_bytes());
+        h.update([0]);
+        h.update(owner.as_bytes());
+        self.backend
+            .put_owned_record(kind, record, &h.finalize(), keep, self.clock.now())
+            .await
+    }
+
     /// Replaces a live record's content, keeping its expiry; false if it is gone.
     pub async fn update<T: Serialize>(
         &self,

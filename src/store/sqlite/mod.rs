@@ -67,6 +67,11 @@ const MIGRATIONS: &[&str] = &[
     // 6: NHS login sign-ins in progress travel sealed in the browser's cookie now; their old
     // rows (short-lived, never read again) go.
     "DELETE FROM records WHERE kind = 'login_state';",
+    // 7: records that belong to a user (pairing states), numbered in the order they were put,
+    // so a user keeps only the newest few. Existing rows belong to nobody and expire as before.
+    "ALTER TABLE records ADD COLUMN owner_hash BLOB;
+    ALTER TABLE records ADD COLUMN seq INTEGER;
+    CREATE INDEX records_by_owner ON records(kind, owner_hash, seq) WHERE owner_hash IS NOT NULL;",
 ];
 
 /// The next row version, inside the caller's transaction.
@@ -485,5 +490,18 @@ mod tests {
             kinds(&path),
             vec![("pair_state".to_string(), 1), ("session".to_string(), 1)]
         );
+        let conn = Connection::open(&path).unwrap();
+        let owned: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM records WHERE owner_hash IS NOT NULL OR seq IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(owned, 0, "rows from before belong to nobody");
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version as usize, MIGRATIONS.len());
     }
 }
