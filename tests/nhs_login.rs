@@ -731,3 +731,44 @@ fn a_tampered_login_cookie_an_older_tab_and_a_replay_are_refused() {
         );
     });
 }
+
+#[test]
+fn the_asserted_identity_never_reaches_the_upstream_whatever_the_method() {
+    let nw = start();
+    rt().block_on(async {
+        let cookie = nw.sign_in("/", 0).await;
+        let assertion = nw.w.sim.sim.assertion_from_pkb(1).unwrap();
+        let send = |method: &str, path: &str| {
+            client()
+                .request(
+                    reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                    nw.w.proxy.url(path),
+                )
+                .header("cookie", &cookie)
+                .send()
+        };
+        for method in ["POST", "PUT", "OPTIONS", "DELETE", "PATCH"] {
+            for query in [
+                format!("assertedLoginIdentity={assertion}&keep=1"),
+                // Spelt as the gate reads it for a GET: percent-decoded; with the `prompt`
+                // that comes with it, and given twice.
+                format!("keep=1&%61ssertedLoginIdentity={assertion}&prompt=none"),
+                "assertedLoginIdentity=a.b.c&prompt=none&keep=1&assertedLoginIdentity=x"
+                    .to_string(),
+            ] {
+                let r = send(method, &format!("/forms?{query}")).await.unwrap();
+                let (uri, _) = upstream_saw(r).await;
+                assert_eq!(uri, "/forms?keep=1", "{method} ?{query}");
+            }
+            let r = send(method, &format!("/forms?assertedLoginIdentity={assertion}"))
+                .await
+                .unwrap();
+            assert_eq!(upstream_saw(r).await.0, "/forms", "{method}");
+            // Without one, the query goes on byte for byte, `prompt` and all.
+            let untouched = "/forms?prompt=login&a=%20b+c&assertedLoginIdentityX=1";
+            let r = send(method, untouched).await.unwrap();
+            assert_eq!(upstream_saw(r).await.0, untouched, "{method}");
+        }
+        assert_eq!(nw.op.count("assertion_accepted"), 0, "never used");
+    });
+}

@@ -13,6 +13,7 @@ use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
 use tracing::Instrument;
 
+use self::routes::target_without_assertion;
 pub use self::routes::{NhsWeb, GP_HEADERS, NHS_NUMBER_HEADER, PROOFING_LEVEL_HEADER};
 use super::headers::{same_origin_referer, strip_spellings};
 use super::proxy::{put_headers, request_span, write_reply, EdgeProxy, RequestCtx};
@@ -313,6 +314,11 @@ impl ProxyHttp for NhsLoginLayer {
         self.inner
             .upstream_request_filter(session, upstream_request, &mut ctx.inner)
             .await?;
+        // The asserted identity is pkb-edge's to use (a GET carrying it never gets here: it
+        // signs in); whatever the method, it never reaches the upstream.
+        if let Some(target) = target_without_assertion(upstream_request.raw_path()) {
+            upstream_request.set_raw_path(&target)?;
+        }
         self.set_upstream_headers(session.req_header().uri.path(), upstream_request, ctx)
     }
 

@@ -85,6 +85,38 @@ fn without_assertion(path: &str, query: Option<&str>) -> String {
     format!("{path}?{q}")
 }
 
+/// A request target, as it goes on the wire, without the asserted identity (and the `prompt`
+/// that comes with it) when its query carries one; names read as the gate reads them for a GET
+/// (percent-decoded, this exact case). Every other parameter is kept byte for byte, in order.
+/// `None`: nothing to take out, the target goes on untouched.
+pub fn target_without_assertion(target: &[u8]) -> Option<Vec<u8>> {
+    let q = target.iter().position(|&b| b == b'?')?;
+    let (path, query) = (&target[..q], &target[q + 1..]);
+    let name = |pair: &[u8]| {
+        let raw = pair.split(|&b| b == b'=').next().unwrap_or_default();
+        form_urlencoded::parse(raw)
+            .next()
+            .map(|(k, _)| k.into_owned())
+    };
+    let pairs: Vec<&[u8]> = query.split(|&b| b == b'&').collect();
+    if !pairs
+        .iter()
+        .any(|p| name(p).as_deref() == Some(ASSERTED_PARAM))
+    {
+        return None;
+    }
+    let kept: Vec<&[u8]> = pairs
+        .into_iter()
+        .filter(|p| !p.is_empty() && !matches!(name(p).as_deref(), Some(ASSERTED_PARAM | "prompt")))
+        .collect();
+    let mut out = path.to_vec();
+    if !kept.is_empty() {
+        out.push(b'?');
+        out.extend(kept.join(&b'&'));
+    }
+    Some(out)
+}
+
 impl NhsWeb {
     fn cookie_name(&self) -> &str {
         &self.nhs.settings().cookie_name
@@ -448,6 +480,40 @@ fn root() -> RelativePath {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_assertion_is_taken_off_the_upstream_target_and_nothing_else() {
+        let cases: [(&str, Option<&str>); 9] = [
+            ("/f?assertedLoginIdentity=a.b.c&keep=1", Some("/f?keep=1")),
+            (
+                "/f?keep=%20x+y&%61ssertedLoginIdentity=a&prompt=none",
+                Some("/f?keep=%20x+y"),
+            ),
+            ("/f?assertedLoginIdentity", Some("/f")),
+            (
+                "/f?assertedLoginIdentity=a&&b=1&assertedLoginIdentity=c",
+                Some("/f?b=1"),
+            ),
+            (
+                "http://h/f?x=1&assertedLoginIdentity=a",
+                Some("http://h/f?x=1"),
+            ),
+            ("/f?prompt=login&a=1", None),
+            ("/f?assertedloginidentity=a&AssertedLoginIdentity=b", None),
+            ("/f?assertedLoginIdentityX=a", None),
+            ("/assertedLoginIdentity=a", None),
+        ];
+        for (target, expected) in cases {
+            let got = target_without_assertion(target.as_bytes());
+            let got = got.map(|g| String::from_utf8(g).unwrap());
+            assert_eq!(got.as_deref(), expected, "{target}");
+        }
+        // Bytes that are not UTF-8 elsewhere in the query are kept as they are.
+        assert_eq!(
+            target_without_assertion(b"/f?a=\xff&assertedLoginIdentity=x").unwrap(),
+            b"/f?a=\xff"
+        );
+    }
 
     #[test]
     fn the_assertion_is_taken_off_the_return_path() {
