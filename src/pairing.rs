@@ -5,7 +5,9 @@
 //! verifier sealed beside it, and taken with one atomic delete. That makes it single-use across
 //! restarts and across instances sharing a store by construction; a sealed value handed to the
 //! browser would still need a shared list of used values to be single-use, so it would not save
-//! the store round trip and would add a second mechanism.
+//! the store round trip and would add a second mechanism. A user keeps at most
+//! `PENDING_PAIRINGS_PER_USER` states, the newest, so pairings started and never finished cannot
+//! fill the store.
 
 use std::sync::Arc;
 
@@ -21,6 +23,10 @@ use crate::observe::audit::{Action, AuditLog, Caller, Event};
 use crate::observe::metrics::metrics;
 use crate::pkb::{urls, PkbClient, PkbError};
 use crate::store::{PairState, Pairings, StoreError, TakenState, TokenSet};
+
+/// Pairings in progress one user may have: a new one beyond this drops the user's oldest, so
+/// nobody can fill the store by starting pairings and never finishing them.
+pub const PENDING_PAIRINGS_PER_USER: u32 = 5;
 
 /// RFC 7636 S256: BASE64URL(SHA256(ASCII(verifier))).
 pub fn pkce_challenge(verifier: &str) -> String {
@@ -212,7 +218,9 @@ impl PairingService {
             return_to,
             expires_at: self.clock.now() + self.state_ttl_secs,
         };
-        self.pairings.put_pair_state(&state, &pending).await?;
+        self.pairings
+            .put_pair_state(&state, &pending, PENDING_PAIRINGS_PER_USER)
+            .await?;
         let s = self.pkb.settings();
         Ok(urls::authorize_url(&urls::AuthorizeRequest {
             base: s.base_url.as_str(),

@@ -54,10 +54,15 @@ impl NhsWorld {
             r = r.header("cookie", cookies.join("; "));
         }
         let r = r.send().await.unwrap();
-        if let Some(login) = login_cookie(&r) {
-            *self.login.lock().unwrap() = Some(login);
-        }
+        self.remember_login(&r);
         r
+    }
+
+    /// Keeps the login cookie as a browser does: set, replaced, or forgotten when cleared.
+    fn remember_login(&self, r: &reqwest::Response) {
+        if let Some(login) = login_cookie(r) {
+            *self.login.lock().unwrap() = (!login.ends_with('=')).then_some(login);
+        }
     }
 
     /// Signs in interactively as simulator user `user` starting at `path`; the session cookie.
@@ -78,12 +83,23 @@ impl NhsWorld {
         if let Some(login) = self.login.lock().unwrap().clone() {
             r = r.header("cookie", login);
         }
-        r.send().await.unwrap()
+        let r = r.send().await.unwrap();
+        self.remember_login(&r);
+        r
     }
 
     fn knobs(&self, knobs: NhsKnobs) {
         self.op.set_knobs(knobs);
     }
+}
+
+/// Whether a response sets a session cookie (a refusal may still clear the login cookie).
+fn sets_session(r: &reqwest::Response) -> bool {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.starts_with("__Host-pkb-edge-session="))
 }
 
 fn jwt_claims(token: &str) -> serde_json::Value {
@@ -215,10 +231,7 @@ fn every_id_token_and_userinfo_check_refuses_the_sign_in() {
             let callback = nhs_login_page(header(r.headers(), "location"), 0, "allow").await;
             let r = nw.callback(&callback).await;
             assert_eq!(r.status(), 502, "{fault:?}");
-            assert!(
-                r.headers().get("set-cookie").is_none(),
-                "{fault:?}: no session"
-            );
+            assert!(!sets_session(&r), "{fault:?}: no session");
             let page = r.text().await.unwrap();
             assert!(page.contains(reason), "{fault:?}: {page}");
         }
@@ -476,12 +489,15 @@ fn a_callback_in_another_browser_never_signs_it_in() {
             }
             let r = req.send().await.unwrap();
             assert_eq!(r.status(), 400);
-            assert!(r.headers().get("set-cookie").is_none(), "no session");
+            assert!(!sets_session(&r), "no session");
             assert!(r.text().await.unwrap().contains("another browser"));
         }
-        // The state was spent by the refusal: not even the right browser can use it now.
-        assert_eq!(nw.callback(&callback).await.status(), 400);
         assert_eq!(nw.op.count("token"), 0, "the code was never exchanged");
+        // Refusals elsewhere take nothing from the browser that started the sign-in: it
+        // finishes there, once.
+        assert_eq!(nw.callback(&callback).await.status(), 302);
+        assert_eq!(nw.callback(&callback).await.status(), 400, "replayed");
+        assert_eq!(nw.op.count("token"), 1);
     });
 }
 
@@ -494,7 +510,7 @@ fn consent_not_given_shows_a_page_with_a_way_home() {
         assert_eq!(query_of(&callback)["error_description"], "ConsentNotGiven");
         let r = nw.callback(&callback).await;
         assert_eq!(r.status(), 403);
-        assert!(r.headers().get("set-cookie").is_none());
+        assert!(!sets_session(&r));
         let page = r.text().await.unwrap();
         assert!(
             page.contains("You chose not to share your NHS login information"),
@@ -591,5 +607,168 @@ fn sign_out_ends_the_session_and_refuses_cross_site_requests() {
                 .map(|l| l["outcome"].as_str().unwrap().to_string())
                 .collect();
         assert_eq!(steps, vec!["cross_site", "signed_out"]);
+    });
+}
+
+/// The `Set-Cookie` a response sends for the login cookie, if any.
+fn set_login_cookie(r: &reqwest::Response) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("__Host-pkb-edge-session-login="))
+        .map(str::to_string)
+}
+
+#[test]
+fn anonymous_requests_write_nothing_to_the_store() {
+    let nw = start();
+    rt().block_on(async {
+        // Page requests without a session, as a crawler or a flood sends them: each one is sent
+        // to NHS login, and none costs a row in the store.
+        let mut last = None;
+        for n in 0..200 {
+            let r = client()
+                .get(nw.w.proxy.url(&format!("/records?page={n}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 302);
+            last = Some(r);
+        }
+        let r = nw.get("/_pkb/nhs/login?return_to=%2Fstart", None).await;
+        assert_eq!(r.status(), 302);
+        assert_eq!(
+            nw.w.config().record_rows(None),
+            0,
+            "no row in the store for an anonymous request"
+        );
+
+        // The sign-in in progress travels in its cookie, for the sign-in's time, and completes.
+        let last = last.unwrap();
+        let set = set_login_cookie(&last).expect("a login cookie");
+        for attribute in [
+            "HttpOnly",
+            "Secure",
+            "SameSite=Lax",
+            "Path=/",
+            "Max-Age=600",
+        ] {
+            assert!(set.contains(attribute), "{attribute} missing: {set}");
+        }
+        let cookie = set.split(';').next().unwrap().to_string();
+        let callback = nhs_login_page(header(last.headers(), "location"), 0, "allow").await;
+        let r = client()
+            .get(&callback)
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 302);
+        assert_eq!(header(r.headers(), "location"), "/records?page=199");
+        session_cookie(&r);
+        let cleared = set_login_cookie(&r).unwrap_or_default();
+        assert!(
+            cleared.starts_with("__Host-pkb-edge-session-login=;") && cleared.contains("Max-Age=0"),
+            "the login cookie is cleared at the callback: {cleared}"
+        );
+        assert_eq!(nw.w.config().record_rows(None), 1, "the session alone");
+    });
+}
+
+#[test]
+fn a_tampered_login_cookie_an_older_tab_and_a_replay_are_refused() {
+    let nw = start();
+    rt().block_on(async {
+        // Two tabs of one browser start signing in; the browser keeps the newer login cookie.
+        let r = nw.get("/older", None).await;
+        let older = nhs_login_page(header(r.headers(), "location"), 0, "allow").await;
+        let r = nw.get("/newer", None).await;
+        let newer = nhs_login_page(header(r.headers(), "location"), 0, "allow").await;
+        let login = nw.login.lock().unwrap().clone().unwrap();
+
+        // The cookie altered: refused, no session.
+        let mut tampered: Vec<char> = login.chars().collect();
+        let i = tampered.len() - 10;
+        tampered[i] = if tampered[i] == 'A' { 'B' } else { 'A' };
+        let tampered: String = tampered.into_iter().collect();
+        let r = client()
+            .get(&newer)
+            .header("cookie", &tampered)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        assert!(!sets_session(&r));
+        assert!(r.text().await.unwrap().contains("another browser"));
+
+        // The older tab's callback: not the sign-in this browser's cookie holds. Refused with a
+        // way to sign in again; the newer sign-in's cookie is left alone.
+        let r = nw.callback(&older).await;
+        assert_eq!(r.status(), 400);
+        assert!(r.headers().get("set-cookie").is_none());
+        let page = r.text().await.unwrap();
+        assert!(page.contains("Sign in again"), "{page}");
+
+        // The newer tab signs in, and its login cookie is cleared.
+        let r = nw.callback(&newer).await;
+        assert_eq!(r.status(), 302);
+        assert_eq!(header(r.headers(), "location"), "/newer");
+        session_cookie(&r);
+        assert!(
+            nw.login.lock().unwrap().is_none(),
+            "the login cookie is cleared"
+        );
+
+        // Replayed: this browser holds no sign-in in progress any more.
+        let r = nw.callback(&newer).await;
+        assert_eq!(r.status(), 400);
+        assert!(r.headers().get("set-cookie").is_none());
+        assert_eq!(
+            nw.op.count("token"),
+            1,
+            "only the newer sign-in's code was exchanged"
+        );
+    });
+}
+
+#[test]
+fn the_asserted_identity_never_reaches_the_upstream_whatever_the_method() {
+    let nw = start();
+    rt().block_on(async {
+        let cookie = nw.sign_in("/", 0).await;
+        let assertion = nw.w.sim.sim.assertion_from_pkb(1).unwrap();
+        let send = |method: &str, path: &str| {
+            client()
+                .request(
+                    reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                    nw.w.proxy.url(path),
+                )
+                .header("cookie", &cookie)
+                .send()
+        };
+        for method in ["POST", "PUT", "OPTIONS", "DELETE", "PATCH"] {
+            for query in [
+                format!("assertedLoginIdentity={assertion}&keep=1"),
+                // Spelt as the gate reads it for a GET: percent-decoded; with the `prompt`
+                // that comes with it, and given twice.
+                format!("keep=1&%61ssertedLoginIdentity={assertion}&prompt=none"),
+                "assertedLoginIdentity=a.b.c&prompt=none&keep=1&assertedLoginIdentity=x"
+                    .to_string(),
+            ] {
+                let r = send(method, &format!("/forms?{query}")).await.unwrap();
+                let (uri, _) = upstream_saw(r).await;
+                assert_eq!(uri, "/forms?keep=1", "{method} ?{query}");
+            }
+            let r = send(method, &format!("/forms?assertedLoginIdentity={assertion}"))
+                .await
+                .unwrap();
+            assert_eq!(upstream_saw(r).await.0, "/forms", "{method}");
+            // Without one, the query goes on byte for byte, `prompt` and all.
+            let untouched = "/forms?prompt=login&a=%20b+c&assertedLoginIdentityX=1";
+            let r = send(method, untouched).await.unwrap();
+            assert_eq!(upstream_saw(r).await.0, untouched, "{method}");
+        }
+        assert_eq!(nw.op.count("assertion_accepted"), 0, "never used");
     });
 }

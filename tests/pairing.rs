@@ -270,3 +270,44 @@ fn unpair_requires_same_origin() {
         );
     });
 }
+
+#[test]
+fn a_user_keeps_at_most_five_pairings_in_progress_the_newest() {
+    let w = World::start();
+    rt().block_on(async {
+        let others_first = start_pairing(&w, "dr.smith", None).await;
+        let started: Vec<String> = {
+            let mut v = Vec::new();
+            for _ in 0..20 {
+                v.push(start_pairing(&w, "dr.jones", None).await);
+            }
+            v
+        };
+        let others_last = start_pairing(&w, "dr.smith", None).await;
+        assert_eq!(
+            w.config().record_rows(Some("pair_state")),
+            5 + 2,
+            "dr.jones's five newest, and dr.smith's two"
+        );
+
+        // The oldest, and the sixth newest, are gone: the answer for a used or unknown link.
+        for dropped in [&started[0], &started[14]] {
+            let callback = consent_at_pkb(dropped, "jones@pkb.example", "allow").await;
+            let r = w.get_as("dr.jones", &callback_path(&w, &callback)).await;
+            assert_eq!(r.status(), 400);
+            assert!(r.text().await.unwrap().contains("already been used"));
+        }
+        assert!(w.config().stored("dr.jones").await.is_none());
+        // The newest pairs.
+        let callback = consent_at_pkb(&started[19], "jones@pkb.example", "allow").await;
+        let r = w.get_as("dr.jones", &callback_path(&w, &callback)).await;
+        assert_eq!(r.status(), 200);
+        assert!(w.config().stored("dr.jones").await.is_some());
+        // Another user's pairings in progress were never touched.
+        for (n, authorize) in [others_first, others_last].iter().enumerate() {
+            let callback = consent_at_pkb(authorize, "smith@pkb.example", "allow").await;
+            let r = w.get_as("dr.smith", &callback_path(&w, &callback)).await;
+            assert_eq!(r.status(), 200, "dr.smith's pairing {n}");
+        }
+    });
+}

@@ -450,6 +450,105 @@ fn nhs_login_sessions_are_shared_by_every_instance() {
 }
 
 #[test]
+fn a_store_from_before_user_owned_records_upgrades_and_keeps_its_rows() {
+    let Some(schema) = Schema::create() else {
+        return;
+    };
+    rt().block_on(async {
+        // The schema as pkb-edge left it at version 3, with rows in it.
+        drop(pkb_edge::store::open_backend(&schema.url()).await.unwrap());
+        execute(
+            &schema.url(),
+            "DROP INDEX records_by_owner;
+             ALTER TABLE records DROP COLUMN owner_hash, DROP COLUMN seq;
+             DELETE FROM pkb_edge_schema WHERE version > 3;
+             INSERT INTO records (kind, id_hash, key_id, sealed, expires_at) VALUES
+               ('login_state', decode('01', 'hex'), 'k1', decode('00', 'hex'), 4000000000),
+               ('session', decode('02', 'hex'), 'k1', decode('00', 'hex'), 4000000000),
+               ('pair_state', decode('03', 'hex'), 'k1', decode('00', 'hex'), 4000000000);",
+        )
+        .await;
+        drop(pkb_edge::store::open_backend(&schema.url()).await.unwrap());
+        let rows = "SELECT count(*) FROM records WHERE kind IN ('session', 'pair_state')
+                    AND owner_hash IS NULL AND seq IS NULL";
+        assert_eq!(count(&schema.url(), rows).await, 2, "kept, owned by nobody");
+        let old = "SELECT count(*) FROM records WHERE kind = 'login_state'";
+        assert_eq!(count(&schema.url(), old).await, 0);
+        let version = "SELECT max(version)::bigint FROM pkb_edge_schema";
+        assert_eq!(count(&schema.url(), version).await, 5);
+    });
+}
+
+/// A pairing started at PKB's `authorize` URL, consented to and finished at `p` as `user`: the
+/// callback's status.
+async fn finish_pairing(p: &Proxy, user: &str, authorize: String) -> u16 {
+    let callback = consent_at_pkb(&authorize, "x@pkb.example", "allow").await;
+    // PKB sends the browser to the instance that started it; the load balancer may pick another.
+    let path = &callback[callback.find("/_pkb/callback?").unwrap()..];
+    client()
+        .get(p.url(path))
+        .header(USER_HEADER, user)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// A number the database answers `sql` with.
+async fn count(url: &str, sql: &str) -> i64 {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let n = client.query_one(sql, &[]).await.unwrap().get(0);
+    drop(client);
+    let _ = driver.await;
+    n
+}
+
+#[test]
+fn a_user_keeps_at_most_five_pairings_in_progress_across_instances() {
+    let Some(schema) = Schema::create() else {
+        return;
+    };
+    let (_sim, _upstream, _dir, proxies) = instances(2, &schema.url(), |_| {});
+    rt().block_on(async {
+        let pair = |p: &Proxy, user: &'static str| {
+            client()
+                .get(p.url("/_pkb/pair"))
+                .header(USER_HEADER, user)
+                .send()
+        };
+        let others = pair(&proxies[0], "dr.smith").await.unwrap();
+        let others = header(others.headers(), "location").to_string();
+        let mut started = Vec::new();
+        for n in 0..20 {
+            let r = pair(&proxies[n % 2], "dr.jones").await.unwrap();
+            assert_eq!(r.status(), 302);
+            started.push(header(r.headers(), "location").to_string());
+        }
+        let pending = "SELECT count(*) FROM records WHERE kind = 'pair_state'";
+        assert_eq!(count(&schema.url(), pending).await, 5 + 1);
+
+        // Refused at another instance than the one that started them. (A pairing finishes at
+        // the instance that started it: here each has its own public URL, which PKB checks
+        // again at the token step.)
+        let oldest = finish_pairing(&proxies[1], "dr.jones", started[0].clone()).await;
+        assert_eq!(oldest, 400, "the oldest was dropped");
+        let sixth = finish_pairing(&proxies[1], "dr.jones", started[14].clone()).await;
+        assert_eq!(sixth, 400, "the sixth newest was dropped");
+        let newest = finish_pairing(&proxies[1], "dr.jones", started[19].clone()).await;
+        assert_eq!(newest, 200, "the newest pairs");
+        let others = finish_pairing(&proxies[0], "dr.smith", others).await;
+        assert_eq!(
+            others, 200,
+            "another user's pairing in progress is untouched"
+        );
+    });
+}
+
+#[test]
 fn event_counts_in_a_window_are_shared_and_restart_when_it_ends() {
     let Some(schema) = Schema::create() else {
         return;

@@ -28,6 +28,17 @@ pub fn clear_cookie(name: &str) -> String {
     set_cookie(name, "", Some(0))
 }
 
+/// The login cookie beside session cookie `name`: it holds a sign-in in progress. Always
+/// `__Host-` (set by this host alone, over HTTPS, for the whole site), whatever the session
+/// cookie is called.
+pub fn login_cookie_name(name: &str) -> String {
+    if name.starts_with("__Host-") {
+        format!("{name}-login")
+    } else {
+        format!("__Host-{name}-login")
+    }
+}
+
 /// The value of cookie `name` from the `Cookie` header(s), if the browser sent it exactly once
 /// (two copies may be a fixation attempt through a sibling domain: neither is believed).
 pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -47,7 +58,7 @@ pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
 /// never sees them), or `None` when nothing else is left. The other cookies go on byte for byte,
 /// so they are split here rather than parsed and written again.
 pub fn cookies_without(headers: &HeaderMap, name: &str) -> Option<String> {
-    let login = format!("{name}-login");
+    let login = login_cookie_name(name);
     let kept: Vec<&str> = headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -82,6 +93,15 @@ mod tests {
         assert!(clear_cookie("__Host-s").contains("Max-Age=0"));
     }
 
+    #[test]
+    fn the_login_cookie_is_always_host_only() {
+        assert_eq!(
+            login_cookie_name("__Host-pkb-edge-session"),
+            "__Host-pkb-edge-session-login"
+        );
+        assert_eq!(login_cookie_name("portal"), "__Host-portal-login");
+    }
+
     fn headers(cookies: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for c in cookies {
@@ -97,6 +117,11 @@ mod tests {
         assert_eq!(
             cookies_without(&h, "pkb_edge_session").as_deref(),
             Some("a=1; b=2; c=3")
+        );
+        let with_login = headers(&["a=1; __Host-pkb_edge_session-login=x; pkb_edge_session=abc"]);
+        assert_eq!(
+            cookies_without(&with_login, "pkb_edge_session").as_deref(),
+            Some("a=1")
         );
         let twice = headers(&["pkb_edge_session=abc", "pkb_edge_session=def"]);
         assert_eq!(cookie_value(&twice, "pkb_edge_session"), None);

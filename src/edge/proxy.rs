@@ -60,12 +60,26 @@ fn strs(v: &[String]) -> Vec<&str> {
 }
 
 /// Writes one of pkb-edge's own answers, with the request id.
+/// A reply's headers onto a response: each `Set-Cookie` added (a reply may set several
+/// cookies), any other header set once.
+pub fn put_headers(
+    header: &mut ResponseHeader,
+    headers: Vec<(&'static str, String)>,
+) -> Result<()> {
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("set-cookie") {
+            header.append_header(name, value)?;
+        } else {
+            header.insert_header(name, value)?;
+        }
+    }
+    Ok(())
+}
+
 pub async fn write_reply(session: &mut Session, request_id: &str, reply: Reply) -> Result<()> {
     let reply = reply.with_header("X-Request-Id", request_id.to_string());
     let mut header = ResponseHeader::build(reply.status, Some(reply.headers.len() + 1))?;
-    for (name, value) in reply.headers {
-        header.insert_header(name, value)?;
-    }
+    put_headers(&mut header, reply.headers)?;
     header.insert_header(http::header::CONTENT_LENGTH, reply.body.len().to_string())?;
     let empty = reply.body.is_empty();
     session

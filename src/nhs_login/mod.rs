@@ -24,8 +24,8 @@ use crate::core::clock::Clock;
 use crate::core::relative_path::RelativePath;
 use crate::observe::audit::{Action, AuditLog, Caller, Event};
 use crate::observe::metrics::metrics;
-use crate::store::records::Records;
-use crate::store::{RecordKind, StoreError};
+use crate::store::records::{Records, Taken};
+use crate::store::StoreError;
 
 use provider::{Metadata, Slot};
 pub use session::{Session, SessionId};
@@ -87,9 +87,14 @@ impl NhsLoginError {
     }
 }
 
-/// A sign-in in progress, kept under its `state`.
+/// A sign-in in progress. Not stored: it travels sealed in the browser's login cookie (see
+/// `Started`), so an anonymous request costs no store write, and only the browser that started
+/// the sign-in can finish it (no login CSRF). One per browser: a newer sign-in's cookie
+/// replaces an older one's.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct LoginState {
+    /// The `state` sent to NHS login: the callback's must be this one.
+    state: String,
     nonce: String,
     return_to: String,
     /// Started with `asserted_login_identity` and `prompt=none`.
@@ -97,17 +102,18 @@ struct LoginState {
     /// Why it was started, when not by the user: `gp_refresh`.
     #[serde(default)]
     purpose: Option<String>,
-    /// SHA-256 (hex) of the browser's login cookie: the callback must come from the browser
-    /// that started the sign-in (no login CSRF).
-    binding: String,
 }
 
-fn binding_hash(binding: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(binding.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// What a `LoginState` is sealed as (`Records::seal_for_browser`).
+const LOGIN_STATE: &str = "nhs_login_state";
+
+/// A sign-in started: where to send the browser, and what it keeps meanwhile (the login
+/// cookie's value, for `login_ttl_secs`).
+#[derive(Debug)]
+pub struct Started {
+    pub authorize_url: String,
+    /// The sign-in in progress, sealed.
+    pub pending: String,
 }
 
 /// What a step of NHS login did (sign-in, callback, sign-out, launch into PKB, GP refresh), as
@@ -148,6 +154,10 @@ pub struct CallbackFailure {
     /// Where the user was going, when the state was known.
     pub return_to: Option<String>,
     pub purpose: Option<String>,
+    /// The browser's sign-in in progress was this callback's, or is no use to anyone: the
+    /// login cookie goes. False when it belongs to another sign-in (a newer tab's), which it
+    /// is left for.
+    pub spent: bool,
 }
 
 pub struct NhsLogin {
@@ -244,16 +254,15 @@ impl NhsLogin {
         &self.sessions
     }
 
-    /// Starts a sign-in: records the state and returns NHS login's authorize URL. With an
-    /// asserted identity (from PKB or the NHS App) the sign-in is silent (`prompt=none`).
-    /// `binding` is the value of the browser's login cookie (see `web`).
+    /// Starts a sign-in: NHS login's authorize URL, and the sign-in in progress sealed for the
+    /// browser to keep. With an asserted identity (from PKB or the NHS App) the sign-in is
+    /// silent (`prompt=none`). Nothing is written to the store.
     pub async fn start(
         &self,
         return_to: &RelativePath,
         asserted: Option<&str>,
-        binding: &str,
-    ) -> Result<String, NhsLoginError> {
-        self.start_for(return_to, asserted, None, binding).await
+    ) -> Result<Started, NhsLoginError> {
+        self.start_for(return_to, asserted, None).await
     }
 
     /// A silent sign-in as the session's own user (pkb-edge asserts the identity itself), to
@@ -262,16 +271,10 @@ impl NhsLogin {
         &self,
         return_to: &RelativePath,
         session: &Session,
-        binding: &str,
-    ) -> Result<String, NhsLoginError> {
+    ) -> Result<Started, NhsLoginError> {
         let assertion = self.assertion(session)?;
-        self.start_for(
-            return_to,
-            Some(&assertion),
-            Some(PURPOSE_GP_REFRESH),
-            binding,
-        )
-        .await
+        self.start_for(return_to, Some(&assertion), Some(PURPOSE_GP_REFRESH))
+            .await
     }
 
     async fn start_for(
@@ -279,8 +282,7 @@ impl NhsLogin {
         return_to: &RelativePath,
         asserted: Option<&str>,
         purpose: Option<&str>,
-        binding: &str,
-    ) -> Result<String, NhsLoginError> {
+    ) -> Result<Started, NhsLoginError> {
         if let Some(a) = asserted {
             let jwt_like = !a.is_empty()
                 && a.len() <= MAX_ASSERTION_LEN
@@ -296,16 +298,16 @@ impl NhsLogin {
         let metadata = self.metadata().await?;
         let (state, nonce) = (random_id(), random_id());
         let pending = LoginState {
+            state: state.clone(),
             nonce: nonce.clone(),
             return_to: return_to.as_str().to_string(),
             silent: asserted.is_some(),
             purpose: purpose.map(str::to_string),
-            binding: binding_hash(binding),
         };
         let expires_at = self.clock.now() + self.settings.login_ttl_secs;
-        self.records
-            .put(RecordKind::LoginState, &state, &pending, expires_at)
-            .await?;
+        let pending = self
+            .records
+            .seal_for_browser(LOGIN_STATE, &pending, expires_at)?;
         let mut url = url::Url::parse(&metadata.authorization_endpoint).map_err(|e| {
             NhsLoginError::Refused(format!("discovery's authorization_endpoint: {e}"))
         })?;
@@ -326,15 +328,54 @@ impl NhsLogin {
                     .append_pair("prompt", "none");
             }
         }
-        Ok(url.into())
+        Ok(Started {
+            authorize_url: url.into(),
+            pending,
+        })
     }
 
-    /// The callback: the state is spent whatever happens; then the error or the code.
-    /// `binding`: the browser's login cookie; `previous`: the session the browser had, if any.
+    /// The browser's sign-in in progress (its login cookie, `pending`), if the callback's
+    /// `state` is that sign-in's; else the error, and whether the cookie is spent.
+    fn pending_for(
+        &self,
+        state: Option<&String>,
+        pending: Option<&str>,
+    ) -> Result<LoginState, (NhsLoginError, bool)> {
+        use subtle::ConstantTimeEq;
+        let Some(state) = state.filter(|s| crate::core::random::state_is_well_formed(s)) else {
+            return Err((NhsLoginError::StateUnknown, false));
+        };
+        let Some(pending) = pending else {
+            // Started in another browser, or cookies are blocked, or this callback was used.
+            return Err((NhsLoginError::OtherBrowser, false));
+        };
+        let pending = match self
+            .records
+            .open_from_browser::<LoginState>(LOGIN_STATE, pending)
+        {
+            Taken::Valid(r) => r.value,
+            Taken::Expired => return Err((NhsLoginError::StateUnknown, true)),
+            Taken::Absent => return Err((NhsLoginError::OtherBrowser, true)),
+            Taken::Unreadable(e) => {
+                tracing::warn!(error = %e, "a login cookie does not open (altered, or sealed with a key no longer configured)");
+                return Err((NhsLoginError::OtherBrowser, true));
+            }
+        };
+        if !bool::from(state.as_bytes().ct_eq(pending.state.as_bytes())) {
+            // Another sign-in's callback (an older tab's, or one sent by someone else): this
+            // browser's own sign-in stays.
+            return Err((NhsLoginError::StateUnknown, false));
+        }
+        Ok(pending)
+    }
+
+    /// The callback: the browser's sign-in in progress must be this `state`'s; then the error
+    /// or the code. `pending`: the browser's login cookie, spent whatever happens once it
+    /// matched (the edge clears it); `previous`: the session the browser had, if any.
     pub async fn callback(
         &self,
         query: Option<&str>,
-        binding: Option<&str>,
+        pending: Option<&str>,
         previous: Option<&Session>,
     ) -> Result<SignedIn, CallbackFailure> {
         let mut params = std::collections::HashMap::new();
@@ -343,31 +384,23 @@ impl NhsLogin {
                 .entry(k.into_owned())
                 .or_insert_with(|| v.into_owned());
         }
-        let fail = |error, return_to: Option<String>| CallbackFailure {
-            error,
-            return_to,
-            purpose: None,
+        let pending = match self.pending_for(params.get("state"), pending) {
+            Ok(p) => p,
+            Err((error, spent)) => {
+                return Err(CallbackFailure {
+                    error,
+                    return_to: None,
+                    purpose: None,
+                    spent,
+                })
+            }
         };
-        let Some(state) = params
-            .get("state")
-            .filter(|s| crate::core::random::state_is_well_formed(s))
-        else {
-            return Err(fail(NhsLoginError::StateUnknown, None));
-        };
-        let pending: LoginState = match self.records.take(RecordKind::LoginState, state).await {
-            Ok(Some(r)) => r.value,
-            Ok(None) => return Err(fail(NhsLoginError::StateUnknown, None)),
-            Err(e) => return Err(fail(e.into(), None)),
-        };
-        if binding.map(binding_hash).as_deref() != Some(pending.binding.as_str()) {
-            // Started in another browser (or cookies are blocked): never sign this one in.
-            return Err(fail(NhsLoginError::OtherBrowser, None));
-        }
         let return_to = Some(pending.return_to.clone());
         let fail = |error, return_to: Option<String>| CallbackFailure {
             error,
             return_to,
             purpose: pending.purpose.clone(),
+            spent: true,
         };
         if let Some(code) = params.get("error") {
             let description = params.get("error_description").cloned().unwrap_or_default();

@@ -63,8 +63,8 @@ pub trait PairingRows: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
-/// Sealed, short-lived records found by the hash of a secret id (NHS login states and sessions,
-/// PKB pairing states), and counters. One implementation per backend serves every record kind.
+/// Sealed, short-lived records found by the hash of a secret id (NHS login sessions, PKB pairing
+/// states), and counters. One implementation per backend serves every record kind.
 #[async_trait]
 pub trait SealedRecords: Send + Sync + 'static {
     /// Inserts or replaces a record, and forgets records of its kind that expired before `now`.
@@ -72,6 +72,17 @@ pub trait SealedRecords: Send + Sync + 'static {
         &self,
         kind: RecordKind,
         record: SealedRecord,
+        now: i64,
+    ) -> Result<(), StoreError>;
+    /// `put_record` for a record that belongs to `owner_hash` (the hash of a user id): then at
+    /// most `keep` records of its kind belong to that owner, the newest; older ones go, in the
+    /// same transaction, and one owner's puts are serialised across every process.
+    async fn put_owned_record(
+        &self,
+        kind: RecordKind,
+        record: SealedRecord,
+        owner_hash: &[u8],
+        keep: u32,
         now: i64,
     ) -> Result<(), StoreError>;
     /// The record, unless it expired at or before `now`.

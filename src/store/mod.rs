@@ -58,8 +58,9 @@ pub struct SealedPairing {
 /// What a sealed record is (a table of its own in spirit; one table in fact).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
-    /// An NHS login in progress: `state` → nonce and where to go afterwards. Single use.
-    LoginState,
+    // (`login_state`, NHS login sign-ins in progress, is gone: a sign-in in progress travels
+    // sealed in the browser's login cookie, so an anonymous request writes nothing. The schema
+    // migration that came with it deleted the old rows.)
     /// A browser session signed in with NHS login.
     Session,
     /// A PKB pairing in progress: `state` → the user, the PKCE verifier and where to go
@@ -70,7 +71,6 @@ pub enum RecordKind {
 impl RecordKind {
     pub fn as_str(self) -> &'static str {
         match self {
-            RecordKind::LoginState => "login_state",
             RecordKind::Session => "session",
             RecordKind::PairState => "pair_state",
         }

@@ -174,4 +174,21 @@ pkb_concurrency = {pkb_concurrency}
     pub async fn stored(&self, user: &str) -> Option<Arc<Pairing>> {
         self.pairings().await.get(user).await.unwrap()
     }
+
+    /// How many sealed records (states, sessions) the SQLite store holds: of `kind` (its name in
+    /// the `records` table, e.g. `session`), or of every kind.
+    pub fn record_rows(&self, kind: Option<&str>) -> i64 {
+        let db = rusqlite::Connection::open_with_flags(
+            &self.db_path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        match kind {
+            Some(k) => db.query_row("SELECT count(*) FROM records WHERE kind = ?1", [k], |r| {
+                r.get(0)
+            }),
+            None => db.query_row("SELECT count(*) FROM records", [], |r| r.get(0)),
+        }
+        .unwrap()
+    }
 }

@@ -13,9 +13,10 @@ use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
 use tracing::Instrument;
 
+use self::routes::target_without_assertion;
 pub use self::routes::{NhsWeb, GP_HEADERS, NHS_NUMBER_HEADER, PROOFING_LEVEL_HEADER};
 use super::headers::{same_origin_referer, strip_spellings};
-use super::proxy::{request_span, write_reply, EdgeProxy, RequestCtx};
+use super::proxy::{put_headers, request_span, write_reply, EdgeProxy, RequestCtx};
 use super::reply::Reply;
 use super::routes::{format_of, Route};
 use crate::core::cookies::cookies_without;
@@ -131,7 +132,7 @@ impl NhsLoginLayer {
         }
         let (query, headers, session) = (req.uri.query(), &req.headers, ctx.session.as_ref());
         let (reply, step) = match route {
-            NhsRoute::Login => self.web.login(query, headers, format).await,
+            NhsRoute::Login => self.web.login(query, format).await,
             NhsRoute::Callback => self.web.callback(query, headers, session, format).await,
             NhsRoute::Logout => self.web.logout(headers, session, format).await,
             NhsRoute::LaunchPkb => {
@@ -198,7 +199,7 @@ impl NhsLoginLayer {
         };
         let (reply, step) = self
             .web
-            .gp_invalid(id, user_session, &return_to, &req.headers, format_of(req))
+            .gp_invalid(id, user_session, &return_to, format_of(req))
             .await;
         self.record(&ctx.inner, step);
         Some(reply)
@@ -279,7 +280,6 @@ impl ProxyHttp for NhsLoginLayer {
                 .gate(
                     &req.method,
                     &req.uri,
-                    &req.headers,
                     format_of(req),
                     ctx.session.is_some(),
                     ctx.session_unavailable,
@@ -314,6 +314,11 @@ impl ProxyHttp for NhsLoginLayer {
         self.inner
             .upstream_request_filter(session, upstream_request, &mut ctx.inner)
             .await?;
+        // The asserted identity is pkb-edge's to use (a GET carrying it never gets here: it
+        // signs in); whatever the method, it never reaches the upstream.
+        if let Some(target) = target_without_assertion(upstream_request.raw_path()) {
+            upstream_request.set_raw_path(&target)?;
+        }
         self.set_upstream_headers(session.req_header().uri.path(), upstream_request, ctx)
     }
 
@@ -333,9 +338,7 @@ impl ProxyHttp for NhsLoginLayer {
                 .await;
         };
         let mut header = ResponseHeader::build(reply.status, Some(reply.headers.len() + 2))?;
-        for (name, value) in reply.headers {
-            header.insert_header(name, value)?;
-        }
+        put_headers(&mut header, reply.headers)?;
         header.insert_header("X-Request-Id", ctx.inner.request_id.as_str())?;
         header.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
         *upstream_response = header;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use serde_json::json;
 
-use crate::core::cookies::{clear_cookie, cookie_value, set_cookie};
+use crate::core::cookies::{clear_cookie, cookie_value, login_cookie_name, set_cookie};
 use crate::core::relative_path::{self, RelativePath};
 use crate::edge::reply::{nhs_login_error, page, Format, Reply};
 use crate::nhs_login::gp::GpStatus;
@@ -85,28 +85,57 @@ fn without_assertion(path: &str, query: Option<&str>) -> String {
     format!("{path}?{q}")
 }
 
+/// A request target, as it goes on the wire, without the asserted identity (and the `prompt`
+/// that comes with it) when its query carries one; names read as the gate reads them for a GET
+/// (percent-decoded, this exact case). Every other parameter is kept byte for byte, in order.
+/// `None`: nothing to take out, the target goes on untouched.
+pub fn target_without_assertion(target: &[u8]) -> Option<Vec<u8>> {
+    let q = target.iter().position(|&b| b == b'?')?;
+    let (path, query) = (&target[..q], &target[q + 1..]);
+    let name = |pair: &[u8]| {
+        let raw = pair.split(|&b| b == b'=').next().unwrap_or_default();
+        form_urlencoded::parse(raw)
+            .next()
+            .map(|(k, _)| k.into_owned())
+    };
+    let pairs: Vec<&[u8]> = query.split(|&b| b == b'&').collect();
+    if !pairs
+        .iter()
+        .any(|p| name(p).as_deref() == Some(ASSERTED_PARAM))
+    {
+        return None;
+    }
+    let kept: Vec<&[u8]> = pairs
+        .into_iter()
+        .filter(|p| !p.is_empty() && !matches!(name(p).as_deref(), Some(ASSERTED_PARAM | "prompt")))
+        .collect();
+    let mut out = path.to_vec();
+    if !kept.is_empty() {
+        out.push(b'?');
+        out.extend(kept.join(&b'&'));
+    }
+    Some(out)
+}
+
 impl NhsWeb {
     fn cookie_name(&self) -> &str {
         &self.nhs.settings().cookie_name
     }
 
-    /// The login cookie: binds a sign-in's `state` to the browser that started it. One per
-    /// browser (reused by every sign-in it starts, so tabs do not undo each other).
+    /// The login cookie: the sign-in in progress, sealed (state, nonce, where to go), for
+    /// `login_ttl_secs`. One per browser: a newer sign-in replaces an older one's, whose
+    /// callback is then refused with a page that offers to sign in again.
     pub fn login_cookie_name(&self) -> String {
-        format!("{}-login", self.cookie_name())
+        login_cookie_name(self.cookie_name())
     }
 
-    fn binding(&self, headers: &HeaderMap) -> (String, Option<String>) {
-        let name = self.login_cookie_name();
-        match cookie_value(headers, &name).filter(|b| crate::core::random::state_is_well_formed(b))
-        {
-            Some(existing) => (existing, None),
-            None => {
-                let fresh = crate::core::random::random_token();
-                let set = set_cookie(&name, &fresh, Some(self.nhs.settings().login_ttl_secs));
-                (fresh, Some(set))
-            }
-        }
+    /// `Set-Cookie` for a sign-in just started (`Started::pending`).
+    fn pending_cookie(&self, pending: &str) -> String {
+        set_cookie(
+            &self.login_cookie_name(),
+            pending,
+            Some(self.nhs.settings().login_ttl_secs),
+        )
     }
 
     pub fn login_href(&self, return_to: &str) -> String {
@@ -117,7 +146,6 @@ impl NhsWeb {
     /// Off to NHS login; on failure, the page that says why.
     async fn sign_in(
         &self,
-        headers: &HeaderMap,
         return_to: &RelativePath,
         asserted: Option<&str>,
         format: Format,
@@ -127,13 +155,10 @@ impl NhsWeb {
         } else {
             "login"
         };
-        let (binding, set_binding) = self.binding(headers);
-        match self.nhs.start(return_to, asserted, &binding).await {
-            Ok(url) => {
-                let mut reply = Reply::redirect(url);
-                if let Some(set) = set_binding {
-                    reply = reply.with_header("Set-Cookie", set);
-                }
+        match self.nhs.start(return_to, asserted).await {
+            Ok(started) => {
+                let reply = Reply::redirect(started.authorize_url)
+                    .with_header("Set-Cookie", self.pending_cookie(&started.pending));
                 (reply, step(name, "started", None))
             }
             Err(e) => (
@@ -148,7 +173,6 @@ impl NhsWeb {
         &self,
         method: &http::Method,
         uri: &http::Uri,
-        headers: &HeaderMap,
         format: Format,
         signed_in: bool,
         store_unavailable: bool,
@@ -161,10 +185,7 @@ impl NhsWeb {
                 // (the person at the browser may have changed).
                 let return_to = relative_path::parse(&without_assertion(path, query))
                     .unwrap_or_else(|_| root());
-                return Some(
-                    self.sign_in(headers, &return_to, Some(&asserted), format)
-                        .await,
-                );
+                return Some(self.sign_in(&return_to, Some(&asserted), format).await);
             }
         }
         if store_unavailable {
@@ -185,7 +206,7 @@ impl NhsWeb {
         };
         let return_to = relative_path::parse(&here).unwrap_or_else(|_| root());
         if readable && format == Format::Html {
-            return Some(self.sign_in(headers, &return_to, None, format).await);
+            return Some(self.sign_in(&return_to, None, format).await);
         }
         let reply = Reply::message(
             401,
@@ -204,12 +225,7 @@ impl NhsWeb {
     }
 
     /// `GET {prefix}/nhs/login?return_to=REL[&assertedLoginIdentity=…]`
-    pub async fn login(
-        &self,
-        query: Option<&str>,
-        headers: &HeaderMap,
-        format: Format,
-    ) -> (Reply, Step) {
+    pub async fn login(&self, query: Option<&str>, format: Format) -> (Reply, Step) {
         let return_to = match query_param(query, "return_to") {
             None => root(),
             Some(r) => match relative_path::parse(&r) {
@@ -221,11 +237,11 @@ impl NhsWeb {
             },
         };
         let asserted = query_param(query, ASSERTED_PARAM);
-        self.sign_in(headers, &return_to, asserted.as_deref(), format)
-            .await
+        self.sign_in(&return_to, asserted.as_deref(), format).await
     }
 
-    /// `GET {prefix}/nhs/callback`. A new session replaces the browser's old one.
+    /// `GET {prefix}/nhs/callback`. A new session replaces the browser's old one; the login
+    /// cookie is cleared once this callback used it, whatever the outcome.
     pub async fn callback(
         &self,
         query: Option<&str>,
@@ -233,8 +249,9 @@ impl NhsWeb {
         previous: Option<&Session>,
         format: Format,
     ) -> (Reply, Step) {
-        let binding = cookie_value(headers, &self.login_cookie_name());
-        match self.nhs.callback(query, binding.as_deref(), previous).await {
+        let pending = cookie_value(headers, &self.login_cookie_name());
+        let clear_pending = clear_cookie(&self.login_cookie_name());
+        match self.nhs.callback(query, pending.as_deref(), previous).await {
             Ok(signed_in) => {
                 if let Some(old) = cookie_value(headers, self.cookie_name()) {
                     if let Err(e) = self.nhs.sessions().end(&old).await {
@@ -246,10 +263,12 @@ impl NhsWeb {
                 } else {
                     "callback"
                 };
-                let reply = Reply::redirect(signed_in.return_to.clone()).with_header(
-                    "Set-Cookie",
-                    set_cookie(self.cookie_name(), &signed_in.session_id.0, None),
-                );
+                let reply = Reply::redirect(signed_in.return_to.clone())
+                    .with_header(
+                        "Set-Cookie",
+                        set_cookie(self.cookie_name(), &signed_in.session_id.0, None),
+                    )
+                    .with_header("Set-Cookie", clear_pending);
                 let mut s = step(name, "signed_in", Some(&signed_in.session));
                 s.gp = signed_in
                     .session
@@ -270,15 +289,20 @@ impl NhsWeb {
                 let mut s = refused("callback", &failure.error, None);
                 s.gp_refresh = refreshing.then_some("failed");
                 if let NhsLoginError::NeedsInteraction(_) = failure.error {
-                    // Silent sign-in was refused: once, interactively.
-                    let (reply, _) = self.sign_in(headers, &return_to, None, format).await;
+                    // Silent sign-in was refused: once, interactively (its login cookie
+                    // replaces this one).
+                    let (mut reply, _) = self.sign_in(&return_to, None, format).await;
+                    if reply.header("Set-Cookie").is_none() {
+                        reply = reply.with_header("Set-Cookie", clear_pending);
+                    }
                     s.name = "callback_silent";
                     return (reply, s);
                 }
-                (
-                    self.error_page(&failure.error, format, return_to.as_str()),
-                    s,
-                )
+                let mut reply = self.error_page(&failure.error, format, return_to.as_str());
+                if failure.spent {
+                    reply = reply.with_header("Set-Cookie", clear_pending);
+                }
+                (reply, s)
             }
         }
     }
@@ -374,7 +398,7 @@ impl NhsWeb {
         let Some(session) = session else {
             // Sign in first, then carry on into PKB.
             let here = relative_path::parse(path_and_query).unwrap_or_else(|_| root());
-            return self.sign_in(headers, &here, None, format).await;
+            return self.sign_in(&here, None, format).await;
         };
         match self.nhs.pkb_url(&self.pkb_base, &path, session) {
             Ok(url) => (
@@ -397,20 +421,16 @@ impl NhsWeb {
         session_id: &str,
         session: &Session,
         return_to: &str,
-        headers: &HeaderMap,
         format: Format,
     ) -> (Reply, Step) {
         let return_to = relative_path::parse(return_to).unwrap_or_else(|_| root());
-        let (binding, set_binding) = self.binding(headers);
         let give_up = match self.nhs.may_refresh_gp(&session.sub).await {
-            Ok(true) => match self.nhs.start_refresh(&return_to, session, &binding).await {
-                Ok(url) => {
+            Ok(true) => match self.nhs.start_refresh(&return_to, session).await {
+                Ok(started) => {
                     let mut s = step("gp_refresh", "started", Some(session));
                     s.gp_refresh = Some("started");
-                    let mut reply = Reply::redirect(url);
-                    if let Some(set) = set_binding {
-                        reply = reply.with_header("Set-Cookie", set);
-                    }
+                    let reply = Reply::redirect(started.authorize_url)
+                        .with_header("Set-Cookie", self.pending_cookie(&started.pending));
                     return (reply, s);
                 }
                 Err(e) => e,
@@ -460,6 +480,40 @@ fn root() -> RelativePath {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_assertion_is_taken_off_the_upstream_target_and_nothing_else() {
+        let cases: [(&str, Option<&str>); 9] = [
+            ("/f?assertedLoginIdentity=a.b.c&keep=1", Some("/f?keep=1")),
+            (
+                "/f?keep=%20x+y&%61ssertedLoginIdentity=a&prompt=none",
+                Some("/f?keep=%20x+y"),
+            ),
+            ("/f?assertedLoginIdentity", Some("/f")),
+            (
+                "/f?assertedLoginIdentity=a&&b=1&assertedLoginIdentity=c",
+                Some("/f?b=1"),
+            ),
+            (
+                "http://h/f?x=1&assertedLoginIdentity=a",
+                Some("http://h/f?x=1"),
+            ),
+            ("/f?prompt=login&a=1", None),
+            ("/f?assertedloginidentity=a&AssertedLoginIdentity=b", None),
+            ("/f?assertedLoginIdentityX=a", None),
+            ("/assertedLoginIdentity=a", None),
+        ];
+        for (target, expected) in cases {
+            let got = target_without_assertion(target.as_bytes());
+            let got = got.map(|g| String::from_utf8(g).unwrap());
+            assert_eq!(got.as_deref(), expected, "{target}");
+        }
+        // Bytes that are not UTF-8 elsewhere in the query are kept as they are.
+        assert_eq!(
+            target_without_assertion(b"/f?a=\xff&assertedLoginIdentity=x").unwrap(),
+            b"/f?a=\xff"
+        );
+    }
 
     #[test]
     fn the_assertion_is_taken_off_the_return_path() {

@@ -267,8 +267,8 @@ impl Pairings {
         Ok((count, last))
     }
 
-    /// The short-lived sealed records (NHS login states and sessions, pairing states) in the
-    /// same store, under the same keys.
+    /// The short-lived sealed records (NHS login sessions, pairing states) in the same store,
+    /// under the same keys; and values sealed under them for the browser to keep.
     pub fn records(&self) -> Records {
         Records::new(
             self.backend.clone(),
@@ -320,15 +320,28 @@ impl Pairings {
         Ok(page)
     }
 
-    /// Records a pairing in progress: a sealed record found by the hash of `state`.
-    pub async fn put_pair_state(&self, state: &str, pending: &PairState) -> Result<(), StoreError> {
+    /// Records a pairing in progress: a sealed record found by the hash of `state`. The user
+    /// keeps at most `keep` pairings in progress, the newest: one more drops the oldest.
+    pub async fn put_pair_state(
+        &self,
+        state: &str,
+        pending: &PairState,
+        keep: u32,
+    ) -> Result<(), StoreError> {
         let stored = StoredPairState {
             user_id: pending.user_id.clone(),
             code_verifier: pending.code_verifier.expose().to_string(),
             return_to: pending.return_to.clone(),
         };
         self.records()
-            .put(RecordKind::PairState, state, &stored, pending.expires_at)
+            .put_owned(
+                RecordKind::PairState,
+                state,
+                &pending.user_id,
+                &stored,
+                pending.expires_at,
+                keep,
+            )
             .await
     }
 

@@ -276,10 +276,10 @@ async fn pair_states_are_single_use_expire_and_survive_reopen() {
         return_to: Some("/x".into()),
         expires_at: NOW + ttl,
     };
-    p.put_pair_state("state-a", &pending("alice", 600))
+    p.put_pair_state("state-a", &pending("alice", 600), 5)
         .await
         .unwrap();
-    p.put_pair_state("state-b", &pending("bob", 10))
+    p.put_pair_state("state-b", &pending("bob", 10), 5)
         .await
         .unwrap();
     drop(p);
@@ -305,6 +305,50 @@ async fn pair_states_are_single_use_expire_and_survive_reopen() {
 }
 
 #[tokio::test]
+async fn a_user_keeps_only_the_newest_pair_states() {
+    let f = Fixture::new();
+    let p = f.open(&Keyring::generate_line("k")).await.unwrap();
+    let pending = |user: &str| PairState {
+        user_id: user.into(),
+        code_verifier: CodeVerifier::new("v".repeat(43)),
+        return_to: None,
+        expires_at: NOW + 600,
+    };
+    p.put_pair_state("bob-1", &pending("bob"), 3).await.unwrap();
+    for n in 1..=7 {
+        // All within one second: the order they were put in decides, not the clock.
+        p.put_pair_state(&format!("alice-{n}"), &pending("alice"), 3)
+            .await
+            .unwrap();
+    }
+    p.put_pair_state("bob-2", &pending("bob"), 3).await.unwrap();
+    for n in 1..=4 {
+        assert_eq!(
+            p.take_pair_state(&format!("alice-{n}")).await.unwrap(),
+            TakenState::Unknown,
+            "alice-{n} dropped"
+        );
+    }
+    for id in ["alice-5", "alice-6", "alice-7", "bob-1", "bob-2"] {
+        assert_eq!(
+            p.take_pair_state(id).await.unwrap(),
+            TakenState::Valid(pending(&id[..id.len() - 2])),
+            "{id} kept"
+        );
+    }
+    // Taken ones no longer count: three new ones keep one another.
+    for n in 8..=10 {
+        p.put_pair_state(&format!("alice-{n}"), &pending("alice"), 3)
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        p.take_pair_state("alice-8").await.unwrap(),
+        TakenState::Valid(_)
+    ));
+}
+
+#[tokio::test]
 async fn a_pair_state_that_no_longer_opens_is_a_store_error() {
     let f = Fixture::new();
     let p = f.open(&Keyring::generate_line("old")).await.unwrap();
@@ -314,7 +358,7 @@ async fn a_pair_state_that_no_longer_opens_is_a_store_error() {
         return_to: None,
         expires_at: NOW + 600,
     };
-    p.put_pair_state("state-a", &pending).await.unwrap();
+    p.put_pair_state("state-a", &pending, 5).await.unwrap();
     drop(p);
     // The key that sealed it is retired before the callback comes back.
     let p = f.open(&Keyring::generate_line("new")).await.unwrap();

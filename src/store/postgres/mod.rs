@@ -98,6 +98,14 @@ const MIGRATIONS: &[&str] = &[
         count BIGINT NOT NULL,
         PRIMARY KEY (kind, id_hash)
     );",
+    // 4: NHS login sign-ins in progress travel sealed in the browser's cookie now; their old
+    // rows (short-lived, never read again) go.
+    "DELETE FROM records WHERE kind = 'login_state';",
+    // 5: records that belong to a user (pairing states), numbered in the order they were put,
+    // so a user keeps only the newest few. Existing rows belong to nobody and expire as before;
+    // nullable columns without a default, so the table is not rewritten.
+    "ALTER TABLE records ADD COLUMN owner_hash BYTEA, ADD COLUMN seq BIGINT;
+    CREATE INDEX records_by_owner ON records(kind, owner_hash, seq) WHERE owner_hash IS NOT NULL;",
 ];
 
 /// The advisory lock that serialises migrations across instances starting together.

@@ -38,6 +38,55 @@ impl SealedRecords for PostgresPairingStore {
         Ok(())
     }
 
+    async fn put_owned_record(
+        &self,
+        kind: RecordKind,
+        record: SealedRecord,
+        owner_hash: &[u8],
+        keep: u32,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        // One owner's puts, from every instance, one at a time: the count stays exact.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&owner_lock(owner_hash)],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM records WHERE kind = $1 AND expires_at <= $2",
+            &[&kind.as_str(), &now],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO records (kind, id_hash, key_id, sealed, expires_at, owner_hash, seq)
+             VALUES ($1, $2, $3, $4, $5, $6,
+               (SELECT COALESCE(MAX(seq), 0) + 1 FROM records WHERE kind = $1 AND owner_hash = $6))
+             ON CONFLICT (kind, id_hash) DO UPDATE
+             SET key_id = EXCLUDED.key_id, sealed = EXCLUDED.sealed, expires_at = EXCLUDED.expires_at,
+                 owner_hash = EXCLUDED.owner_hash, seq = EXCLUDED.seq",
+            &[
+                &kind.as_str(),
+                &record.id_hash,
+                &record.key_id,
+                &record.sealed,
+                &record.expires_at,
+                &owner_hash,
+            ],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM records WHERE kind = $1 AND owner_hash = $2 AND id_hash NOT IN
+               (SELECT id_hash FROM records WHERE kind = $1 AND owner_hash = $2
+                ORDER BY seq DESC LIMIT $3)",
+            &[&kind.as_str(), &owner_hash, &i64::from(keep)],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn get_record(
         &self,
         kind: RecordKind,
@@ -143,6 +192,15 @@ impl SealedRecords for PostgresPairingStore {
             .await?;
         Ok(row.get(0))
     }
+}
+
+/// The advisory lock key of an owner's records: 64 bits of its (already hashed) id.
+fn owner_lock(owner_hash: &[u8]) -> i64 {
+    let mut key = [0u8; 8];
+    for (k, b) in key.iter_mut().zip(owner_hash) {
+        *k = *b;
+    }
+    i64::from_be_bytes(key)
 }
 
 fn read_record(r: &tokio_postgres::Row) -> SealedRecord {

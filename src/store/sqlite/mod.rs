@@ -64,6 +64,14 @@ const MIGRATIONS: &[&str] = &[
         count INTEGER NOT NULL,
         PRIMARY KEY (kind, id_hash)
     );",
+    // 6: NHS login sign-ins in progress travel sealed in the browser's cookie now; their old
+    // rows (short-lived, never read again) go.
+    "DELETE FROM records WHERE kind = 'login_state';",
+    // 7: records that belong to a user (pairing states), numbered in the order they were put,
+    // so a user keeps only the newest few. Existing rows belong to nobody and expire as before.
+    "ALTER TABLE records ADD COLUMN owner_hash BLOB;
+    ALTER TABLE records ADD COLUMN seq INTEGER;
+    CREATE INDEX records_by_owner ON records(kind, owner_hash, seq) WHERE owner_hash IS NOT NULL;",
 ];
 
 /// The next row version, inside the caller's transaction.
@@ -423,5 +431,77 @@ impl PairingRows for SqlitePairingStore {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store left by an older pkb-edge at schema `version`, with `rows` of (kind, expires_at)
+    /// in `records`.
+    fn older_store(path: &Path, version: usize, rows: &[(&str, i64)]) {
+        let mut conn = Connection::open(path).unwrap();
+        for sql in &MIGRATIONS[..version] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", version as i64)
+            .unwrap();
+        let tx = conn.transaction().unwrap();
+        for (n, (kind, expires_at)) in rows.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO records (kind, id_hash, key_id, sealed, expires_at)
+                 VALUES (?1, ?2, 'k1', x'00', ?3)",
+                params![kind, vec![n as u8; 32], expires_at],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+
+    fn kinds(path: &Path) -> Vec<(String, i64)> {
+        let conn = Connection::open(path).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT kind, count(*) FROM records GROUP BY kind ORDER BY kind")
+            .unwrap();
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        rows.collect::<Result<_, _>>().unwrap()
+    }
+
+    #[tokio::test]
+    async fn upgrading_drops_old_login_states_and_keeps_everything_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let far = 4_000_000_000;
+        older_store(
+            &path,
+            5,
+            &[
+                ("login_state", far),
+                ("login_state", 1),
+                ("session", far),
+                ("pair_state", far),
+            ],
+        );
+        SqlitePairingStore::open(path.to_str().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            kinds(&path),
+            vec![("pair_state".to_string(), 1), ("session".to_string(), 1)]
+        );
+        let conn = Connection::open(&path).unwrap();
+        let owned: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM records WHERE owner_hash IS NOT NULL OR seq IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(owned, 0, "rows from before belong to nobody");
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version as usize, MIGRATIONS.len());
     }
 }

@@ -37,6 +37,47 @@ impl SealedRecords for SqlitePairingStore {
         .await
     }
 
+    async fn put_owned_record(
+        &self,
+        kind: RecordKind,
+        record: SealedRecord,
+        owner_hash: &[u8],
+        keep: u32,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let owner_hash = owner_hash.to_vec();
+        // One connection writes, so one owner's puts never interleave.
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "DELETE FROM records WHERE kind = ?1 AND expires_at <= ?2",
+                params![kind.as_str(), now],
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO records (kind, id_hash, key_id, sealed, expires_at, owner_hash, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6,
+                   (SELECT COALESCE(MAX(seq), 0) + 1 FROM records WHERE kind = ?1 AND owner_hash = ?6))",
+                params![
+                    kind.as_str(),
+                    record.id_hash,
+                    record.key_id,
+                    record.sealed,
+                    record.expires_at,
+                    owner_hash
+                ],
+            )?;
+            tx.execute(
+                "DELETE FROM records WHERE kind = ?1 AND owner_hash = ?2 AND id_hash NOT IN
+                   (SELECT id_hash FROM records WHERE kind = ?1 AND owner_hash = ?2
+                    ORDER BY seq DESC LIMIT ?3)",
+                params![kind.as_str(), owner_hash, keep],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn get_record(
         &self,
         kind: RecordKind,
