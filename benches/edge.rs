@@ -830,9 +830,24 @@ fn main() {
         variants.push(("1 MB page via nginx", app_hop, &large, n.pids()));
     }
     if let Some(old) = &old {
-        variants.push(("launch via pkb-edge (old)", old.url("/"), &launch, old.pids()));
-        variants.push(("small page via pkb-edge (old)", old.url("/"), &small, old.pids()));
-        variants.push(("1 MB page via pkb-edge (old)", old.url("/"), &large, old.pids()));
+        variants.push((
+            "launch via pkb-edge (old)",
+            old.url("/"),
+            &launch,
+            old.pids(),
+        ));
+        variants.push((
+            "small page via pkb-edge (old)",
+            old.url("/"),
+            &small,
+            old.pids(),
+        ));
+        variants.push((
+            "1 MB page via pkb-edge (old)",
+            old.url("/"),
+            &large,
+            old.pids(),
+        ));
     }
     if let Ok(only) = std::env::var("PKB_EDGE_BENCH_ONLY") {
         let wanted: Vec<&str> = only.split(',').map(str::trim).collect();

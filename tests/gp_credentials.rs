@@ -37,6 +37,11 @@ impl Drop for GpWorld {
 }
 
 fn start(instances: usize, gp_table: &str) -> GpWorld {
+    start_logging(instances, gp_table, None)
+}
+
+/// `start`, the proxies logging at `log_filter` (`PKB_EDGE_LOG`).
+fn start_logging(instances: usize, gp_table: &str, log_filter: Option<&str>) -> GpWorld {
     let sim = Sim::start();
     let upstream = Upstream::start();
     let dir = tempfile::tempdir().unwrap();
@@ -49,6 +54,7 @@ fn start(instances: usize, gp_table: &str) -> GpWorld {
             c.upgrade_sock = dir.path().join(format!("upgrade-{}.sock", c.port));
             c.pid_file = dir.path().join(format!("pid-{}", c.port));
             c.ops_port = Some(free_port());
+            c.log_filter = log_filter.map(str::to_string);
             use_nhs_login(&mut c, &op);
             let table = c.nhs_login.take().unwrap();
             c.nhs_login = Some(format!(
@@ -334,4 +340,21 @@ fn repeated_invalid_credentials_stop_after_max_refreshes_across_two_instances() 
         let linkage_key = &w.op.users()[0].gp.as_ref().unwrap().linkage_key;
         assert!(!ma.contains(linkage_key.as_str()) && !mb.contains(linkage_key.as_str()));
     });
+}
+
+#[test]
+fn a_sign_in_with_gp_credentials_at_trace_level_logs_no_secret() {
+    let w = start_logging(1, "", Some("trace"));
+    let p = &w.proxies[0];
+    let cookie = rt().block_on(async {
+        let cookie = sign_in(p, 0).await;
+        let seen = gp_headers(get(p, &format!("{GP_PATH}?nhs=1"), &cookie).await).await;
+        assert_eq!(value(&seen, "x-gp-credentials-status"), Some("valid"));
+        cookie
+    });
+    let session = cookie.split_once('=').unwrap().1.to_string();
+    let output = p.output();
+    let ada = &w.op.users()[0];
+    assert_none_leaked(vec![session, ada.nhs_number.clone()], &output);
+    // (GpWorld checks every code, token, id_token and GP credential NHS login issued.)
 }

@@ -208,17 +208,48 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Set to 1 to let other crates' debug and trace lines through (see `init_logging`).
+const UNSAFE_DEBUG: &str = "PKB_EDGE_LOG_UNSAFE_DEBUG";
+
+/// Logs to standard error, filtered by `PKB_EDGE_LOG` (default `info`). Other crates' lines
+/// (Pingora's above all, which print whole request headers and targets at debug and trace:
+/// cookies, codes, states, NHS numbers, GP credentials) are capped at `info` whatever
+/// `PKB_EDGE_LOG` says, unless `PKB_EDGE_LOG_UNSAFE_DEBUG=1`, which is announced with a warning.
 fn init_logging(format: LogFormat) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("PKB_EDGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let unsafe_debug = std::env::var(UNSAFE_DEBUG).is_ok_and(|v| v == "1");
+    let capped = tracing_subscriber::filter::filter_fn(move |meta| {
+        unsafe_debug
+            || *meta.level() <= tracing::Level::INFO
+            || meta.target() == "pkb_edge"
+            || meta.target().starts_with("pkb_edge::")
+    });
+    let layer = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry();
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => registry
+            .with(layer.with_filter(filter).with_filter(capped))
+            .init(),
         // One JSON object per line; the request span's `request_id` comes along on each.
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Json => registry
+            .with(
+                layer
+                    .json()
+                    .flatten_event(true)
+                    .with_filter(filter)
+                    .with_filter(capped),
+            )
+            .init(),
+    }
+    if unsafe_debug {
+        tracing::warn!(
+            "{UNSAFE_DEBUG}=1: other crates' debug and trace lines are logged; they can hold \
+             cookies, authorization codes, NHS numbers and GP credentials"
+        );
     }
 }
 

@@ -42,6 +42,8 @@ pub struct ProxyConfig {
     pub server_extra: String,
     /// Start the process with this limit on open descriptors (soft and hard).
     pub descriptor_limit: Option<u64>,
+    /// `PKB_EDGE_LOG` for the process (default `info,pkb_edge=debug`).
+    pub log_filter: Option<String>,
 }
 
 impl ProxyConfig {
@@ -67,6 +69,7 @@ impl ProxyConfig {
             nhs_login: None,
             server_extra: String::new(),
             descriptor_limit: None,
+            log_filter: None,
         }
     }
 

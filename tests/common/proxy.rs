@@ -159,7 +159,13 @@ fn launch(
         .arg("--config")
         .arg(&conf_path)
         .args(extra_args)
-        .env("PKB_EDGE_LOG", "info,pkb_edge=debug")
+        .env(
+            "PKB_EDGE_LOG",
+            config
+                .log_filter
+                .as_deref()
+                .unwrap_or("info,pkb_edge=debug"),
+        )
         .stdout(std::fs::File::create(&out).unwrap())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
