@@ -66,6 +66,8 @@ struct Edge {
     process: Killed,
     port: u16,
     startup: Duration,
+    /// The pkb-edge binary it runs (bare Pingora: this bench).
+    binary: String,
 }
 
 impl Edge {
@@ -124,7 +126,7 @@ file = "{audit}"
             std::env::var("PKB_EDGE_BENCH_BIN")
                 .unwrap_or_else(|_| env!("CARGO_BIN_EXE_pkb-edge").to_string())
         });
-        let child = Command::new(binary)
+        let child = Command::new(&binary)
             .args(["run", "--config"])
             .arg(&path)
             .env("PKB_EDGE_LOG", "warn")
@@ -137,6 +139,7 @@ file = "{audit}"
             process: Killed(child),
             port,
             startup,
+            binary,
         }
     }
 
@@ -618,6 +621,7 @@ fn start_bare_pingora(upstream: SocketAddr) -> Edge {
         process: Killed(child),
         port,
         startup,
+        binary: "bare Pingora".into(),
     }
 }
 
@@ -833,12 +837,6 @@ fn main() {
     }
     if let Some(old) = &old {
         variants.push((
-            "launch via pkb-edge (old)",
-            old.url("/"),
-            &launch,
-            old.pids(),
-        ));
-        variants.push((
             "small page via pkb-edge (old)",
             old.url("/"),
             &small,
@@ -898,13 +896,27 @@ fn main() {
     }
     let refresh_calls = sim.count("token_refresh") - refreshes_before;
 
-    // Memory per idle keep-alive connection, here and in bare Pingora (and the older build).
+    // Memory per idle keep-alive connection, in fresh processes (one that has served load keeps
+    // its freed memory for new connections, which would hide their cost): pkb-edge, bare
+    // Pingora, and the older build.
+    let fresh = |name: &str, binary: Option<&'static str>| {
+        let db = d.join(format!("{name}.db"));
+        let settings = Settings { binary, ..DEFAULTS };
+        Edge::start(d, name, &db, &keys, settings, &common)
+    };
     let mut idle: Vec<(&str, IdleMemory)> = vec![
-        ("pkb-edge", hot.idle_memory(SMALL)),
-        ("bare Pingora", bare.idle_memory(SMALL)),
+        ("pkb-edge", fresh("idle", None).idle_memory(SMALL)),
+        (
+            "bare Pingora",
+            start_bare_pingora(upstream).idle_memory(SMALL),
+        ),
     ];
     if let Some(old) = &old {
-        idle.push(("pkb-edge (old)", old.idle_memory(SMALL)));
+        let binary = Some(Box::leak(old.binary.clone().into_boxed_str()) as &'static str);
+        idle.push((
+            "pkb-edge (old)",
+            fresh("idle-old", binary).idle_memory(SMALL),
+        ));
     }
 
     // Resident memory with 100,000 pairings in the cache: a fresh instance on the 100k store,
