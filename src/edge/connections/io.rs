@@ -33,16 +33,15 @@ pub(super) struct GuardedIo {
     end: HeadEnd,
     /// Bytes read while waiting for a request (`try_peek`), given out first by the next reads;
     /// allocated only while it holds some.
-    stash: Option<Box<Stash>>,
+    stash: Option<Stash>,
 }
 
 /// Enough for most request heads, so waiting costs no extra read.
 const STASH: usize = 4096;
 
 struct Stash {
-    bytes: [u8; STASH],
+    bytes: Box<[u8]>,
     start: usize,
-    end: usize,
 }
 
 impl GuardedIo {
@@ -64,22 +63,21 @@ impl GuardedIo {
     }
 
     /// Reads what the client has sent into the stash, once something has arrived: Ok(false) if
-    /// the connection closed instead.
+    /// the connection closed instead. Reads into the stack, so a wait that finds nothing yet
+    /// allocates nothing; the stash is as long as what arrived.
     fn poll_stash(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         if self.stash.is_some() {
             return Poll::Ready(Ok(true));
         }
-        let mut stash = Box::new(Stash {
-            bytes: [0; STASH],
-            start: 0,
-            end: 0,
-        });
-        let mut buf = ReadBuf::new(&mut stash.bytes);
+        let mut space = [std::mem::MaybeUninit::<u8>::uninit(); STASH];
+        let mut buf = ReadBuf::uninit(&mut space);
         match Pin::new(&mut *self).poll_read(cx, &mut buf) {
             Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Ok(false)),
             Poll::Ready(Ok(())) => {
-                stash.end = buf.filled().len();
-                self.stash = Some(stash);
+                self.stash = Some(Stash {
+                    bytes: buf.filled().into(),
+                    start: 0,
+                });
                 Poll::Ready(Ok(true))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -92,10 +90,10 @@ impl GuardedIo {
         let Some(stash) = &mut self.stash else {
             return false;
         };
-        let n = (stash.end - stash.start).min(buf.remaining());
+        let n = (stash.bytes.len() - stash.start).min(buf.remaining());
         buf.put_slice(&stash.bytes[stash.start..stash.start + n]);
         stash.start += n;
-        if stash.start == stash.end {
+        if stash.start == stash.bytes.len() {
             self.stash = None;
         }
         true
@@ -308,7 +306,7 @@ impl Peek for GuardedIo {
             return Ok(false);
         }
         if let Some(stash) = &self.stash {
-            let n = buf.len().min(stash.end - stash.start);
+            let n = buf.len().min(stash.bytes.len() - stash.start);
             buf[..n].copy_from_slice(&stash.bytes[stash.start..stash.start + n]);
         }
         Ok(true)

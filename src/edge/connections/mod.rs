@@ -139,9 +139,10 @@ where
 async fn next_request(stream: &mut Stream, idle: Duration, shutdown: &ShutdownWatch) -> bool {
     let mut first = [0; 1];
     let mut shutdown = shutdown.clone();
+    // Pingora's own timer (as its keep-alive wait uses): cheaper per request than tokio's.
     tokio::select! {
         biased;
-        read = tokio::time::timeout(idle, stream.try_peek(&mut first)) => matches!(read, Ok(Ok(true))),
+        read = pingora::time::timeout(idle, stream.try_peek(&mut first)) => matches!(read, Ok(Ok(true))),
         _ = shutdown.wait_for(|stopping| *stopping) => false,
     }
 }
