@@ -111,7 +111,7 @@ fn served(port: u16) -> bool {
 fn an_idle_keep_alive_connection_is_closed_after_keepalive_idle_secs() {
     let w = World::start_with(|c| c.server_extra = "keepalive_idle_secs = 1".into());
     let mut client = Raw::connect(w.config().port);
-    // The client asks for ten minutes; the server's limit wins.
+    // Whatever the client asks for (Pingora ignores this header anyway), the limit holds.
     client
         .send(b"GET /page HTTP/1.1\r\nHost: ehr.test\r\nKeep-Alive: timeout=600\r\n\r\n")
         .unwrap();
@@ -186,8 +186,16 @@ fn an_idle_flood_at_the_descriptor_limit_sheds_the_oldest_and_serves_new_clients
     }
     // More idle connections than descriptors, and a new client is still served at once.
     assert!(served(port));
-    let open = open_connections(ops_port);
-    assert!((1..=66).contains(&open), "{open} connections open");
+    // Shed connections leave the count as their readers close them: at most the limit soon.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_connections(ops_port) > 64 {
+        assert!(
+            Instant::now() < deadline,
+            "{} open",
+            open_connections(ops_port)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // The oldest were shed; the newest is still open and still served.
     assert!(flood[0].closed_within(Duration::from_secs(5)));
     let newest = flood.last_mut().unwrap();
@@ -197,25 +205,44 @@ fn an_idle_flood_at_the_descriptor_limit_sheds_the_oldest_and_serves_new_clients
     assert!(log.contains("max_connections=64"), "{log}");
 }
 
+/// Waits until the echo upstream has seen a request for `target` (it records the target before
+/// it reads the body).
+fn until_upstream_saw(w: &World, target: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !w.upstream.seen().iter().any(|t| t == target) {
+        assert!(Instant::now() < deadline, "the upstream never saw {target}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A POST whose body has not been sent yet: the request is in flight until it is.
+fn post_without_body(port: u16, target: &str) -> Raw {
+    let mut client = Raw::connect(port);
+    let head = format!("POST {target} HTTP/1.1\r\nHost: ehr.test\r\nContent-Length: 5\r\n\r\n");
+    client.send(head.as_bytes()).unwrap();
+    client
+}
+
 #[test]
 fn at_the_limit_with_nothing_idle_a_new_client_gets_503() {
     let w = World::start_with(|c| {
         c.server_extra = "max_connections = 2".into();
     });
     let port = w.config().port;
-    // Two heads in progress: neither connection is idle, so neither may be shed.
-    let mut busy: Vec<Raw> = (0..2).map(|_| Raw::connect(port)).collect();
-    for client in &mut busy {
-        client.send(b"GET /page HTTP/1.1\r\n").unwrap();
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    // Two requests in flight (their bodies still to come): neither connection may be shed.
+    let mut busy: Vec<Raw> = ["/busy0", "/busy1"]
+        .iter()
+        .map(|t| post_without_body(port, t))
+        .collect();
+    until_upstream_saw(&w, "/busy0");
+    until_upstream_saw(&w, "/busy1");
     let mut refused = Raw::connect(port);
     let _ = refused.send(GET_PAGE);
     let answer = refused.answer().expect("an answer before the close");
     assert_eq!(answer.status, 503);
     assert!(answer.head.contains("Retry-After: 1"), "{}", answer.head);
-    // Once a head completes and is answered, its connection is idle and can make room.
-    busy[0].send(b"Host: ehr.test\r\n\r\n").unwrap();
+    // Once a request is answered, its connection is idle and can make room.
+    busy[0].send(b"hello").unwrap();
     assert_eq!(busy[0].answer().unwrap().status, 200);
     assert!(served(port));
 }
@@ -235,14 +262,17 @@ fn sigterm_with_nothing_in_flight_exits_at_once() {
 #[test]
 fn sigterm_waits_for_the_request_in_flight_then_exits() {
     let mut w = World::start_with(|c| c.grace_period_seconds = 30);
-    let mut slow = Raw::connect(w.config().port);
-    slow.send(b"GET /slow?ms=2000 HTTP/1.1\r\nHost: ehr.test\r\n\r\n")
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let mut in_flight = post_without_body(w.config().port, "/in-flight");
+    until_upstream_saw(&w, "/in-flight");
     w.proxy.signal("TERM");
-    let answer = slow.answer().expect("the request in flight is answered");
+    std::thread::sleep(Duration::from_millis(500));
+    in_flight.send(b"hello").unwrap();
+    let answer = in_flight
+        .answer()
+        .expect("the request in flight is answered");
     assert_eq!(answer.status, 200);
-    assert_eq!(answer.body, b"slow done");
+    let echo: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(echo["body_len"], 5);
     let status = w.proxy.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
 }
@@ -347,7 +377,8 @@ fn folded_underscored_and_repeated_identity_headers_never_reach_the_upstream() {
         b"GET /h4 HTTP/1.1\r\nHost: ehr.test\r\nX-Authenticated-User : admin\r\n\r\n",
     ];
     for head in heads {
-        if let Some(answer) = exchange_one(port, head) {
+        {
+            let answer = exchange_one(port, head).expect("an answer");
             let text = String::from_utf8_lossy(&answer.body).to_ascii_lowercase();
             assert!(
                 answer.status == 400 || !text.replace('_', "-").contains("x-authenticated-user"),
@@ -385,6 +416,10 @@ fn absolute_form_targets_and_oversized_heads_go_nowhere_else() {
     );
     assert_eq!(answer.map(|a| a.status), Some(200));
     assert_eq!(w.upstream.seen(), vec!["/abs?x=1"]);
+    // A target that is only a query is read as one on the root, or refused: never a 500.
+    let answer = exchange_one(port, b"GET ?q=1 HTTP/1.1\r\nHost: ehr.test\r\n\r\n");
+    let status = answer.map(|a| a.status);
+    assert!(matches!(status, Some(200 | 400)), "{status:?}");
     // A head of 200 KB is refused before anything reaches the upstream.
     let mut huge = b"GET /huge HTTP/1.1\r\nHost: ehr.test\r\n".to_vec();
     for i in 0..2000 {

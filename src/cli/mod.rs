@@ -231,6 +231,7 @@ fn init_logging(format: LogFormat) {
             || meta.target().starts_with("pkb_edge::")
     })
     .with_max_level_hint(tracing::level_filters::LevelFilter::TRACE);
+    let wanted = filter.max_level_hint();
     let filter = filter.and(capped);
     let layer = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -242,6 +243,21 @@ fn init_logging(format: LogFormat) {
         LogFormat::Json => registry
             .with(layer.json().flatten_event(true).with_filter(filter))
             .init(),
+    }
+    // Only other crates log through the `log` crate (pkb-edge uses `tracing`): cap its static
+    // level too, so Pingora's debug and trace calls end at the macro instead of being
+    // formatted, dispatched and then filtered out.
+    if !unsafe_debug {
+        let level = match wanted {
+            Some(l) if l < tracing::level_filters::LevelFilter::INFO => l,
+            _ => tracing::level_filters::LevelFilter::INFO,
+        };
+        log::set_max_level(match level.into_level() {
+            None => log::LevelFilter::Off,
+            Some(tracing::Level::ERROR) => log::LevelFilter::Error,
+            Some(tracing::Level::WARN) => log::LevelFilter::Warn,
+            Some(_) => log::LevelFilter::Info,
+        });
     }
     if unsafe_debug {
         tracing::warn!(

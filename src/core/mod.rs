@@ -2,6 +2,7 @@
 
 pub mod clock;
 pub mod cookies;
+pub mod detached;
 pub mod hash;
 pub mod http;
 pub mod limits;

@@ -271,15 +271,21 @@ impl ProxyHttp for EdgeProxy {
         // upstream that matched paths against the raw target could otherwise be confused.
         let raw = upstream_request.raw_path();
         if !raw.starts_with(b"/") && raw != b"*" {
-            let target = upstream_request
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .parse::<http::Uri>()
-                .map_err(|e| {
-                    pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "target", e)
-                })?;
-            upstream_request.set_uri(target);
+            let target = upstream_request.uri.path_and_query().map(|p| p.as_str());
+            let target = match target {
+                Some(t) if t.starts_with('/') => t.to_string(),
+                Some(t) if t.starts_with('?') => format!("/{t}"),
+                _ => {
+                    return Err(pingora::Error::explain(
+                        pingora::ErrorType::HTTPStatus(400),
+                        "unusable request target",
+                    ))
+                }
+            };
+            let uri = target.parse::<http::Uri>().map_err(|e| {
+                pingora::Error::because(pingora::ErrorType::HTTPStatus(400), "request target", e)
+            })?;
+            upstream_request.set_uri(uri);
         }
         Ok(())
     }

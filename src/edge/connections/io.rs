@@ -100,9 +100,12 @@ impl GuardedIo {
     }
 
     /// Watches the bytes just read: the start of a head arms the deadline, its end disarms it.
-    fn saw(&mut self, bytes: &[u8]) {
+    /// False if the connection was shed before its next request began: the bytes go nowhere.
+    fn saw(&mut self, bytes: &[u8]) -> bool {
         if self.conn.phase() == Phase::Waiting {
-            self.conn.head_started();
+            if !self.conn.head_started() {
+                return false;
+            }
             self.end = HeadEnd::default();
             let deadline = Instant::now() + self.header_timeout;
             match &mut self.deadline {
@@ -110,11 +113,12 @@ impl GuardedIo {
                 None => self.deadline = Some(Box::pin(tokio::time::sleep_until(deadline))),
             }
         } else if self.conn.phase() == Phase::Request {
-            return;
+            return true;
         }
         if self.end.find(bytes).is_some() {
             self.conn.head_complete();
         }
+        true
     }
 
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
@@ -169,7 +173,10 @@ impl AsyncRead for GuardedIo {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
                     let (start, end) = (before, buf.filled().len());
-                    this.saw(&buf.filled()[start..end]);
+                    if !this.saw(&buf.filled()[start..end]) {
+                        // Shed: as if the client had closed first.
+                        buf.set_filled(before);
+                    }
                 }
                 Poll::Ready(Ok(()))
             }

@@ -58,6 +58,9 @@ impl<A> Guarded<A> {
     }
 }
 
+/// How long one write of an answer may wait for the client to read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// What a client refused at the limit reads before the connection closes.
 const REFUSED: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
@@ -88,7 +91,7 @@ where
         if h2 {
             // HTTP/2 multiplexes its requests; Pingora's own loop serves them, and its idle
             // timeout applies. Never idle here, so never shed.
-            conn.head_started();
+            let _ = conn.head_started();
             conn.head_complete();
             return self.app.process_new(stream, shutdown).await;
         }
@@ -111,8 +114,11 @@ where
                     .and_then(|o| o.keepalive_request_limit);
                 session.set_keepalive_reuses_remaining(reuses);
             }
-            // A client's `Keep-Alive: timeout=…` does not outlast the idle limit.
+            // Keep-alive for the idle limit (the wait above enforces it), and a client that
+            // stops reading its answer is cut off rather than held forever: Pingora sets no
+            // write timeout of its own.
             session.set_keepalive(Some(idle.as_secs()));
+            session.set_write_timeout(Some(WRITE_TIMEOUT));
             let reused = self.app.process_new_http(session, shutdown).await?;
             self.table.idle(&conn);
             (stream, settings) = reused.consume();
@@ -124,7 +130,12 @@ where
         // Connections waiting for a request have closed at the shutdown signal (next_request);
         // those being answered close after their answer.
         self.app.http_cleanup().await;
-        if tokio::time::timeout(self.limits.grace, self.table.emptied())
+        // Then the work requests left running (a token refresh must store what PKB rotated).
+        let drained = async {
+            self.table.emptied().await;
+            crate::core::detached::finished().await;
+        };
+        if tokio::time::timeout(self.limits.grace, drained)
             .await
             .is_ok()
         {

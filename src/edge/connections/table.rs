@@ -12,6 +12,8 @@ use crate::observe::metrics::metrics;
 
 /// `Conn::idle_since` while a request is being read or answered.
 const BUSY: u64 = u64::MAX;
+/// `Conn::idle_since` once chosen to be shed: its reader hands on nothing more.
+const SHED: u64 = u64::MAX - 1;
 
 /// Where a connection is between two requests, as its reader sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,10 +48,15 @@ impl Conn {
         }
     }
 
-    /// The first byte of a head arrived: no longer idle, so never shed.
-    pub(super) fn head_started(&self) {
-        self.idle_since.store(BUSY, Ordering::Relaxed);
+    /// The first byte of a head arrived: no longer idle, so never shed. False if the
+    /// connection was chosen to be shed first: then nothing of it may go on.
+    pub(super) fn head_started(&self) -> bool {
+        if self.idle_since.swap(BUSY, Ordering::AcqRel) == SHED {
+            self.idle_since.store(SHED, Ordering::Release);
+            return false;
+        }
         self.phase.store(Phase::Head as u8, Ordering::Relaxed);
+        true
     }
 
     pub(super) fn head_complete(&self) {
@@ -91,21 +98,10 @@ impl Table {
     pub(super) fn admit(&self, fd: i32) -> Option<Arc<Conn>> {
         let mut slots = self.slots.lock();
         if slots.open >= self.max {
-            let oldest = slots
-                .conns
-                .iter()
-                .flatten()
-                .filter(|c| c.idle_since.load(Ordering::Relaxed) != BUSY)
-                .min_by_key(|c| c.idle_since.load(Ordering::Relaxed))
-                .cloned();
-            let Some(oldest) = oldest else {
+            if !Self::shed_oldest_idle(&slots) {
                 closed("refused");
                 return None;
-            };
-            // Shed once: its reader sees the end of the stream and closes it, which takes it
-            // out of the table (so `open` is over the limit only until then).
-            oldest.idle_since.store(BUSY, Ordering::Relaxed);
-            shut_down(oldest.fd);
+            }
             closed("shed");
         }
         let slot = slots.free.pop().unwrap_or(slots.conns.len());
@@ -123,6 +119,32 @@ impl Table {
         slots.open += 1;
         metrics().downstream_connections.inc();
         Some(conn)
+    }
+
+    /// Claims the connection idle the longest (unless its reader claims it first, by starting
+    /// a request) and shuts its socket down; its reader sees the end of the stream and closes
+    /// it, which takes it out of the table (so `open` is over the limit only until then).
+    fn shed_oldest_idle(slots: &Slots) -> bool {
+        for _ in 0..4 {
+            let oldest = slots
+                .conns
+                .iter()
+                .flatten()
+                .map(|c| (c, c.idle_since.load(Ordering::Acquire)))
+                .filter(|(_, since)| *since < SHED)
+                .min_by_key(|(_, since)| *since);
+            let Some((conn, since)) = oldest else {
+                return false;
+            };
+            let claimed =
+                conn.idle_since
+                    .compare_exchange(since, SHED, Ordering::AcqRel, Ordering::Acquire);
+            if claimed.is_ok() {
+                shut_down(conn.fd);
+                return true;
+            }
+        }
+        false
     }
 
     /// A request has been answered and the connection kept: idle again from now.
@@ -226,7 +248,8 @@ mod tests {
         let second = table.admit(-1).unwrap();
         second.head_started();
         let third = table.admit(-1).expect("the idle first one made room");
-        assert_eq!(first.idle_since.load(Ordering::Relaxed), BUSY, "first shed");
+        assert_eq!(first.idle_since.load(Ordering::Relaxed), SHED, "first shed");
+        assert!(!first.head_started(), "a shed connection hands nothing on");
         table.release(&first);
         third.head_started();
         assert!(table.admit(-1).is_none(), "nothing idle: refused");

@@ -42,7 +42,8 @@ impl Pairings {
         }
         let this = self.clone();
         let user_id = user_id.to_string();
-        tokio::spawn(
+        // Counted: shutdown waits for it, so a rotated refresh token is always stored.
+        crate::core::detached::spawn(
             async move {
                 this.refresh_serialized(&user_id, skew_secs, stale_version, refresh)
                     .await
