@@ -2,7 +2,7 @@
 # Installs what building and testing pkb-edge needs on a Debian machine: cmake and a C compiler
 # (Pingora's zlib-ng), pkg-config, Chromium with chromedriver for the browser test, and
 # PostgreSQL for the tests of several instances on one store (started if it is not running, and
-# reachable as postgres://postgres@127.0.0.1:5432 with trust authentication on loopback).
+# reachable as postgres://postgres@127.0.0.1:5432 without a password on loopback).
 # With --bench, also wrk (the benchmark's load generator) and nginx (its baseline).
 # Safe to run again. Needs root (or sudo).
 set -euo pipefail
@@ -28,21 +28,43 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-# PostgreSQL on 127.0.0.1:5432, as the tests expect it.
-if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
-  version="$(ls /etc/postgresql | sort -n | tail -1)"
+# PostgreSQL on 127.0.0.1:5432, as the tests expect it: running, and the `postgres` role let in
+# without a password over loopback TCP (postgres://postgres@127.0.0.1:5432). That is for a
+# developer's or CI machine's own test server; never do it to a server that holds real data.
+pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
+pg_lets_tests_in() {
+  psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -w -Atqc 'select 1' >/dev/null 2>&1
+}
+pg_wait() { for _ in $(seq 1 30); do "$@" && return 0; sleep 1; done; return 1; }
+version="$(ls /etc/postgresql 2>/dev/null | sort -n | tail -1 || true)"
+if [ -z "$version" ]; then
+  echo "setup: PostgreSQL has no cluster under /etc/postgresql (pg_createcluster makes one)" >&2
+else
   conf="/etc/postgresql/$version/main"
-  # Trust local TCP connections (a test database on a developer's machine, never production).
-  if [ -f "$conf/pg_hba.conf" ] && ! grep -q "pkb-edge tests" "$conf/pg_hba.conf"; then
-    printf '# pkb-edge tests\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n' |
-      cat - "$conf/pg_hba.conf" | $SUDO tee "$conf/pg_hba.conf.new" >/dev/null
-    $SUDO mv "$conf/pg_hba.conf.new" "$conf/pg_hba.conf"
+  if ! pg_up; then
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    pg_wait pg_up || true
   fi
-  $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
-  for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+  # A fresh install asks for a password over TCP: put a trust rule for `postgres` on loopback
+  # first (the first matching line wins), once, and have the server read it again.
+  if pg_up && ! pg_lets_tests_in && [ -f "$conf/pg_hba.conf" ] &&
+    ! $SUDO grep -q "pkb-edge tests" "$conf/pg_hba.conf"; then
+    echo "setup: letting the postgres role in without a password on 127.0.0.1 and ::1 ($conf/pg_hba.conf)"
+    hba="$(mktemp)"
+    {
+      printf '# pkb-edge tests\nhost all postgres 127.0.0.1/32 trust\nhost all postgres ::1/128 trust\n'
+      $SUDO cat "$conf/pg_hba.conf"
+    } >"$hba"
+    $SUDO cp "$hba" "$conf/pg_hba.conf" # into the file: its owner and mode stay
+    rm -f "$hba"
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main reload || true
+    pg_wait pg_lets_tests_in || true
+  fi
 fi
-if pg_isready -q -h 127.0.0.1 -p 5432; then
-  echo "setup: PostgreSQL is up at 127.0.0.1:5432"
+if pg_lets_tests_in; then
+  echo "setup: PostgreSQL is up at 127.0.0.1:5432 and the tests can use it"
+elif pg_up; then
+  echo "setup: PostgreSQL is up but refuses postgres@127.0.0.1 without a password; the PostgreSQL tests will fail (PKB_EDGE_SKIP_POSTGRES=1 leaves them out)" >&2
 else
   echo "setup: PostgreSQL did not start; the PostgreSQL tests will fail (PKB_EDGE_SKIP_POSTGRES=1 leaves them out)" >&2
 fi

@@ -2,8 +2,9 @@
 //! that never refresh twice, revocations seen everywhere at once, database cuts that only
 //! launches notice, and migration from SQLite. Each test works in a schema of its own in the
 //! database named by PKB_EDGE_TEST_POSTGRES_URL (default: the local server,
-//! postgres://postgres@127.0.0.1:5432). An unreachable server fails every test with a message
-//! saying how to start it; only PKB_EDGE_SKIP_POSTGRES=1 skips them, and says so.
+//! postgres://postgres@127.0.0.1:5432/postgres, as `scripts/setup.sh` leaves it). An unreachable
+//! server fails every test with a message saying how to start it; only PKB_EDGE_SKIP_POSTGRES=1
+//! skips them, and each skipped test then prints NOT RUN on the terminal.
 
 mod common;
 
@@ -21,18 +22,27 @@ struct Schema {
     name: String,
 }
 
+/// The server the tests use unless PKB_EDGE_TEST_POSTGRES_URL names another: the local one, as
+/// `scripts/setup.sh` leaves it (database `postgres`, which every server has).
+const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
 impl Schema {
+    /// A fresh schema, or `None` when PKB_EDGE_SKIP_POSTGRES=1 (said on the terminal: the test
+    /// reports "ok" without having tested anything). Fails the test when the server cannot be
+    /// used, saying how to start it.
     fn create() -> Option<Schema> {
         if std::env::var("PKB_EDGE_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
-            eprintln!("NOT RUN: PKB_EDGE_SKIP_POSTGRES=1 skips the PostgreSQL tests; their \"ok\" means nothing was tested");
+            not_run();
             return None;
         }
-        let base = std::env::var("PKB_EDGE_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string());
+        let base =
+            std::env::var("PKB_EDGE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.into());
         let name = format!("t_{:016x}", rand::random::<u64>());
         let created = rt().block_on(async {
-            let (client, connection) =
-                tokio_postgres::connect(&base, tokio_postgres::NoTls).await?;
+            let mut config: tokio_postgres::Config = base.parse()?;
+            // An address that drops packets fails the test too, rather than hanging it.
+            config.connect_timeout(Duration::from_secs(10));
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
             let driver = tokio::spawn(connection);
             client
                 .batch_execute(&format!("CREATE SCHEMA {name}"))
@@ -43,11 +53,16 @@ impl Schema {
         });
         if let Err(e) = created {
             panic!(
-                "PostgreSQL at {base} cannot be used: {e}\n\
-                 Start the local server (`bash scripts/setup.sh` installs and starts it; or \
-                 `pg_ctlcluster <version> main start`), point PKB_EDGE_TEST_POSTGRES_URL at \
-                 another one, or set PKB_EDGE_SKIP_POSTGRES=1 to leave these tests out (they \
-                 then test nothing)."
+                "PostgreSQL at {base} cannot be used: {e}{cause}\n\
+                 These tests need a PostgreSQL server. Start the local one: `{start}` \
+                 (`bash scripts/setup.sh` installs PostgreSQL, starts it and lets the `postgres` \
+                 role in over 127.0.0.1); or point PKB_EDGE_TEST_POSTGRES_URL at another server; \
+                 or set PKB_EDGE_SKIP_POSTGRES=1 to leave these tests out (they then report \
+                 \"ok\" having tested nothing).",
+                cause = std::error::Error::source(&e)
+                    .map(|c| format!(" ({c})"))
+                    .unwrap_or_default(),
+                start = start_command(),
             );
         }
         Some(Schema { base, name })
@@ -78,6 +93,31 @@ impl Drop for Schema {
     fn drop(&mut self) {
         let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name);
         rt().block_on(execute(&self.base, &sql));
+    }
+}
+
+/// Says on the terminal, past the test harness's capture of `eprintln!` (which hides the output
+/// of passing tests), that this test did not run.
+fn not_run() {
+    use std::io::Write;
+    let current = std::thread::current();
+    let test = current.name().unwrap_or("a PostgreSQL test");
+    let _ = writeln!(
+        std::io::stderr(),
+        "NOT RUN: {test} (PKB_EDGE_SKIP_POSTGRES=1; its \"ok\" means nothing was tested)"
+    );
+}
+
+/// How to start the local server: the cluster Debian's `postgresql` package made, if any.
+fn start_command() -> String {
+    let version = std::fs::read_dir("/etc/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .max_by_key(|v| v.parse::<u32>().unwrap_or(0));
+    match version {
+        Some(v) => format!("sudo pg_ctlcluster {v} main start"),
+        None => "sudo apt-get install postgresql".into(),
     }
 }
 

@@ -341,7 +341,7 @@ impl Validator {
 
 /// A database URL with any password replaced, for messages.
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
+    let redacted = match url::Url::parse(url) {
         Ok(mut u) => {
             if u.password().is_some() {
                 let _ = u.set_password(Some("***"));
@@ -363,5 +363,33 @@ pub fn redact_url(url: &str) -> String {
             u.to_string()
         }
         Err(_) => url.to_string(),
+    };
+    // A mistyped URL (`postgres:://u:p@h`, `mysql://u:p@h:99999`) is read with no password, or
+    // not read at all, and may still show one to a person.
+    redact_url_text(&redacted)
+}
+
+/// `redact_url` by eye, for what the url crate does not read as a URL with a password: after the
+/// scheme, a `:` before the last `@` starts a password (masked up to that `@`), and so does a
+/// `password=` (masked up to the next `&` or `#`).
+fn redact_url_text(url: &str) -> String {
+    let mut out = url.to_string();
+    let after_scheme = url.find(':').map_or(0, |i| {
+        url.len() - url[i + 1..].trim_start_matches([':', '/']).len()
+    });
+    if let Some(at) = url.rfind('@').filter(|&at| at > after_scheme) {
+        if let Some(colon) = url[after_scheme..at].find(':') {
+            out.replace_range(after_scheme + colon + 1..at, "***");
+        }
     }
+    let mut from = 0;
+    while let Some(i) = out[from..]
+        .find("password=")
+        .map(|i| from + i + "password=".len())
+    {
+        let end = out[i..].find(['&', '#']).map_or(out.len(), |e| i + e);
+        out.replace_range(i..end, "***");
+        from = i + 3;
+    }
+    out
 }

@@ -239,6 +239,45 @@ fn postgres_stores_keep_the_password_out_of_the_url() {
     assert!(!err.to_string().contains("hunter2"), "{err}");
 }
 
+/// Found by tests/properties.rs (`config_problems_never_hold_a_secret`): a mistyped URL that the
+/// url crate reads without a password, or cannot read, was shown as it was, password and all.
+#[test]
+fn a_mistyped_store_url_is_shown_without_its_password() {
+    for (url, shown) in [
+        (
+            "postgres:://edge:hunter2@db.example/pkb",
+            "postgres:://edge:***@db.example/pkb",
+        ),
+        (
+            "mysql://edge:hunter2@db.example:99999/pkb",
+            "mysql://edge:***@db.example:99999/pkb",
+        ),
+        (
+            "postgres:/edge:p@ss:hunter2@db example/pkb",
+            "postgres:/edge:***@db%20example/pkb",
+        ),
+        (
+            "pg://db.example:99999/pkb?password=hunter2&x=1",
+            "pg://db.example:99999/pkb?password=***&x=1",
+        ),
+        (
+            "sqlite:/var/lib/pkb-edge/pairings.db",
+            "sqlite:/var/lib/pkb-edge/pairings.db",
+        ),
+        ("mysql://edge@db.example/pkb", "mysql://edge@db.example/pkb"),
+    ] {
+        assert_eq!(redact_url(url), shown, "{url}");
+        let bad = minimal().replace("sqlite:///tmp/x.db", url);
+        let err = Config::parse(&bad, &no_env()).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+    // Well-formed URLs are redacted as before.
+    assert_eq!(
+        redact_url("postgres://edge:hunter2@db.example/pkb"),
+        "postgres://edge:***@db.example/pkb"
+    );
+}
+
 #[test]
 fn unknown_key_is_named() {
     let text = minimal().replace("[pkb]", "[pkb]\nclient_sekret = \"x\"");

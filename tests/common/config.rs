@@ -44,6 +44,9 @@ pub struct ProxyConfig {
     pub descriptor_limit: Option<u64>,
     /// `PKB_EDGE_LOG` for the process (default `info,pkb_edge=debug`).
     pub log_filter: Option<String>,
+    /// Start the process with `PKB_EDGE_LOG_UNSAFE_DEBUG=1` (otherwise it never has it, even when
+    /// the test runner's environment does).
+    pub log_unsafe_debug: bool,
 }
 
 impl ProxyConfig {
@@ -70,6 +73,7 @@ impl ProxyConfig {
             server_extra: String::new(),
             descriptor_limit: None,
             log_filter: None,
+            log_unsafe_debug: false,
         }
     }
 

@@ -154,6 +154,11 @@ fn launch(
     if let Some(limit) = config.descriptor_limit {
         limit_descriptors(&mut command, limit);
     }
+    if config.log_unsafe_debug {
+        command.env("PKB_EDGE_LOG_UNSAFE_DEBUG", "1");
+    } else {
+        command.env_remove("PKB_EDGE_LOG_UNSAFE_DEBUG");
+    }
     let child = command
         .args(args)
         .arg("--config")
