@@ -5,6 +5,9 @@ use async_trait::async_trait;
 use super::PostgresPairingStore;
 use crate::store::{RecordKind, SealedRecord, SealedRecords, StoreError};
 
+/// How long one owner's put waits for another put of the same owner.
+const OWNER_LOCK_TIMEOUT: &str = "5s";
+
 #[async_trait]
 impl SealedRecords for PostgresPairingStore {
     async fn put_record(
@@ -48,7 +51,11 @@ impl SealedRecords for PostgresPairingStore {
     ) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
-        // One owner's puts, from every instance, one at a time: the count stays exact.
+        // One owner's puts, from every instance, one at a time: the count stays exact. A user
+        // firing many at once waits at most OWNER_LOCK_TIMEOUT per put, so they cannot hold the
+        // pool's connections for long.
+        tx.batch_execute(&format!("SET LOCAL lock_timeout = '{OWNER_LOCK_TIMEOUT}'"))
+            .await?;
         tx.execute(
             "SELECT pg_advisory_xact_lock($1)",
             &[&owner_lock(owner_hash)],
