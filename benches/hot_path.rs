@@ -132,7 +132,7 @@ fn decoration_hit(c: &mut Criterion) {
         let tokens = obtain_tokens(&sim_url, "pkb-edge", "sim-secret", "bench@pkb.example").await.unwrap();
         pairings.save("dr.jones", tokens).await.unwrap();
         let pkb = Arc::new(PkbClient::new(Arc::new(config.pkb.clone()), 1024));
-        let source = Arc::new(TokenSource::new(pairings, pkb, Arc::new(SystemClock)));
+        let source = Arc::new(TokenSource::new(pairings, pkb, Arc::new(SystemClock), 1000));
         let decorator = Arc::new(Decorator::new(config.decorate.clone(), source));
         let warm = decorator.begin("dr.jones", "9990000018".into()).await;
         Decorator::finish(warm, Duration::from_secs(5)).await;

@@ -17,7 +17,7 @@ use moka::Expiry;
 
 use crate::config::{DecorateSettings, PatientSource};
 use crate::core::patient::PatientContext;
-use crate::tokens::TokenSource;
+use crate::tokens::{TokenSource, Trigger};
 
 /// How long a look-up that failed (PKB error or timeout) is remembered, so an outage does not
 /// turn every page view into a PKB call.
@@ -90,6 +90,15 @@ pub struct Decorator {
 
 impl Decorator {
     pub fn new(settings: DecorateSettings, tokens: Arc<TokenSource>) -> Self {
+        for value in [
+            Availability::Available,
+            Availability::NotAvailable,
+            Availability::Unknown,
+        ] {
+            crate::observe::metrics::metrics()
+                .decoration_total
+                .with_label_values(&[value.header_value()]);
+        }
         let cache = Cache::builder()
             .max_capacity(settings.cache_capacity)
             .expire_after(PerEntryTtl)
@@ -183,7 +192,11 @@ impl Decorator {
 
     async fn fetch(&self, key: &Key) -> Entry {
         let started = Instant::now();
-        let pairing = match self.tokens.fresh(&key.user, None).await {
+        let pairing = match self
+            .tokens
+            .fresh(&key.user, None, Trigger::Decoration)
+            .await
+        {
             Ok(p) => p,
             Err(crate::store::FreshError::NotPaired | crate::store::FreshError::Revoked) => {
                 return Entry {

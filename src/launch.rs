@@ -15,7 +15,7 @@ use crate::observe::metrics::metrics;
 use crate::pkb::urls::{self, ContextParams};
 use crate::pkb::{PkbClient, PkbError};
 use crate::store::{FreshError, Pairing, StoreError};
-use crate::tokens::TokenSource;
+use crate::tokens::{TokenSource, Trigger};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -39,6 +39,19 @@ pub enum LaunchError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// Every `outcome` of `pkb_edge_launch_total`: a redirect, or a `LaunchError`'s.
+pub const LAUNCH_OUTCOMES: [&str; 9] = [
+    "redirect",
+    "no_identity",
+    "bad_request",
+    "not_paired",
+    "rate_limited",
+    "relink_needed",
+    "pkb_unavailable",
+    "pkb_refused",
+    "store_error",
+];
 
 impl LaunchError {
     /// The `outcome` label of `pkb_edge_launch_total`.
@@ -172,6 +185,9 @@ impl LaunchService {
     pub fn new(tokens: Arc<TokenSource>, limiter: LaunchLimiter, audit: Arc<AuditLog>) -> Self {
         let pkb = tokens.pkb().clone();
         let s: &PkbSettings = pkb.settings();
+        for outcome in LAUNCH_OUTCOMES {
+            metrics().launch_total.with_label_values(&[outcome]);
+        }
         LaunchService {
             names: ContextParams {
                 national_id: s.national_id_param.clone(),
@@ -225,6 +241,11 @@ impl LaunchService {
         result
     }
 
+    /// The token source launches use (page views tell it about users, for refresh-ahead).
+    pub fn token_source(&self) -> &Arc<TokenSource> {
+        &self.tokens
+    }
+
     pub fn context_names(&self) -> &ContextParams {
         &self.names
     }
@@ -252,6 +273,7 @@ impl LaunchService {
         let otp = tokio::time::timeout(self.deadline, self.otp_for(user_id))
             .await
             .map_err(|_| LaunchError::PkbUnavailable("no answer within pkb.timeout_ms".into()))??;
+        self.tokens.launched(user_id).await;
         Ok(urls::otp_login_url(
             &self.base_url,
             &self.otp_login_path,
@@ -297,7 +319,7 @@ impl LaunchService {
         stale_version: Option<i64>,
     ) -> Result<Arc<Pairing>, LaunchError> {
         self.tokens
-            .fresh(user_id, stale_version)
+            .fresh(user_id, stale_version, Trigger::Launch)
             .await
             .map_err(|e| match e {
                 FreshError::NotPaired => LaunchError::NotPaired,
@@ -329,6 +351,24 @@ mod tests {
 
     fn parse(q: &str) -> Result<LaunchParams, String> {
         LaunchParams::parse(Some(q), &names()).map_err(|e| e.to_string())
+    }
+
+    /// Every outcome a launch can count is exported from start-up.
+    #[test]
+    fn every_launch_outcome_is_known() {
+        let errors = [
+            LaunchError::NoIdentity,
+            LaunchError::BadRequest(String::new()),
+            LaunchError::NotPaired,
+            LaunchError::RateLimited(Duration::ZERO),
+            LaunchError::RelinkNeeded,
+            LaunchError::PkbUnavailable(String::new()),
+            LaunchError::PkbRefused(String::new()),
+            LaunchError::Store(StoreError::Unavailable(String::new())),
+        ];
+        let mut counted: Vec<&str> = errors.iter().map(LaunchError::outcome).collect();
+        counted.insert(0, "redirect");
+        assert_eq!(counted, LAUNCH_OUTCOMES);
     }
 
     #[test]

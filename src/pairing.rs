@@ -65,6 +65,22 @@ pub enum PairingError {
     Store(#[from] StoreError),
 }
 
+/// Every `outcome` of `pkb_edge_pairing_total`: the steps' own, then `PairingError`'s.
+pub const PAIRING_OUTCOMES: [&str; 12] = [
+    "started",
+    "paired",
+    "unpaired",
+    "was_not_paired",
+    "no_identity",
+    "bad_request",
+    "state_refused",
+    "pkb_denied",
+    "pkb_unavailable",
+    "pkb_refused",
+    "cross_site",
+    "store_error",
+];
+
 impl PairingError {
     /// The `outcome` label of `pkb_edge_pairing_total`.
     pub fn outcome(&self) -> &'static str {
@@ -115,6 +131,9 @@ impl PairingService {
         state_ttl_secs: i64,
         audit: Arc<AuditLog>,
     ) -> Self {
+        for outcome in PAIRING_OUTCOMES {
+            metrics().pairing_total.with_label_values(&[outcome]);
+        }
         PairingService {
             pairings,
             pkb,
@@ -304,6 +323,24 @@ impl PairingService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every outcome pairing can count is exported from start-up.
+    #[test]
+    fn every_pairing_outcome_is_known() {
+        let errors = [
+            PairingError::NoIdentity,
+            PairingError::BadRequest(String::new()),
+            PairingError::StateRefused(StateProblem::Expired),
+            PairingError::PkbDenied(String::new()),
+            PairingError::PkbUnavailable(String::new()),
+            PairingError::PkbRefused(String::new()),
+            PairingError::CrossSite,
+            PairingError::Store(StoreError::Unavailable(String::new())),
+        ];
+        let mut counted = vec!["started", "paired", "unpaired", "was_not_paired"];
+        counted.extend(errors.iter().map(PairingError::outcome));
+        assert_eq!(counted, PAIRING_OUTCOMES);
+    }
 
     #[test]
     fn rfc7636_appendix_b() {

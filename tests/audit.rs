@@ -207,7 +207,8 @@ fn no_code_token_refresh_token_or_otp_appears_in_any_output() {
     let mut seen = Vec::new();
     rt().block_on(async {
         let authorize = start_pairing(&w, "dr.jones", None).await;
-        // Every access token PKB issues from now on is already inside the refresh skew.
+        // Every access token PKB issues from now on lives 1 s: each launch below, a second
+        // after the last, refreshes.
         w.sim
             .knobs(serde_json::json!({ "access_token_lifetime_secs": 1 }));
         let back = consent_at_pkb(&authorize, "jones@pkb.example", "allow").await;
@@ -219,6 +220,7 @@ fn no_code_token_refresh_token_or_otp_appears_in_any_output() {
             200
         );
         for _ in 0..3 {
+            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
             let r = w.get_as("dr.jones", &launch_with_patient()).await;
             assert_eq!(r.status(), 302);
             seen.push(header(r.headers(), "location").to_string());

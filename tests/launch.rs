@@ -171,9 +171,10 @@ fn hostile_redirect_uris_are_all_refused() {
 fn fifty_concurrent_launches_with_an_expired_token_refresh_once() {
     let w = World::start();
     rt().block_on(async {
-        // PKB issues a token that is already expired; later ones live 30 minutes.
+        // PKB issues a token that expires in a second; later ones live 30 minutes.
         w.sim.knobs(serde_json::json!({ "access_token_lifetime_secs": 1 }));
         w.config().pair(&w.sim, "dr.jones", "jones@pkb.example").await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         w.sim.knobs(serde_json::json!({ "access_token_lifetime_secs": 1800, "latency_ms": { "token_refresh": 100 } }));
 
         let tasks: Vec<_> = (0..50)
@@ -194,17 +195,19 @@ fn fifty_concurrent_launches_with_an_expired_token_refresh_once() {
 
 #[test]
 fn rotated_refresh_tokens_are_stored_and_the_old_one_is_dead() {
-    // Tokens live 30 s at PKB but the proxy refreshes anything within 60 s: every launch refreshes.
+    // Tokens live 1 s at PKB, and each launch comes after the last token expired: every launch
+    // refreshes.
     let w = World::start();
     rt().block_on(async {
         w.sim
-            .knobs(serde_json::json!({ "access_token_lifetime_secs": 30 }));
+            .knobs(serde_json::json!({ "access_token_lifetime_secs": 1 }));
         let seeded = w
             .config()
             .pair(&w.sim, "dr.jones", "jones@pkb.example")
             .await;
         let first_refresh = seeded.tokens.refresh_token.clone().unwrap();
 
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         assert_eq!(w.get_as("dr.jones", "/_pkb/launch").await.status(), 302);
         let after_one = w.config().stored("dr.jones").await.unwrap();
         assert_ne!(
@@ -214,6 +217,7 @@ fn rotated_refresh_tokens_are_stored_and_the_old_one_is_dead() {
         );
 
         // The second launch can only succeed with the rotated token.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         assert_eq!(w.get_as("dr.jones", "/_pkb/launch").await.status(), 302);
         assert_eq!(w.sim.count("token_refresh"), 2);
         assert_eq!(
@@ -234,6 +238,7 @@ fn a_rejected_grant_removes_the_pairing_and_offers_relinking() {
             .config()
             .pair(&w.sim, "dr.jones", "jones@pkb.example")
             .await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         // Someone else spends the refresh token: the proxy's copy is now dead at PKB.
         assert_eq!(
             w.sim

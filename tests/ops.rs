@@ -51,6 +51,135 @@ fn sample(metrics: &BTreeMap<Series, f64>, name: &str, labels: &[(&str, &str)]) 
         .unwrap_or(0.0)
 }
 
+fn scrape(ops_port: u16) -> BTreeMap<Series, f64> {
+    let text = rt().block_on(async {
+        client()
+            .get(format!("http://127.0.0.1:{ops_port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    parse_metrics(&text)
+}
+
+fn at_zero(m: &BTreeMap<Series, f64>, name: &str, labels: &[(&str, &str)]) {
+    let mut key: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    key.sort();
+    assert_eq!(
+        m.get(&(name.to_string(), key)),
+        Some(&0.0),
+        "{name}{labels:?} is not exported at 0 from start-up"
+    );
+}
+
+/// In NHS login mode, its steps and the GP credential series are there from start-up too.
+#[test]
+fn nhs_login_series_are_exported_at_zero_before_any_traffic() {
+    let ops_port = free_port();
+    let op = common::nhs::start_op();
+    let _w = World::start_with(|c| {
+        common::nhs::use_nhs_login(c, &op);
+        c.ops_port = Some(ops_port);
+    });
+    let m = scrape(ops_port);
+    for (step, outcome) in [
+        ("login", "started"),
+        ("callback", "signed_in"),
+        ("callback", "id_token_invalid"),
+        ("launch_pkb", "redirect"),
+        ("logout", "signed_out"),
+        ("gp_refresh", "gave_up"),
+    ] {
+        at_zero(
+            &m,
+            "pkb_edge_nhs_login_total",
+            &[("step", step), ("outcome", outcome)],
+        );
+    }
+    for status in ["valid", "unusable", "missing", "unavailable"] {
+        at_zero(&m, "pkb_edge_gp_credentials_total", &[("status", status)]);
+    }
+    for outcome in ["started", "refreshed", "failed", "gave_up"] {
+        at_zero(
+            &m,
+            "pkb_edge_gp_credentials_refresh_total",
+            &[("outcome", outcome)],
+        );
+    }
+}
+
+/// Prometheus' "avoid missing metrics": before any traffic, every known label value of every
+/// counter is exported at 0, so `rate()` and alerts work from the first scrape.
+#[test]
+fn every_known_series_is_exported_at_zero_before_any_traffic() {
+    let ops_port = free_port();
+    let _w = World::start_with(|c| c.ops_port = Some(ops_port));
+    let m = scrape(ops_port);
+    let at_zero = |name: &str, labels: &[(&str, &str)]| at_zero(&m, name, labels);
+    for outcome in ["refreshed", "invalid_grant", "failed"] {
+        for trigger in ["launch", "ahead", "decoration"] {
+            at_zero(
+                "pkb_edge_token_refresh_total",
+                &[("outcome", outcome), ("trigger", trigger)],
+            );
+        }
+    }
+    for outcome in [
+        "redirect",
+        "no_identity",
+        "bad_request",
+        "not_paired",
+        "rate_limited",
+        "relink_needed",
+        "pkb_unavailable",
+        "pkb_refused",
+        "store_error",
+    ] {
+        at_zero("pkb_edge_launch_total", &[("outcome", outcome)]);
+    }
+    for outcome in [
+        "started",
+        "paired",
+        "unpaired",
+        "state_refused",
+        "store_error",
+    ] {
+        at_zero("pkb_edge_pairing_total", &[("outcome", outcome)]);
+    }
+    for result in ["hit", "miss", "stale"] {
+        at_zero("pkb_edge_token_cache_total", &[("result", result)]);
+    }
+    for value in ["true", "false", "unknown"] {
+        at_zero("pkb_edge_decoration_total", &[("value", value)]);
+    }
+    for endpoint in ["token", "otp", "dataFromOtherOrg"] {
+        for status in ["200", "timeout", "error", "shed"] {
+            at_zero(
+                "pkb_edge_pkb_requests_total",
+                &[("endpoint", endpoint), ("status", status)],
+            );
+        }
+        at_zero(
+            "pkb_edge_pkb_request_duration_seconds_count",
+            &[("endpoint", endpoint)],
+        );
+    }
+    for reason in ["shed", "refused", "header_timeout"] {
+        at_zero(
+            "pkb_edge_downstream_connections_closed_total",
+            &[("reason", reason)],
+        );
+    }
+    at_zero("pkb_edge_audit_write_errors_total", &[]);
+    at_zero("pkb_edge_launch_duration_seconds_count", &[]);
+}
+
 #[test]
 fn metrics_move_with_traffic_and_health_answers() {
     let ops_port = free_port();
@@ -119,7 +248,7 @@ fn metrics_move_with_traffic_and_health_answers() {
             sample(
                 &m,
                 "pkb_edge_token_refresh_total",
-                &[("outcome", "refreshed")]
+                &[("outcome", "refreshed"), ("trigger", "launch")]
             ),
             0.0
         );

@@ -225,17 +225,17 @@ fn an_instance_with_stale_cached_tokens_does_not_refresh_them_again() {
     let Some(schema) = Schema::create() else {
         return;
     };
-    let (sim, _upstream, _dir, proxies) = instances(2, &schema.url(), |_| {});
+    let (sim, _upstream, _dir, proxies) = instances(2, &schema.url(), |c| c.refresh_skew_secs = 1);
     let (a, b) = (&proxies[0], &proxies[1]);
     rt().block_on(async {
-        // Tokens that are good for two more seconds beyond the 60 s refresh skew.
-        sim.knobs(serde_json::json!({ "access_token_lifetime_secs": 62 }));
+        // Tokens that are good for two more seconds beyond the 1 s refresh skew.
+        sim.knobs(serde_json::json!({ "access_token_lifetime_secs": 4 }));
         a.config.pair(&sim, "dr.jones", "jones@pkb.example").await;
         sim.knobs(serde_json::json!({ "access_token_lifetime_secs": 1800 }));
         // Both instances cache the same tokens.
         assert_eq!(launch(a, "dr.jones").await.status(), 302);
         assert_eq!(launch(b, "dr.jones").await.status(), 302);
-        tokio::time::sleep(Duration::from_millis(2200)).await;
+        tokio::time::sleep(Duration::from_millis(3200)).await;
         // A refreshes; B's cached copy has expired too, and still holds the old refresh token.
         assert_eq!(launch(a, "dr.jones").await.status(), 302);
         assert_eq!(sim.count("token_refresh"), 1);

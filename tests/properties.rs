@@ -528,6 +528,8 @@ const KNOWN_KEYS: &[&str] = &[
     "trusted_peers",
     "timeout_ms",
     "refresh_skew_secs",
+    "refresh_ahead_secs",
+    "refresh_ahead_window_secs",
     "cache_capacity",
     "launch_per_minute",
     "pkb_concurrency",

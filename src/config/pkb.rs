@@ -24,6 +24,11 @@ pub struct PkbSettings {
     pub scope: String,
     pub timeout: Duration,
     pub refresh_skew_secs: i64,
+    /// Refresh ahead: a page view of a user who launched PKB within `refresh_ahead_window_secs`
+    /// starts a background refresh when the access token expires within this many seconds.
+    /// 0 turns refresh-ahead off.
+    pub refresh_ahead_secs: i64,
+    pub refresh_ahead_window_secs: i64,
     /// How long a pairing may take from `/pair` to `/callback`.
     pub state_ttl_secs: i64,
     /// The registered pairing callback, `{public_url}{prefix}/callback` unless set.
@@ -58,6 +63,10 @@ macro_rules! pkb_defaults {
             timeout_ms: u64,
             #[serde(default = "default_refresh_skew")]
             refresh_skew_secs: i64,
+            #[serde(default = "default_refresh_ahead")]
+            refresh_ahead_secs: i64,
+            #[serde(default = "default_refresh_ahead_window")]
+            refresh_ahead_window_secs: i64,
             #[serde(default = "default_state_ttl")]
             state_ttl_secs: i64,
             redirect_uri: Option<String>,
@@ -105,6 +114,13 @@ fn default_timeout_ms() -> u64 {
 fn default_refresh_skew() -> i64 {
     60
 }
+fn default_refresh_ahead() -> i64 {
+    300
+}
+/// A shift.
+fn default_refresh_ahead_window() -> i64 {
+    43_200
+}
 pub(super) fn default_state_ttl() -> i64 {
     600
 }
@@ -135,6 +151,31 @@ impl Validator {
         }
     }
 
+    /// The numbers of `[pkb]`, each in its range.
+    fn pkb_numbers(&mut self, p: &RawPkb) {
+        if !(100..=60_000).contains(&p.timeout_ms) {
+            self.problem("pkb.timeout_ms", "must be between 100 and 60000");
+        }
+        if !(0..=3600).contains(&p.refresh_skew_secs) {
+            self.problem("pkb.refresh_skew_secs", "must be between 0 and 3600");
+        }
+        if !(0..=3600).contains(&p.refresh_ahead_secs) {
+            self.problem(
+                "pkb.refresh_ahead_secs",
+                "must be between 0 (refresh-ahead off) and 3600",
+            );
+        }
+        if !(60..=604_800).contains(&p.refresh_ahead_window_secs) {
+            self.problem(
+                "pkb.refresh_ahead_window_secs",
+                "must be between 60 and 604800 (a week)",
+            );
+        }
+        if !(1..=3600).contains(&p.state_ttl_secs) {
+            self.problem("pkb.state_ttl_secs", "must be between 1 and 3600");
+        }
+    }
+
     pub(super) fn pkb(
         &mut self,
         p: RawPkb,
@@ -143,6 +184,7 @@ impl Validator {
     ) -> Option<PkbSettings> {
         let names = p.names();
         self.pkb_names(&names);
+        self.pkb_numbers(&p);
         let name = |n: &str| {
             names
                 .iter()
@@ -168,15 +210,6 @@ impl Validator {
                 format!("`{}` is not one of PATIENT, CLINICIAN, TEAMCOORD", p.scope),
             );
         }
-        if !(100..=60_000).contains(&p.timeout_ms) {
-            self.problem("pkb.timeout_ms", "must be between 100 and 60000");
-        }
-        if !(0..=3600).contains(&p.refresh_skew_secs) {
-            self.problem("pkb.refresh_skew_secs", "must be between 0 and 3600");
-        }
-        if !(1..=3600).contains(&p.state_ttl_secs) {
-            self.problem("pkb.state_ttl_secs", "must be between 1 and 3600");
-        }
         let redirect_uri = match p.redirect_uri {
             Some(r) => self.base_url("pkb.redirect_uri", &r).map(|u| u.to_string()),
             None => callback,
@@ -189,6 +222,8 @@ impl Validator {
             scope: p.scope,
             timeout: Duration::from_millis(p.timeout_ms),
             refresh_skew_secs: p.refresh_skew_secs,
+            refresh_ahead_secs: p.refresh_ahead_secs,
+            refresh_ahead_window_secs: p.refresh_ahead_window_secs,
             state_ttl_secs: p.state_ttl_secs,
             redirect_uri: redirect_uri?,
             authorize_path: name("authorize_path"),

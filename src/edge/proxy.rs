@@ -156,11 +156,13 @@ impl EdgeProxy {
 
     /// Starts the data-availability look-up for an identified GET/HEAD with a patient in context,
     /// before the upstream is contacted.
+    /// Also tells refresh-ahead about the identified user's request (it never waits).
     pub async fn begin_lookup(&self, session: &Session, ctx: &mut RequestCtx) {
         let req = session.req_header();
         let Some(user) = ctx.user.as_deref() else {
             return;
         };
+        self.launch.token_source().page_view(user).await;
         if req.method != Method::GET && req.method != Method::HEAD {
             return;
         }

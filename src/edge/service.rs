@@ -154,7 +154,12 @@ fn header_proxy(
         config.pkb.state_ttl_secs,
         audit.clone(),
     ));
-    let tokens = Arc::new(TokenSource::new(pairings, pkb, clock));
+    let tokens = Arc::new(TokenSource::new(
+        pairings,
+        pkb,
+        clock,
+        config.store.cache_capacity,
+    ));
     let launch = Arc::new(LaunchService::new(
         tokens.clone(),
         LaunchLimiter::per_minute(config.limits.launch_per_minute),

@@ -68,7 +68,39 @@ pub enum NhsLoginError {
     Store(#[from] StoreError),
 }
 
+/// Every step the NHS login layer counts in `pkb_edge_nhs_login_total`, with the outcomes it
+/// reaches itself; any step may also be refused with one of `NhsLoginError::OUTCOMES`. All of
+/// them are exported at 0 from start-up (in NHS login mode), and debug builds check that every
+/// step counted is one of these.
+pub const STEPS: [(&str, &[&str]); 8] = [
+    ("login", &["started"]),
+    ("login_silent", &["started"]),
+    ("callback", &["signed_in"]),
+    ("callback_silent", &["signed_in"]),
+    ("session", &["unauthenticated"]),
+    ("logout", &["signed_out", "no_session", "cross_site"]),
+    ("launch_pkb", &["redirect", "cross_site"]),
+    ("gp_refresh", &["started", "gave_up"]),
+];
+
+/// The `outcome` label of `pkb_edge_gp_credentials_refresh_total`.
+pub const GP_REFRESH_OUTCOMES: [&str; 4] = ["started", "refreshed", "failed", "gave_up"];
+
 impl NhsLoginError {
+    pub const OUTCOMES: [&'static str; 11] = [
+        "state_unknown",
+        "other_browser",
+        "denied",
+        "needs_interaction",
+        "provider_error",
+        "nhs_login_unavailable",
+        "nhs_login_refused",
+        "id_token_invalid",
+        "userinfo_invalid",
+        "bad_request",
+        "store_unavailable",
+    ];
+
     /// The `outcome` label in metrics and audit lines.
     pub fn outcome(&self) -> &'static str {
         match self {
@@ -187,6 +219,7 @@ impl NhsLogin {
     ) -> Result<NhsLogin, String> {
         let signing_key = EncodingKey::from_rsa_pem(settings.private_key.expose().as_bytes())
             .map_err(|e| format!("nhs_login.private_key_file: {e}"))?;
+        export_known_metrics();
         Ok(NhsLogin {
             sessions: session::Sessions::new(
                 records.clone(),
@@ -207,6 +240,12 @@ impl NhsLogin {
     /// An NHS login step: counted, logged and audited (with the GP credential status it
     /// brought, and the refresh step it was).
     pub fn record(&self, caller: Caller<'_>, step: Step) {
+        debug_assert!(
+            is_known(step.name, step.outcome),
+            "NHS login step {}/{} is not in STEPS",
+            step.name,
+            step.outcome
+        );
         let m = metrics();
         m.nhs_login_total
             .with_label_values(&[step.name, step.outcome])
@@ -497,5 +536,32 @@ impl NhsLogin {
             .count_in_window(PURPOSE_GP_REFRESH, user, gp.window_secs)
             .await?;
         Ok(n <= i64::from(gp.max_refreshes))
+    }
+}
+
+fn is_known(step: &str, outcome: &str) -> bool {
+    STEPS.iter().any(|(name, own)| {
+        *name == step && (own.contains(&outcome) || NhsLoginError::OUTCOMES.contains(&outcome))
+    })
+}
+
+/// Every known label value of NHS login's metrics, at 0.
+fn export_known_metrics() {
+    let m = metrics();
+    for (step, own) in STEPS {
+        for outcome in own.iter().chain(NhsLoginError::OUTCOMES.iter()) {
+            m.nhs_login_total.with_label_values(&[step, outcome]);
+        }
+    }
+    for status in [
+        gp::GpStatus::Valid,
+        gp::GpStatus::Unusable,
+        gp::GpStatus::Missing,
+        gp::GpStatus::Unavailable,
+    ] {
+        m.gp_credentials_total.with_label_values(&[status.as_str()]);
+    }
+    for outcome in GP_REFRESH_OUTCOMES {
+        m.gp_credentials_refresh_total.with_label_values(&[outcome]);
     }
 }

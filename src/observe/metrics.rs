@@ -78,8 +78,9 @@ pub fn metrics() -> &'static Metrics {
             ),
             token_refresh_total: counter(
                 "token_refresh_total",
-                "Access-token refreshes by outcome.",
-                &["outcome"],
+                "Access-token refreshes by outcome and by what triggered them (a launch, \
+                 refresh-ahead on a page view, a data-availability look-up).",
+                &["outcome", "trigger"],
             ),
             token_cache_total: counter(
                 "token_cache_total",

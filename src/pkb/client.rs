@@ -62,8 +62,22 @@ pub struct PkbClient {
     max_in_flight: usize,
 }
 
+/// The `endpoint` label of `pkb_edge_pkb_requests_total` and `…_duration_seconds`.
+pub const ENDPOINTS: [&str; 3] = ["token", "otp", "dataFromOtherOrg"];
+/// The `status` values exported from start-up for each endpoint: success, and every way a call
+/// fails without an HTTP status. Other statuses appear when PKB first answers with them.
+pub const STATUSES: [&str; 4] = ["200", "timeout", "error", "shed"];
+
 impl PkbClient {
     pub fn new(settings: Arc<PkbSettings>, max_in_flight: usize) -> Self {
+        let m = crate::observe::metrics::metrics();
+        for endpoint in ENDPOINTS {
+            m.pkb_request_duration_seconds
+                .with_label_values(&[endpoint]);
+            for status in STATUSES {
+                m.pkb_requests_total.with_label_values(&[endpoint, status]);
+            }
+        }
         PkbClient {
             settings,
             http: OnceLock::new(),

@@ -182,6 +182,8 @@ pub struct Simulator {
     grants: Mutex<Grants>,
     knobs: Mutex<Knobs>,
     counters: HashMap<&'static str, AtomicU64>,
+    /// Refresh and OTP calls per PKB user, counted as they arrive (before any added latency).
+    user_calls: Mutex<HashMap<(String, &'static str), u64>>,
     clock: Arc<dyn Clock>,
     issued: Mutex<Vec<String>>,
     nhs: std::sync::OnceLock<NhsLink>,
@@ -229,6 +231,7 @@ impl Simulator {
             grants: Mutex::new(Grants::default()),
             knobs: Mutex::new(Knobs::default()),
             counters: ENDPOINTS.iter().map(|e| (*e, AtomicU64::new(0))).collect(),
+            user_calls: Mutex::new(HashMap::new()),
             clock: Arc::new(SystemClock),
             issued: Mutex::new(Vec::new()),
             nhs: std::sync::OnceLock::new(),
@@ -309,6 +312,22 @@ impl Simulator {
         self.counters
             .get(endpoint)
             .map_or(0, |c| c.load(Ordering::SeqCst))
+    }
+
+    /// Calls to `endpoint` (`token_refresh` or `otp`) made for one PKB user, counted when they
+    /// arrive: what a benchmark attributes to one user's launch or page view.
+    pub fn user_count(&self, user: &str, endpoint: &str) -> u64 {
+        self.user_calls
+            .lock()
+            .get(&(user.to_string(), endpoint))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn count_for_user(&self, user: Option<String>, endpoint: &'static str) {
+        if let Some(user) = user {
+            *self.user_calls.lock().entry((user, endpoint)).or_default() += 1;
+        }
     }
 
     pub fn set_knobs(&self, knobs: Knobs) {
@@ -593,6 +612,12 @@ async fn token(
     } else {
         "token_authorization_code"
     };
+    if endpoint == "token_refresh" {
+        let user = f
+            .get("refresh_token")
+            .and_then(|t| Some(sim.grants.lock().refresh.get(t)?.user.clone()));
+        sim.count_for_user(user, endpoint);
+    }
     if let Some(fail) = sim.enter(endpoint).await {
         return fail;
     }
@@ -633,6 +658,7 @@ async fn token(
 }
 
 async fn issue_otp(State(sim): Sim, headers: HeaderMap) -> Response {
+    sim.count_for_user(sim.bearer_user(&headers), "otp");
     if let Some(fail) = sim.enter("otp").await {
         return fail;
     }

@@ -24,6 +24,8 @@ pub struct ProxyConfig {
     pub refresh_skew_secs: i64,
     pub grace_period_seconds: u64,
     pub state_ttl_secs: i64,
+    /// Lines added to the `[pkb]` table as they are (e.g. `refresh_ahead_secs = 0`).
+    pub pkb_extra: String,
     /// Appended to the config file as is (e.g. a `[decorate]` table).
     pub extra_toml: String,
     /// Serve `/metrics`, `/livez`, `/readyz` on this port.
@@ -62,6 +64,7 @@ impl ProxyConfig {
             refresh_skew_secs: 60,
             grace_period_seconds: 1,
             state_ttl_secs: 600,
+            pkb_extra: String::new(),
             extra_toml: String::new(),
             ops_port: None,
             launch_per_minute: 6000,
@@ -107,6 +110,7 @@ client_secret = "{CLIENT_SECRET}"
 timeout_ms = {timeout}
 refresh_skew_secs = {skew}
 state_ttl_secs = {state_ttl}
+{pkb_extra}
 [store]
 url = "{store_url}"
 keys = "{keys}"
@@ -132,6 +136,7 @@ pkb_concurrency = {pkb_concurrency}
             store_url = self.store_url(),
             keys = self.keys,
             extra = self.extra_toml,
+            pkb_extra = self.pkb_extra,
             mode = if self.nhs_login.is_some() {
                 "nhs_login"
             } else {

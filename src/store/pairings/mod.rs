@@ -136,6 +136,11 @@ impl Pairings {
                 )));
             }
         }
+        for result in ["hit", "miss", "stale"] {
+            crate::observe::metrics::metrics()
+                .token_cache_total
+                .with_label_values(&[result]);
+        }
         let check = keyring.seal(KEY_CHECK_PLAINTEXT, KEY_CHECK_AAD);
         backend.add_key_check(keyring.primary_id(), check).await?;
         Ok(Pairings {
@@ -175,6 +180,12 @@ impl Pairings {
         }
         counted.with_label_values(&["miss"]).inc();
         self.load(user_id).await
+    }
+
+    /// The user's pairing if the memory cache holds it: no store read, no version check. For
+    /// cheap guesses only (is a refresh-ahead due?); what a guess starts goes through `fresh`.
+    pub async fn cached(&self, user_id: &str) -> Option<Arc<Pairing>> {
+        self.cache.get(user_id).await
     }
 
     /// Reads the store, bypassing (and then refilling) the cache.

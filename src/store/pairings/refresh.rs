@@ -166,7 +166,23 @@ impl Pairings {
 }
 
 fn needs_refresh(p: &Pairing, now: i64, skew_secs: i64, stale_version: Option<i64>) -> bool {
-    p.tokens.access_expires_at - skew_secs <= now || stale_version == Some(p.version)
+    p.tokens.access_expires_at - effective_skew(p, skew_secs) <= now
+        || stale_version == Some(p.version)
+}
+
+/// The skew actually used for a pairing: at most half its access token's lifetime (as issued:
+/// from the refresh that stored it to its expiry). A token PKB issues for less than twice the
+/// skew is otherwise "about to expire" from birth, and every launch would refresh it.
+pub(super) fn effective_skew(p: &Pairing, skew_secs: i64) -> i64 {
+    let lifetime = p.tokens.access_expires_at - p.refreshed_at;
+    skew_secs.min(lifetime / 2).max(0)
+}
+
+impl Pairing {
+    /// Whether the access token expires within `skew_secs` (at most half its lifetime) of `now`.
+    pub fn expires_within(&self, now: i64, skew_secs: i64) -> bool {
+        needs_refresh(self, now, skew_secs, None)
+    }
 }
 
 /// One async mutex per user with a refresh in flight. Entries are weak, so users who are not
