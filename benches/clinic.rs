@@ -278,6 +278,8 @@ file = "{audit}"
 /// One launch as the clinician saw it.
 #[derive(Debug, Clone, Copy)]
 struct Launch {
+    /// When in the replay it was sent, seconds.
+    at: f64,
     ms: f64,
     ok: bool,
     calls: u64,
@@ -327,6 +329,7 @@ async fn replay(stack: &Stack, clinicians: &[Clinician], scale: Scale) -> (Vec<L
                         Kind::Page => page_errors += u64::from(status != 200),
                         Kind::Launch => {
                             launches.push(Launch {
+                                at: (sent - start.into_std()).as_secs_f64(),
                                 ms,
                                 ok: status == 302,
                                 calls: calls() - before,
@@ -384,6 +387,9 @@ struct Summary {
     refreshes_of_users_who_never_launch: u64,
     refreshes_ahead: u64,
     refreshes_by_launch: u64,
+    /// The five slowest launches: (seconds into the replay, ms). Slow launches at the same
+    /// moment in every run point at the machine, not at one configuration.
+    slowest: Vec<(f64, f64)>,
 }
 
 fn summarize(
@@ -447,6 +453,12 @@ fn summarize(
             .sum(),
         refreshes_ahead: counter("ahead"),
         refreshes_by_launch: counter("launch"),
+        slowest: {
+            let mut by_ms: Vec<(f64, f64)> = launches.iter().map(|l| (l.at, l.ms)).collect();
+            by_ms.sort_by(|a, b| b.1.total_cmp(&a.1));
+            by_ms.truncate(5);
+            by_ms
+        },
     }
 }
 
@@ -487,6 +499,15 @@ fn print(summaries: &[Summary]) {
             s.refreshes_ahead,
             s.refreshes_by_launch
         );
+    }
+    println!("\nThe slowest launches (ms @ seconds into the replay):");
+    for s in summaries {
+        let slow: Vec<String> = s
+            .slowest
+            .iter()
+            .map(|(at, ms)| format!("{ms:.0} @ {at:.1}"))
+            .collect();
+        println!("- {}: {}", s.name, slow.join(", "));
     }
     println!("\nTargets (refresh-ahead on):");
     for s in summaries.iter().filter(|s| s.refresh_ahead) {

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use axum::routing::get;
 use axum::Router;
 
-use pkb_edge::core::clock::SystemClock;
+use pkb_edge::core::clock::{Clock, SystemClock};
 use pkb_edge::core::secret::{AccessToken, RefreshToken};
 use pkb_edge::sim::{obtain_tokens, SimConfig, Simulator};
 use pkb_edge::store::crypto::Keyring;
@@ -49,7 +49,9 @@ const STARTUP: Duration = Duration::from_secs(60);
 const HOT_USER: &str = "hot.user";
 /// Users with real tokens in the big stores, spread evenly over their id space.
 const COLD_REAL: usize = 2_000;
-const REFRESH_USERS: usize = 500;
+/// Users with a lapsed token, per second of each concurrency level: each refresh launch takes
+/// the next one (and a wrk thread every other one), so every launch refreshes.
+const REFRESH_USERS_PER_SEC: usize = 15_000;
 const SMALL: &str = "/page/small";
 const LARGE: &str = "/page/large";
 const PATIENT_PAGE: &str = "/patients/9990000018";
@@ -468,6 +470,41 @@ fn fixed(dir: &Path, name: &str, method: &str, path: &str, headers: &[(&str, &st
     )
 }
 
+/// Each request as a user no request of this script has used, in any of its runs: wrk's threads
+/// (at most 2) take every other number from where the last run stopped (kept in a file).
+fn fresh_users(dir: &Path, name: &str, path: &str, prefix: &str) -> PathBuf {
+    let counter = dir.join(format!("{name}.next"));
+    script(
+        dir,
+        name,
+        &format!(
+            r#"local counter = "{counter}"
+local start, threads = nil, 0
+function setup(thread)
+  if start == nil then
+    start = 0
+    local f = io.open(counter, "r")
+    if f then start = tonumber(f:read("*a")) or 0; f:close() end
+  end
+  thread:set("next_user", start + threads)
+  threads = threads + 1
+end
+function request()
+  local n = next_user
+  next_user = next_user + 2
+  return wrk.format("GET", "{path}", {{["X-Authenticated-User"] = string.format("{prefix}%07d", n)}})
+end
+function done(summary, latency, requests)
+  local f = io.open(counter, "w")
+  f:write(tostring(start + 2 * (summary.requests + 1024)))
+  f:close()
+end
+"#,
+            counter = counter.display()
+        ),
+    )
+}
+
 /// Each request as a user chosen at random: `prefix` followed by `index * step` in 7 digits.
 fn random_users(
     dir: &Path,
@@ -683,14 +720,20 @@ fn main() {
         let real = real_tokens(&common.sim_url, "cold", COLD_REAL).await;
         big_store(&d.join("cold100k.db"), &keys, "c", 100_000, &real).await;
         big_store(&d.join("coldbig.db"), &keys, "c", big, &real).await;
-        let refresh = real_tokens(&common.sim_url, "refresh", REFRESH_USERS).await;
+        // Tokens PKB knows, already lapsed: a launch refreshes whatever the skew (a token is
+        // never due at birth: the skew is at most half its lifetime).
         let refresh_store = open_store(&d.join("refresh.db"), &keys).await;
-        let rows: Vec<_> = refresh
-            .into_iter()
-            .enumerate()
-            .map(|(n, t)| (user("r", n), t))
+        let lapsed = SystemClock.now() - 60;
+        let rows: Vec<_> = (0..REFRESH_USERS_PER_SEC * secs as usize * levels.len())
+            .map(|n| {
+                let mut tokens = sim.issue_directly(&format!("refresh{n}@pkb.example"));
+                tokens.access_expires_at = lapsed;
+                (user("r", n), tokens)
+            })
             .collect();
-        refresh_store.import_tokens(&rows).await.unwrap();
+        for batch in rows.chunks(50_000) {
+            refresh_store.import_tokens(batch).await.unwrap();
+        }
         (hot, real)
     });
     eprintln!("seeded in {:.1} s", seeding.elapsed().as_secs_f64());
@@ -722,10 +765,7 @@ fn main() {
         "refresh",
         &d.join("refresh.db"),
         &keys,
-        Settings {
-            refresh_skew: 3600,
-            ..DEFAULTS
-        },
+        DEFAULTS,
         &common,
     );
     // `PKB_EDGE_BENCH_OLD_BIN`: an older build run beside this one, for an A/B comparison in
@@ -780,7 +820,7 @@ fn main() {
         COLD_REAL,
         big / COLD_REAL,
     );
-    let refresh_launch = random_users(d, "refresh", "/_pkb/launch", "r", REFRESH_USERS, 1);
+    let refresh_launch = fresh_users(d, "refresh", "/_pkb/launch", "r");
 
     let sim_url = |p: &str| format!("http://{sim_addr}{p}");
     let up_url = |p: &str| format!("http://{upstream}{p}");

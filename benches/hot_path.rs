@@ -113,7 +113,7 @@ fn decoration_hit(c: &mut Criterion) {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (decorator, headers) = rt.block_on(async {
+    let (decorator, headers, source) = rt.block_on(async {
         let sim = Simulator::new(SimConfig::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let sim_url = format!("http://{}", listener.local_addr().unwrap());
@@ -133,10 +133,11 @@ fn decoration_hit(c: &mut Criterion) {
         pairings.save("dr.jones", tokens).await.unwrap();
         let pkb = Arc::new(PkbClient::new(Arc::new(config.pkb.clone()), 1024));
         let source = Arc::new(TokenSource::new(pairings, pkb, Arc::new(SystemClock), 1000));
-        let decorator = Arc::new(Decorator::new(config.decorate.clone(), source));
+        let decorator = Arc::new(Decorator::new(config.decorate.clone(), source.clone()));
         let warm = decorator.begin("dr.jones", "9990000018".into()).await;
         Decorator::finish(warm, Duration::from_secs(5)).await;
-        (decorator, http::HeaderMap::new())
+        source.launched("dr.jones").await;
+        (decorator, http::HeaderMap::new(), source)
     });
     c.bench_function(
         "decoration cache hit (patient, look-up, header merge)",
@@ -155,6 +156,23 @@ fn decoration_hit(c: &mut Criterion) {
             })
         },
     );
+    refresh_ahead_check(c, &rt, &source);
+}
+
+/// What refresh-ahead adds to a page view (`TokenSource::page_view`): for a user who never
+/// launched PKB, one cache miss; for one who did, whose token is fresh, a few cache look-ups and
+/// the expiry check. Neither reads the store nor starts anything.
+fn refresh_ahead_check(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    source: &Arc<pkb_edge::tokens::TokenSource>,
+) {
+    c.bench_function("refresh-ahead check, user who never launched", |b| {
+        b.iter(|| rt.block_on(source.page_view(black_box("dr.never"))))
+    });
+    c.bench_function("refresh-ahead check, launching user, fresh token", |b| {
+        b.iter(|| rt.block_on(source.page_view(black_box("dr.jones"))))
+    });
 }
 
 /// The launch rate limit as the launch path calls it (`LaunchLimiter`, on governor's keyed

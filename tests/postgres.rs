@@ -638,3 +638,66 @@ fn event_counts_in_a_window_are_shared_and_restart_when_it_ends() {
         );
     });
 }
+
+/// Refresh-ahead across instances: a user who launched through both instances makes page views
+/// on both at once as their token nears expiry. The token is refreshed once, and both instances
+/// then use the new one.
+#[test]
+fn page_views_on_two_instances_refresh_ahead_once() {
+    let Some(schema) = Schema::create() else {
+        return;
+    };
+    let (sim, _upstream, _dir, proxies) = instances(2, &schema.url(), |c| c.refresh_skew_secs = 0);
+    let (a, b) = (&proxies[0], &proxies[1]);
+    rt().block_on(async {
+        // 4 s tokens: refresh-ahead is due after 2 s (half the lifetime).
+        sim.knobs(serde_json::json!({ "access_token_lifetime_secs": 4 }));
+        a.config.pair(&sim, "dr.jones", "jones@pkb.example").await;
+        sim.knobs(serde_json::json!({
+            "access_token_lifetime_secs": 1800,
+            "latency_ms": { "token_refresh": 300 }
+        }));
+        assert_eq!(launch(a, "dr.jones").await.status(), 302);
+        assert_eq!(launch(b, "dr.jones").await.status(), 302);
+        tokio::time::sleep(Duration::from_millis(2200)).await;
+        assert_eq!(sim.count("token_refresh"), 0);
+
+        let views: Vec<_> = (0..20)
+            .map(|n| {
+                let url = [a, b][n % 2].url("/chart");
+                tokio::spawn(async move {
+                    client()
+                        .get(url)
+                        .header(USER_HEADER, "dr.jones")
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                })
+            })
+            .collect();
+        for view in views {
+            assert_eq!(view.await.unwrap(), 200);
+        }
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while sim.count("token_refresh") == 0 && std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Let any second refresh (there must be none) arrive.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(
+            sim.count("token_refresh"),
+            1,
+            "one refresh for the token, across instances"
+        );
+        let otp_before = sim.count("otp");
+        assert_eq!(launch(a, "dr.jones").await.status(), 302);
+        assert_eq!(launch(b, "dr.jones").await.status(), 302);
+        assert_eq!(
+            sim.count("token_refresh"),
+            1,
+            "both launches used the new token"
+        );
+        assert_eq!(sim.count("otp"), otp_before + 2);
+    });
+}

@@ -405,6 +405,20 @@ impl Simulator {
         })
     }
 
+    /// Tokens for `user` as the token endpoint would issue them, without the OAuth dance: for
+    /// benchmarks that need many thousands of pairings PKB knows.
+    pub fn issue_directly(&self, user: &str) -> crate::store::TokenSet {
+        let issued = self.issue_tokens(&mut self.grants.lock(), user, "CLINICIAN");
+        let field = |name: &str| issued[name].as_str().unwrap_or_default().to_string();
+        crate::store::TokenSet {
+            access_token: crate::core::secret::AccessToken::new(field("access_token")),
+            refresh_token: Some(crate::core::secret::RefreshToken::new(field(
+                "refresh_token",
+            ))),
+            access_expires_at: self.clock.now() + self.access_lifetime(),
+        }
+    }
+
     /// The user an `Authorization: Bearer` token belongs to, if it is live.
     fn bearer_user(&self, headers: &HeaderMap) -> Option<String> {
         let token = headers
