@@ -428,6 +428,202 @@ impl Validator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Config, ConfigError, IdentitySettings};
+    use std::collections::BTreeMap;
+
+    fn parse(identity: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            r#"
+listen = "127.0.0.1:8080"
+upstream = "http://127.0.0.1:3000"
+public_url = "https://ehr.example.nhs.uk"
+[identity]
+{identity}
+[pkb]
+base_url = "https://sandbox.patientsknowbest.com"
+client_id = "pkb-edge"
+client_secret = "s3cret"
+[store]
+url = "sqlite:///tmp/x.db"
+keys = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+"#
+        );
+        Config::parse(&text, &BTreeMap::<String, String>::new())
+    }
+
+    fn jwt(identity: &str) -> JwtSettings {
+        match parse(identity).unwrap_or_else(|e| panic!("{e}")).identity {
+            IdentitySettings::Jwt(j) => *j,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The keys the problems name, each with its message.
+    fn problems(identity: &str) -> Vec<(String, String)> {
+        parse(identity)
+            .unwrap_err()
+            .problems
+            .into_iter()
+            .map(|p| (p.key, p.message))
+            .collect()
+    }
+
+    fn names(identity: &str, key: &str, says: &str) {
+        let found = problems(identity);
+        assert!(
+            found.iter().any(|(k, m)| k == key && m.contains(says)),
+            "{identity}\nwanted {key}: …{says}…, got {found:?}"
+        );
+    }
+
+    #[test]
+    fn presets_fill_the_defaults_and_every_key_can_be_set() {
+        let p = jwt("mode = \"jwt\"\npreset = \"pomerium\"\njwks_url = \"https://auth.example/.well-known/pomerium/jwks.json\"\nissuer = \"auth.example\"\naudience = [\"ehr.example\"]");
+        assert_eq!(p.header, "x-pomerium-jwt-assertion");
+        assert_eq!(p.algorithms, [Algorithm::ES256]);
+        assert_eq!(p.user_claim, ["email"]);
+        assert_eq!(p.forward_header, "x-authenticated-user");
+        assert_eq!((p.clock_skew_secs, p.jwks_refresh.as_secs()), (30, 300));
+        assert!(!p.padded_segments && !p.bearer());
+
+        let cf = jwt("mode = \"jwt\"\npreset = \"cloudflare_access\"\nissuer = \"https://trust.cloudflareaccess.com\"\naudience = [\"aud-tag\"]\nuser_claim = \"custom.upn\"\nheader = \"X-Other\"");
+        assert_eq!(cf.header, "x-other");
+        assert_eq!(cf.algorithms, [Algorithm::RS256]);
+        assert_eq!(cf.user_claim, ["custom", "upn"]);
+        assert!(
+            matches!(&cf.keys, JwtKeySource::JwksUrl(u) if u.as_str() == "https://trust.cloudflareaccess.com/cdn-cgi/access/certs")
+        );
+
+        let alb = jwt("mode = \"jwt\"\npreset = \"aws_alb\"\nissuer = \"https://idp.example\"\nsigner = \"arn:aws:elasticloadbalancing:eu-west-2:123456789012:loadbalancer/app/ehr/1\"");
+        assert_eq!(alb.header, "x-amzn-oidc-data");
+        assert!(alb.padded_segments && alb.audience.is_empty());
+        assert!(
+            matches!(&alb.keys, JwtKeySource::KeyUrlTemplate(t) if t == "https://public-keys.auth.elb.eu-west-2.amazonaws.com/{kid}")
+        );
+
+        let oidc = jwt("mode = \"jwt\"\npreset = \"oidc\"\nissuer = \"https://idp.example\"\naudience = [\"client\"]\njwks_url = \"https://idp.example/jwks\"\nalgorithms = [\"PS256\"]\nclock_skew_secs = 5\ntrusted_peers = [\"10.0.0.0/8\"]");
+        assert!(oidc.bearer());
+        assert_eq!(oidc.algorithms, [Algorithm::PS256]);
+        assert_eq!(
+            (oidc.user_claim[0].as_str(), oidc.clock_skew_secs),
+            ("sub", 5)
+        );
+        assert_eq!(oidc.trusted_peers.len(), 1);
+    }
+
+    #[test]
+    fn each_problem_names_its_key() {
+        let base = "mode = \"jwt\"\npreset = \"pomerium\"\njwks_url = \"https://a.example/jwks\"\naudience = [\"x\"]\n";
+        names(base, "identity.issuer", "required");
+        let with = |more: &str| format!("{base}issuer = \"a.example\"\n{more}");
+        names(
+            &with("algorithms = [\"HS256\"]"),
+            "identity.algorithms[0]",
+            "HMAC",
+        );
+        names(
+            &with("algorithms = [\"ES256\", \"none\"]"),
+            "identity.algorithms[1]",
+            "unsigned",
+        );
+        names(
+            &with("algorithms = [\"XX1\"]"),
+            "identity.algorithms[0]",
+            "not one of",
+        );
+        names(
+            &with("forward_header = \"X-Pomerium-Jwt-Assertion\""),
+            "identity.forward_header",
+            "differ",
+        );
+        names(
+            &with("clock_skew_secs = 3600"),
+            "identity.clock_skew_secs",
+            "between",
+        );
+        names(
+            &with("jwks_refresh_secs = 1"),
+            "identity.jwks_refresh_secs",
+            "between",
+        );
+        names(
+            &with("user_claim = \"a..b\""),
+            "identity.user_claim",
+            "dotted path",
+        );
+        names(
+            &with("key_url_template = \"https://k.example/{kid}\""),
+            "identity.jwks_url",
+            "one of",
+        );
+        names(
+            &base.replace("preset = \"pomerium\"", "preset = \"okta\""),
+            "identity.preset",
+            "not one of",
+        );
+        names(
+            &with("").replace("https://a.example", "http://a.example"),
+            "identity.jwks_url",
+            "https",
+        );
+        names(
+            "mode = \"jwt\"\npreset = \"pomerium\"\nissuer = \"a\"\naudience = [\"x\"]",
+            "identity.jwks_url",
+            "key source",
+        );
+        names("mode = \"jwt\"\nissuer = \"a\"\naudience = [\"x\"]\njwks_url = \"https://a.example/j\"", "identity.header", "preset");
+        names("mode = \"jwt\"\nheader = \"Authorization\"\nissuer = \"a\"\naudience = [\"x\"]\njwks_url = \"https://a.example/j\"", "identity.algorithms", "preset");
+        names(
+            "mode = \"jwt\"\npreset = \"oidc\"\nissuer = \"a\"\njwks_url = \"https://a.example/j\"",
+            "identity.audience",
+            "required",
+        );
+        let alb = "mode = \"jwt\"\npreset = \"aws_alb\"\nissuer = \"a\"\n";
+        names(alb, "identity.signer", "ARN");
+        names(
+            &format!(
+                "{alb}signer = \"arn:aws:elasticloadbalancing:eu-west-2:1:lb\"\naudience = [\"x\"]"
+            ),
+            "identity.audience",
+            "no `aud`",
+        );
+        names(
+            &format!("{alb}signer = \"not-an-arn\""),
+            "identity.key_url_template",
+            "region",
+        );
+        names(
+            &format!("{alb}signer = \"s\"\nkey_url_template = \"https://k.example/key\""),
+            "identity.key_url_template",
+            "{kid}",
+        );
+        names(
+            &with("").replace(
+                "jwks_url = \"https://a.example/jwks\"",
+                "public_keys_file = \"/nonexistent/keys.pem\"",
+            ),
+            "identity.public_keys_file",
+            "cannot read",
+        );
+        names(
+            "mode = \"header\"\ntrusted_peers = [\"10.0.0.1\"]\nissuer = \"a\"",
+            "identity.issuer",
+            "only with identity.mode = \"jwt\"",
+        );
+    }
+
+    #[test]
+    fn a_public_keys_file_is_read_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.pem");
+        let key = crate::core::ec_keys::EcSigningKey::generate().unwrap();
+        std::fs::write(&path, format!("{}{}", key.public_pem(), key.public_pem())).unwrap();
+        let settings = jwt(&format!("mode = \"jwt\"\nheader = \"X-Assertion\"\nalgorithms = [\"ES256\"]\nissuer = \"a\"\naudience = [\"x\"]\npublic_keys_file = \"{}\"", path.display()));
+        assert!(matches!(&settings.keys, JwtKeySource::File { keys, .. } if keys.len() == 2));
+        std::fs::write(&path, "not a key").unwrap();
+        let found = problems(&format!("mode = \"jwt\"\nheader = \"X-Assertion\"\nalgorithms = [\"ES256\"]\nissuer = \"a\"\naudience = [\"x\"]\npublic_keys_file = \"{}\"", path.display()));
+        assert_eq!(found[0].0, "identity.public_keys_file");
+    }
 
     #[test]
     fn alb_regions_come_from_the_signer_arn() {
