@@ -69,6 +69,9 @@ fn es256(kid: &str, claims: &Value) -> String {
     encode(&h, claims, keys().ec.encoding_key()).unwrap()
 }
 
+/// A change to a good token's claims.
+type Edit = Box<dyn FnOnce(&mut Value)>;
+
 fn judge_token(token: &str, s: &JwtSettings) -> Result<(String, i64), Outcome> {
     let unverified = split(token, s)?;
     let claims = unverified.verify(&keys().set, s.padded_segments)?;
@@ -107,7 +110,7 @@ fn a_good_token_names_its_user_until_exp() {
 #[test]
 fn times_are_checked_with_the_skew() {
     let s = settings();
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut Value)>, Result<(), Outcome>)> = vec![
+    let cases: Vec<(&str, Edit, Result<(), Outcome>)> = vec![
         (
             "expired",
             Box::new(|c| c["exp"] = json!(NOW - 31)),
@@ -169,7 +172,7 @@ fn times_are_checked_with_the_skew() {
 #[test]
 fn issuer_audience_signer_and_user_are_checked() {
     let s = settings();
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut Value)>, Outcome)> = vec![
+    let cases: Vec<(&str, Edit, Outcome)> = vec![
         (
             "wrong iss",
             Box::new(|c| c["iss"] = json!("evil.example")),
