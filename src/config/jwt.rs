@@ -184,27 +184,7 @@ impl Validator {
             },
         }?;
         let defaults = preset.map(JwtPreset::defaults);
-        let header = match (i.header.as_deref(), &defaults) {
-            (Some(h), _) => self.header_name("identity.header", h),
-            (None, Some(d)) => self.header_name("identity.header", d.header),
-            (None, None) => {
-                self.problem("identity.header", "jwt mode without a preset needs the header that carries the token (\"Authorization\" for a Bearer token)");
-                None
-            }
-        };
-        let forward = i
-            .forward_header
-            .as_deref()
-            .unwrap_or("X-Authenticated-User");
-        let forward_header = self.header_name("identity.forward_header", forward);
-        if let (Some(h), Some(f)) = (&header, &forward_header) {
-            if h == f {
-                self.problem(
-                    "identity.forward_header",
-                    "must differ from identity.header: the assertion is passed upstream unchanged",
-                );
-            }
-        }
+        let (header, forward_header) = self.jwt_headers(&i, defaults.as_ref());
         let algorithms = self.jwt_algorithms(i.algorithms.as_deref(), defaults.as_ref());
         let issuer = match i.issuer.as_deref().map(str::trim) {
             Some(s) if !s.is_empty() => Some(s.to_string()),
@@ -219,20 +199,7 @@ impl Validator {
         let signer = i.signer.clone().filter(|s| !s.is_empty());
         let audience = self.jwt_audience(preset, i.audience.clone(), signer.as_deref());
         let keys = self.jwt_keys(&i, preset, issuer.as_deref(), signer.as_deref());
-        let user_claim = i
-            .user_claim
-            .clone()
-            .or_else(|| defaults.as_ref().map(|d| d.user_claim.to_string()))
-            .unwrap_or_else(|| "sub".into());
-        let path: Vec<String> = user_claim.split('.').map(str::to_string).collect();
-        if path.iter().any(String::is_empty) {
-            self.problem(
-                "identity.user_claim",
-                format!(
-                    "`{user_claim}` is not a claim name or a dotted path (e.g. `email`, `user.id`)"
-                ),
-            );
-        }
+        let path = self.jwt_user_claim(i.user_claim.as_deref(), defaults.as_ref());
         let skew = i.clock_skew_secs.unwrap_or(30);
         if !(0..=300).contains(&skew) {
             self.problem("identity.clock_skew_secs", "must be between 0 and 300");
@@ -256,6 +223,54 @@ impl Validator {
             jwks_refresh: Duration::from_secs(refresh),
             padded_segments: preset == Some(JwtPreset::AwsAlb),
         })
+    }
+
+    /// The header the token comes in, and the one the user goes upstream in.
+    fn jwt_headers(
+        &mut self,
+        i: &RawIdentity,
+        defaults: Option<&Preset>,
+    ) -> (Option<HeaderName>, Option<HeaderName>) {
+        let header = match (i.header.as_deref(), defaults) {
+            (Some(h), _) => self.header_name("identity.header", h),
+            (None, Some(d)) => self.header_name("identity.header", d.header),
+            (None, None) => {
+                self.problem("identity.header", "jwt mode without a preset needs the header that carries the token (\"Authorization\" for a Bearer token)");
+                None
+            }
+        };
+        let forward = i
+            .forward_header
+            .as_deref()
+            .unwrap_or("X-Authenticated-User");
+        let forward_header = self.header_name("identity.forward_header", forward);
+        if let (Some(h), Some(f)) = (&header, &forward_header) {
+            if h == f {
+                self.problem(
+                    "identity.forward_header",
+                    "must differ from identity.header: the assertion is passed upstream unchanged",
+                );
+            }
+        }
+        (header, forward_header)
+    }
+
+    /// `user_claim` as a path of claim names.
+    fn jwt_user_claim(&mut self, written: Option<&str>, defaults: Option<&Preset>) -> Vec<String> {
+        let user_claim = written
+            .map(str::to_string)
+            .or_else(|| defaults.map(|d| d.user_claim.to_string()))
+            .unwrap_or_else(|| "sub".into());
+        let path: Vec<String> = user_claim.split('.').map(str::to_string).collect();
+        if path.iter().any(String::is_empty) {
+            self.problem(
+                "identity.user_claim",
+                format!(
+                    "`{user_claim}` is not a claim name or a dotted path (e.g. `email`, `user.id`)"
+                ),
+            );
+        }
+        path
     }
 
     fn jwt_algorithms(

@@ -139,15 +139,7 @@ pub fn metrics() -> &'static Metrics {
                 ),
                 &CLOSED_REASONS,
             ),
-            identity_total: labelled_pairs(
-                counter(
-                    "identity_total",
-                    "Requests by identity mode and what the mode made of them.",
-                    &["mode", "outcome"],
-                ),
-                &IDENTITY_MODES,
-                &IDENTITY_OUTCOMES,
-            ),
+            identity_total: identity_total(),
         }
     })
 }
@@ -166,6 +158,17 @@ fn labelled(counter: IntCounterVec, values: &[&str]) -> IntCounterVec {
         counter.with_label_values(&[value]);
     }
     counter
+}
+
+/// `identity_total{mode,outcome}`, every known pair exported from start-up.
+fn identity_total() -> IntCounterVec {
+    let counter = register_int_counter_vec!(
+        "pkb_edge_identity_total",
+        "Requests by identity mode and what the mode made of them.",
+        &["mode", "outcome"]
+    )
+    .unwrap_or_else(|e| panic!("metric identity_total: {e}"));
+    labelled_pairs(counter, &IDENTITY_MODES, &IDENTITY_OUTCOMES)
 }
 
 /// `counter` with every pair of its two labels' known values exported from start-up, at 0.
