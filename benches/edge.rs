@@ -93,7 +93,7 @@ threads = {threads}
 grace_period_seconds = 0
 {server_extra}
 [identity]
-trusted_peers = ["127.0.0.1/32"]
+{identity}
 [pkb]
 base_url = "{sim}"
 client_id = "pkb-edge"
@@ -117,6 +117,7 @@ file = "{audit}"
             skew = settings.refresh_skew,
             cache = settings.cache_capacity,
             extra = settings.extra,
+            identity = settings.identity,
             // For experiments: more `[server]` keys, e.g. `work_stealing = false`.
             server_extra = std::env::var("PKB_EDGE_BENCH_SERVER").unwrap_or_default(),
             threads = env_or("PKB_EDGE_BENCH_THREADS", 2),
@@ -223,6 +224,8 @@ struct Settings {
     /// Longer than the token lifetime: every launch refreshes.
     refresh_skew: i64,
     extra: &'static str,
+    /// The `[identity]` table's keys.
+    identity: &'static str,
     /// Another pkb-edge binary than this build's (`PKB_EDGE_BENCH_BIN`, or the A/B run's older
     /// build from `PKB_EDGE_BENCH_OLD_BIN`).
     binary: Option<&'static str>,
@@ -232,6 +235,7 @@ const DEFAULTS: Settings = Settings {
     cache_capacity: 100_000,
     refresh_skew: 60,
     extra: "",
+    identity: "trusted_peers = [\"127.0.0.1/32\"]",
     binary: None,
 };
 
@@ -662,6 +666,33 @@ fn start_bare_pingora(upstream: SocketAddr) -> Edge {
     }
 }
 
+/// pkb-edge in jwt mode (Pomerium's preset, the key from a file) and an ES256 assertion it
+/// accepts, valid for two hours: after the first request, each one costs a hash and a cache hit.
+fn start_jwt_edge(d: &Path, keys: &str, common: &Common) -> (Edge, String) {
+    let key = pkb_edge::core::ec_keys::EcSigningKey::generate().unwrap();
+    let pem = d.join("jwt-keys.pem");
+    std::fs::write(&pem, key.public_pem()).unwrap();
+    let identity = format!(
+        "mode = \"jwt\"\npreset = \"pomerium\"\npublic_keys_file = \"{}\"\nissuer = \"bench-idp\"\naudience = [\"bench\"]",
+        pem.display()
+    );
+    let settings = Settings {
+        identity: Box::leak(identity.into_boxed_str()),
+        ..DEFAULTS
+    };
+    let edge = Edge::start(d, "jwt", &d.join("jwt.db"), keys, settings, common);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({"iss": "bench-idp", "aud": "bench", "iat": now,
+        "exp": now + 7200, "email": HOT_USER, "sub": HOT_USER});
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("bench".into());
+    let token = jsonwebtoken::encode(&header, &claims, key.encoding_key()).unwrap();
+    (edge, token)
+}
+
 fn main() {
     if let Ok(spec) = std::env::var(BARE_PINGORA) {
         run_bare_pingora(&spec);
@@ -780,6 +811,7 @@ fn main() {
         // (So no launch rows for it: its store has no pairing.)
         Edge::start(d, "old", &d.join("old.db"), &keys, settings, &common)
     });
+    let (jwt, assertion) = start_jwt_edge(d, &keys, &common);
     let bare = start_bare_pingora(upstream);
     let nginx = Nginx::start(d, upstream, sim_addr);
     if nginx.is_none() {
@@ -802,6 +834,12 @@ fn main() {
     );
     let launch = s("launch", "GET", "/_pkb/launch", &as_hot);
     let small = s("small", "GET", SMALL, &as_hot);
+    let small_jwt = s(
+        "small-jwt",
+        "GET",
+        SMALL,
+        &[("X-Pomerium-Jwt-Assertion", assertion.as_str())],
+    );
     let large = s("large", "GET", LARGE, &as_hot);
     let patient = s("patient", "GET", PATIENT_PAGE, &as_hot);
     let cold_launch_small = random_users(
@@ -854,6 +892,12 @@ fn main() {
             bare.pids(),
         ),
         ("small page via pkb-edge", hot.url("/"), &small, hot.pids()),
+        (
+            "small page via pkb-edge, jwt (cached token)",
+            jwt.url("/"),
+            &small_jwt,
+            jwt.pids(),
+        ),
         (
             "small page via pkb-edge + decoration",
             decorated.url("/"),
@@ -1017,7 +1061,7 @@ fn main() {
             .map(|(_, m)| m.clone())
     };
     // (label, variant, against, p99 rather than throughput)
-    const RATIOS: [(&str, &str, &str, bool); 11] = [
+    const RATIOS: [(&str, &str, &str, bool); 12] = [
         (
             "small page via pkb-edge / (old), throughput",
             "small page via pkb-edge",
@@ -1076,6 +1120,12 @@ fn main() {
             "1 MB page via pkb-edge / via nginx, throughput",
             "1 MB page via pkb-edge",
             "1 MB page via nginx",
+            false,
+        ),
+        (
+            "jwt (cached token) / header mode, small page, throughput",
+            "small page via pkb-edge, jwt (cached token)",
+            "small page via pkb-edge",
             false,
         ),
         (

@@ -205,5 +205,88 @@ fn limiter(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, pure, cache, decoration_hit, limiter);
+/// jwt mode: the first verification of a token (split, key by kid, signature, claims, cache
+/// insert), ES256 and RS256, each iteration a token never seen; and a page view with a token
+/// already verified (a SHA-256 and a cache hit).
+fn jwt(c: &mut Criterion) {
+    use criterion::BatchSize;
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    use pkb_edge::config::{JwtKeySource, JwtSettings};
+    use pkb_edge::core::ec_keys::EcSigningKey;
+    use pkb_edge::core::public_keys::KeySet;
+    use pkb_edge::identity::JwtIdentity;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ec = EcSigningKey::generate().unwrap();
+    let rsa_pem = pkb_edge::core::rsa_keys::generate_private_key().unwrap();
+    let rsa = EncodingKey::from_rsa_pem(rsa_pem.as_bytes()).unwrap();
+    let mut rsa_jwk = pkb_edge::core::rsa_keys::public_jwk(&rsa_pem, "rsa").unwrap();
+    rsa_jwk["alg"] = serde_json::json!("RS256");
+    let jwks = serde_json::json!({ "keys": [ec.public_jwk("ec"), rsa_jwk] }).to_string();
+    let header = http::HeaderName::from_static("x-pomerium-jwt-assertion");
+    let settings = JwtSettings {
+        preset: None,
+        header: header.clone(),
+        keys: JwtKeySource::File {
+            path: "bench".into(),
+            keys: KeySet::from_jwks(&jwks).unwrap(),
+        },
+        issuer: "idp.example".into(),
+        audience: vec!["ehr.example".into()],
+        signer: None,
+        algorithms: vec![Algorithm::ES256, Algorithm::RS256],
+        user_claim: vec!["email".into()],
+        clock_skew_secs: 30,
+        forward_header: http::HeaderName::from_static("x-authenticated-user"),
+        trusted_peers: vec![],
+        jwks_refresh: Duration::from_secs(300),
+        padded_segments: false,
+    };
+    let identity = JwtIdentity::new(Arc::new(settings), Arc::new(SystemClock)).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut n = 0u64;
+    let mut token = |alg: Algorithm| {
+        n += 1;
+        let claims = serde_json::json!({"iss": "idp.example", "aud": "ehr.example",
+            "exp": now + 3600, "iat": now, "email": "dr.jones@trust.nhs.uk", "jti": n});
+        let (kid, key) = match alg {
+            Algorithm::ES256 => ("ec", ec.encoding_key()),
+            _ => ("rsa", &rsa),
+        };
+        let mut h = Header::new(alg);
+        h.kid = Some(kid.into());
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            header.clone(),
+            encode(&h, &claims, key).unwrap().parse().unwrap(),
+        );
+        headers
+    };
+    let decide = |headers: &http::HeaderMap| {
+        let user = rt.block_on(identity.decide(None, headers));
+        assert!(user.is_ok());
+        user
+    };
+    for (name, alg) in [
+        ("jwt first verification ES256", Algorithm::ES256),
+        ("jwt first verification RS256", Algorithm::RS256),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter_batched(|| token(alg), |h| decide(&h), BatchSize::SmallInput)
+        });
+    }
+    let seen = token(Algorithm::ES256);
+    let _warm = decide(&seen);
+    c.bench_function("jwt cached token (SHA-256 + cache hit)", |b| {
+        b.iter(|| decide(black_box(&seen)))
+    });
+}
+
+criterion_group!(benches, pure, cache, decoration_hit, limiter, jwt);
 criterion_main!(benches);

@@ -127,7 +127,10 @@ fn dependencies_point_inward() {
             "nhs_login",
             &["nhs_login", "store", "config", "core", "observe"],
         ),
-        ("identity", &["identity", "nhs_login", "config", "core"]),
+        (
+            "identity",
+            &["identity", "nhs_login", "config", "core", "observe"],
+        ),
     ];
     let mut problems = Vec::new();
     let mut checked = 0;

@@ -171,7 +171,17 @@ fn start_session(extra: &[&str], screenshots: &str) -> Option<Session> {
 
 #[test]
 fn demo_click_through_in_chromium() {
-    let Some(mut session) = start_session(&[], "browser-screenshots") else {
+    click_through(&[], "browser-screenshots");
+}
+
+/// The same, with the front signing a Pomerium-style assertion and pkb-edge in jwt mode.
+#[test]
+fn jwt_demo_click_through_in_chromium() {
+    click_through(&["--identity", "jwt"], "browser-screenshots-jwt");
+}
+
+fn click_through(extra: &[&str], screenshots: &str) {
+    let Some(mut session) = start_session(extra, screenshots) else {
         return;
     };
     let url = session.url.clone();

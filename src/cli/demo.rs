@@ -93,8 +93,9 @@ impl Demo {
     }
 }
 
-/// The EHR demo: sign-on front → pkb-edge → sample EHR, with the PKB simulator.
-pub fn ehr(listen: &str) -> ExitCode {
+/// The EHR demo: sign-on front → pkb-edge → sample EHR, with the PKB simulator. With `jwt`, the
+/// front signs a Pomerium-style assertion and pkb-edge runs in jwt mode.
+pub fn ehr(listen: &str, jwt: bool) -> ExitCode {
     let d = match Demo::new() {
         Ok(d) => d,
         Err(code) => return code,
@@ -108,9 +109,23 @@ pub fn ehr(listen: &str) -> ExitCode {
         };
     // Pingora binds the proxy's address itself.
     drop(proxy_l);
+    // The front's own host, as the proxy reaches it for the keys (loopback when it listens on
+    // every address).
+    let front_host = match front_addr.ip() {
+        ip if ip.is_unspecified() => format!("127.0.0.1:{}", front_addr.port()),
+        _ => front_addr.to_string(),
+    };
+    let (identity_header, signer) = if jwt {
+        match demo::AssertionSigner::new(&front_host, &front_host) {
+            Ok(s) => (demo::POMERIUM_HEADER, Some(s)),
+            Err(e) => return fail("cannot make the front's signing key", &e),
+        }
+    } else {
+        (USER_HEADER, None)
+    };
     let front = match d
         .runtime
-        .block_on(async { demo::front(proxy_addr, USER_HEADER.to_string()) })
+        .block_on(async { demo::front(proxy_addr, identity_header.to_string(), signer) })
     {
         Ok(f) => f,
         Err(e) => return fail("cannot build the front's HTTP client", &e),
@@ -129,9 +144,7 @@ public_url = "http://{front_addr}"
 grace_period_seconds = 1
 graceful_shutdown_timeout_seconds = 2
 [identity]
-mode = "header"
-header = "{USER_HEADER}"
-trusted_peers = ["{front_ip}/32"]
+{identity}
 [pkb]
 base_url = "http://{sim_addr}"
 client_id = "{client_id}"
@@ -139,7 +152,17 @@ client_secret = "{client_secret}"
 [decorate]
 patient_from = {{ path_regex = '^/patients/(\d{{10}})' }}
 {store_and_audit}"#,
-        front_ip = demo::FRONT_SOURCE_IP,
+        identity = if jwt {
+            format!(
+                "mode = \"jwt\"\npreset = \"pomerium\"\njwks_url = \"http://{front_host}{}\"\nissuer = \"{front_host}\"\naudience = [\"{front_host}\"]",
+                demo::POMERIUM_JWKS_PATH
+            )
+        } else {
+            format!(
+                "mode = \"header\"\nheader = \"{USER_HEADER}\"\ntrusted_peers = [\"{}/32\"]",
+                demo::FRONT_SOURCE_IP
+            )
+        },
         client_id = sim.config().client_id,
         client_secret = sim.config().client_secret,
         store_and_audit = d.store_and_audit(),

@@ -30,6 +30,13 @@ pub struct Cli {
     command: Command,
 }
 
+/// `demo --identity`: how the EHR demo's front names the user.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoIdentity {
+    Header,
+    Jwt,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -120,6 +127,10 @@ enum Command {
         /// login, and single sign-on works both ways with (simulated) PKB.
         #[arg(long)]
         portal: bool,
+        /// How the EHR demo's sign-on front tells pkb-edge who the user is: `header` (a header
+        /// from a trusted address) or `jwt` (an ES256 assertion signed the way Pomerium does).
+        #[arg(long, value_enum, default_value = "header")]
+        identity: DemoIdentity,
     },
     /// Run the PKB simulator alone.
     Sim {
@@ -167,12 +178,16 @@ pub fn main() -> ExitCode {
         Command::Pairings { command } => pairings::command(command),
         Command::Check { config, deep } => check::check(&config, deep),
         Command::Keygen { id, nhs_login, out } => keygen::keygen(id, nhs_login, out.as_deref()),
-        Command::Demo { listen, portal } => {
+        Command::Demo {
+            listen,
+            portal,
+            identity,
+        } => {
             init_logging(log_format);
             if portal {
                 demo::portal(&listen)
             } else {
-                demo::ehr(&listen)
+                demo::ehr(&listen, identity == DemoIdentity::Jwt)
             }
         }
         Command::Sim {

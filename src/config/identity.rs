@@ -3,6 +3,7 @@ use http::HeaderName;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use super::jwt::{jwt_only_keys, JwtSettings};
 use super::Validator;
 
 #[derive(Debug, Clone)]
@@ -17,6 +18,8 @@ pub enum IdentitySettings {
         header: HeaderName,
         trusted_peers: Vec<IpNet>,
     },
+    /// The user id is a claim of a JWT the identity-aware proxy in front signed.
+    Jwt(Box<JwtSettings>),
 }
 
 impl IdentitySettings {
@@ -25,6 +28,7 @@ impl IdentitySettings {
             IdentitySettings::Header { header, .. } | IdentitySettings::NhsLogin { header, .. } => {
                 header
             }
+            IdentitySettings::Jwt(jwt) => &jwt.header,
         }
     }
 
@@ -32,6 +36,15 @@ impl IdentitySettings {
         match self {
             IdentitySettings::Header { trusted_peers, .. }
             | IdentitySettings::NhsLogin { trusted_peers, .. } => trusted_peers,
+            IdentitySettings::Jwt(jwt) => &jwt.trusted_peers,
+        }
+    }
+
+    /// jwt mode's settings.
+    pub fn jwt(&self) -> Option<&JwtSettings> {
+        match self {
+            IdentitySettings::Jwt(jwt) => Some(jwt),
+            _ => None,
         }
     }
 }
@@ -41,31 +54,51 @@ impl IdentitySettings {
 pub(super) struct RawIdentity {
     #[serde(default = "default_mode")]
     mode: String,
-    #[serde(default = "default_identity_header")]
-    header: String,
+    pub(super) header: Option<String>,
     #[serde(default)]
     trusted_peers: Vec<String>,
+    // jwt mode (config/jwt.rs).
+    pub(super) preset: Option<String>,
+    pub(super) jwks_url: Option<String>,
+    pub(super) key_url_template: Option<String>,
+    pub(super) public_keys_file: Option<String>,
+    pub(super) issuer: Option<String>,
+    pub(super) audience: Option<Vec<String>>,
+    pub(super) signer: Option<String>,
+    pub(super) algorithms: Option<Vec<String>>,
+    pub(super) user_claim: Option<String>,
+    pub(super) clock_skew_secs: Option<i64>,
+    pub(super) forward_header: Option<String>,
+    pub(super) jwks_refresh_secs: Option<u64>,
 }
 
 fn default_mode() -> String {
     "header".into()
 }
-fn default_identity_header() -> String {
-    "X-Authenticated-User".into()
-}
+const DEFAULT_IDENTITY_HEADER: &str = "X-Authenticated-User";
 
 impl Validator {
     pub(super) fn identity(&mut self, i: RawIdentity) -> Option<IdentitySettings> {
-        let header = match HeaderName::try_from(i.header.as_str()) {
+        let written = i.header.as_deref().unwrap_or(DEFAULT_IDENTITY_HEADER);
+        let header = match HeaderName::try_from(written) {
             Ok(h) => Some(h),
+            Err(_) if i.mode == "jwt" => None, // config/jwt.rs says so
             Err(_) => {
                 self.problem(
                     "identity.header",
-                    format!("`{}` is not a valid header name", i.header),
+                    format!("`{written}` is not a valid header name"),
                 );
                 None
             }
         };
+        if i.mode != "jwt" {
+            for key in jwt_only_keys(&i) {
+                self.problem(
+                    &format!("identity.{key}"),
+                    "is used only with identity.mode = \"jwt\"",
+                );
+            }
+        }
         let mut peers = Vec::new();
         for (n, p) in i.trusted_peers.iter().enumerate() {
             match parse_cidr(p) {
@@ -93,13 +126,9 @@ impl Validator {
                 header: header?,
                 trusted_peers: peers,
             }),
-            "jwt" => {
-                self.problem(
-                    "identity.mode",
-                    "`jwt` is not available in this version; use `header` or `nhs_login`",
-                );
-                None
-            }
+            "jwt" => self
+                .jwt(i, peers)
+                .map(|jwt| IdentitySettings::Jwt(Box::new(jwt))),
             other => {
                 self.problem(
                     "identity.mode",

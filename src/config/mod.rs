@@ -17,6 +17,7 @@ use crate::core::secret::SecretText;
 mod audit;
 mod decorate;
 mod identity;
+mod jwt;
 mod nhs_login;
 mod pkb;
 mod server;
@@ -33,6 +34,7 @@ use store::RawStore;
 pub use audit::{AuditSettings, AuditSink};
 pub use decorate::{DecorateSettings, PatientSource};
 pub use identity::IdentitySettings;
+pub use jwt::{JwtKeySource, JwtPreset, JwtSettings};
 pub use nhs_login::{
     ods_code_is_well_formed, GpCredentialSettings, NhsLoginSettings, Vector, DEFAULT_VTR,
     NHS_LOGIN_IDLE_SECS, NHS_LOGIN_MAX_SECS,

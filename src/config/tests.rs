@@ -391,6 +391,47 @@ fn documented_example_is_valid() {
     }
 }
 
+/// Each jwt preset block of the example, uncommented in place of header mode's keys, validates.
+#[test]
+fn documented_jwt_presets_are_valid() {
+    let text = include_str!("../../conf/pkb-edge.toml");
+    let mut env = no_env();
+    env.insert(ENV_CLIENT_SECRET.into(), "x".into());
+    env.insert(ENV_KEYS.into(), KEY.into());
+    let mut presets = 0;
+    for block in text.split("# --- jwt: ").skip(1) {
+        let name = block.lines().next().unwrap_or_default().to_string();
+        let identity: String = block
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with("# ") && !l.starts_with("# ---"))
+            .map(|l| &l[2..])
+            .filter(|l| !l.starts_with("key_url_template defaults"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if !identity.starts_with("mode = \"jwt\"") {
+            continue;
+        }
+        let config: String = text
+            .lines()
+            .filter(|l| !l.starts_with("client_secret_file") && !l.starts_with("keys_file"))
+            .map(|l| match l {
+                "mode = \"header\"" => identity.as_str(),
+                "header = \"X-Authenticated-User\"" => "",
+                l if l.starts_with("trusted_peers = ") => "",
+                l => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        match Config::parse(&config, &env) {
+            Ok(c) => assert!(c.identity.jwt().is_some(), "{name}"),
+            Err(e) => panic!("conf/pkb-edge.toml's jwt block {name} does not validate:\n{e}"),
+        }
+        presets += 1;
+    }
+    assert_eq!(presets, 4, "a block per preset");
+}
+
 #[test]
 fn vectors_parse_in_any_method_order_and_refuse_nonsense() {
     let v = Vector::parse("P9.Cp.Cd").unwrap();

@@ -3,10 +3,13 @@
 pub mod clock;
 pub mod cookies;
 pub mod detached;
+pub mod ec_keys;
+pub mod fetched;
 pub mod hash;
 pub mod http;
 pub mod limits;
 pub mod patient;
+pub mod public_keys;
 pub mod random;
 pub mod relative_path;
 pub mod rsa_keys;

@@ -5,6 +5,11 @@
 //! 127.0.0.2, the only address in the demo's `trusted_peers`), it signs people in with a cookie,
 //! and it sets the identity header after removing any copy the browser sent. A browser that goes
 //! to the proxy directly arrives from 127.0.0.1 and is nobody.
+//!
+//! With `demo --identity jwt` the front plays Pomerium instead: it signs an ES256 assertion for
+//! the signed-in user (`X-Pomerium-Jwt-Assertion`, reused until shortly before it expires, as
+//! Pomerium reuses its own) and publishes its key at `/.well-known/pomerium/jwks.json`. The proxy
+//! then trusts the signature, not the address.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -169,8 +174,13 @@ async fn portal_home(headers: HeaderMap, uri: axum::http::Uri) -> Html<String> {
     Html(document("Patient portal", STYLE, Some(banner), main))
 }
 
-/// The front: signs people in (a cookie) and forwards everything else to the proxy.
-pub fn front(proxy: SocketAddr, identity_header: String) -> Result<Router, reqwest::Error> {
+/// The front: signs people in (a cookie) and forwards everything else to the proxy, with the
+/// user in `identity_header`, or (with a `signer`) a signed assertion naming them.
+pub fn front(
+    proxy: SocketAddr,
+    identity_header: String,
+    signer: Option<AssertionSigner>,
+) -> Result<Router, reqwest::Error> {
     let client = reqwest::Client::builder()
         .local_address(FRONT_SOURCE_IP.parse::<IpAddr>().ok())
         .redirect(reqwest::redirect::Policy::none())
@@ -179,10 +189,12 @@ pub fn front(proxy: SocketAddr, identity_header: String) -> Result<Router, reqwe
         client,
         proxy,
         identity_header,
+        signer,
     });
     Ok(Router::new()
         .route("/_front/signin", get(signin_page).post(signin))
         .route("/_front/signout", post(signout))
+        .route(POMERIUM_JWKS_PATH, get(jwks))
         .fallback(any(forward))
         .with_state(state))
 }
@@ -191,6 +203,68 @@ struct FrontState {
     client: reqwest::Client,
     proxy: SocketAddr,
     identity_header: String,
+    signer: Option<AssertionSigner>,
+}
+
+/// Where Pomerium publishes the keys its assertions are signed with.
+pub const POMERIUM_JWKS_PATH: &str = "/.well-known/pomerium/jwks.json";
+/// The header Pomerium puts its assertion in.
+pub const POMERIUM_HEADER: &str = "X-Pomerium-Jwt-Assertion";
+const ASSERTION_SECS: i64 = 300;
+
+/// Signs assertions the way Pomerium does: ES256, its key's `kid` in the header, `iss` and `aud`
+/// the route's host, the user's `email` and `sub`, five minutes of life.
+pub struct AssertionSigner {
+    key: crate::core::ec_keys::EcSigningKey,
+    kid: String,
+    issuer: String,
+    audience: String,
+    /// Each user's current assertion and its `exp`, reused until a minute before it.
+    issued: parking_lot::Mutex<std::collections::HashMap<String, (String, i64)>>,
+}
+
+impl AssertionSigner {
+    pub fn new(issuer: &str, audience: &str) -> Result<AssertionSigner, String> {
+        Ok(AssertionSigner {
+            key: crate::core::ec_keys::EcSigningKey::generate()?,
+            kid: format!("demo-{:08x}", rand::random::<u32>()),
+            issuer: issuer.to_string(),
+            audience: audience.to_string(),
+            issued: Default::default(),
+        })
+    }
+
+    fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({ "keys": [self.key.public_jwk(&self.kid)] })
+    }
+
+    fn assertion(&self, user: &str) -> Option<String> {
+        use crate::core::clock::{Clock, SystemClock};
+        let now = SystemClock.now();
+        let mut issued = self.issued.lock();
+        if let Some((token, exp)) = issued.get(user) {
+            if exp - now > 60 {
+                return Some(token.clone());
+            }
+        }
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        let claims = serde_json::json!({
+            "iss": self.issuer, "aud": self.audience, "iat": now, "nbf": now,
+            "exp": now + ASSERTION_SECS, "sub": user, "email": user,
+            "jti": crate::core::random::random_token(),
+        });
+        let token = jsonwebtoken::encode(&header, &claims, self.key.encoding_key()).ok()?;
+        issued.insert(user.to_string(), (token.clone(), now + ASSERTION_SECS));
+        Some(token)
+    }
+}
+
+async fn jwks(State(front): Front) -> Response {
+    match &front.signer {
+        Some(signer) => axum::Json(signer.jwks()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 type Front = State<std::sync::Arc<FrontState>>;
@@ -318,8 +392,12 @@ async fn forward(State(front): Front, request: Request) -> Response {
     if let Some(host) = parts.headers.get("host") {
         request = request.header("host", host);
     }
+    let identity = match &front.signer {
+        Some(signer) => signer.assertion(&user).unwrap_or_default(),
+        None => user,
+    };
     request = request
-        .header(front.identity_header.as_str(), user)
+        .header(front.identity_header.as_str(), identity)
         .body(body);
     match request.send().await {
         Ok(upstream) => {

@@ -8,12 +8,15 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use pingora_prometheus::prometheus::{Encoder, TextEncoder};
 
+use crate::identity::JwtIdentity;
 use crate::observe::metrics::metrics;
 use crate::store::Pairings;
 
 /// The ops listener's application.
 pub struct OpsApp {
     pub pairings: Arc<Pairings>,
+    /// jwt mode: not ready until its keys have been loaded once.
+    pub jwt: Option<Arc<JwtIdentity>>,
 }
 
 fn plain(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u8>> {
@@ -48,6 +51,11 @@ impl ServeHttp for OpsApp {
                 }
             }
             "/livez" => plain(200, "text/plain", b"live\n".to_vec()),
+            "/readyz" if self.jwt.as_ref().is_some_and(|j| !j.keys_loaded()) => plain(
+                503,
+                "text/plain",
+                b"not ready: the identity provider's keys have not been loaded yet\n".to_vec(),
+            ),
             "/readyz" => match tokio::time::timeout(Duration::from_secs(2), self.pairings.ping())
                 .await
             {

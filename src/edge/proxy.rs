@@ -19,7 +19,7 @@ use super::reply::Reply;
 use super::routes::Route;
 use crate::config::Upstream;
 use crate::decorate::{merged_vary, private_cache_control, Decorator, Lookup};
-use crate::identity::{Asking, HeaderIdentity, Identify};
+use crate::identity::{Asking, HeaderIdentity, Identify, JwtIdentity};
 use crate::launch::LaunchService;
 use crate::observe::audit::AuditLog;
 use crate::observe::metrics::metrics;
@@ -29,6 +29,9 @@ pub struct EdgeProxy {
     pub upstream: Upstream,
     pub prefix: String,
     pub identity: HeaderIdentity,
+    /// jwt mode: the user is the verified assertion's (`identity` then only says whose
+    /// `X-Request-Id` is taken), and goes upstream in `forward_header`.
+    pub jwt: Option<Arc<JwtIdentity>>,
     pub launch: Arc<LaunchService>,
     pub pairing: Arc<PairingService>,
     pub decorator: Arc<Decorator>,
@@ -114,12 +117,14 @@ impl EdgeProxy {
         let peer = peer_ip(session);
         let headers = &session.req_header().headers;
         ctx.peer_trusted = self.identity.peer_is_trusted(peer);
-        // Header mode never fails to answer: a bad or untrusted header is nobody.
-        ctx.user = self
-            .identity
-            .identify(&Asking { peer, headers })
-            .await
-            .unwrap_or(None);
+        // Header and jwt modes never fail to answer: a bad, untrusted or unverified claim is
+        // nobody.
+        let asking = Asking { peer, headers };
+        ctx.user = match &self.jwt {
+            Some(jwt) => jwt.identify(&asking).await,
+            None => self.identity.identify(&asking).await,
+        }
+        .unwrap_or(None);
         ctx.request_id = request_id(ctx.peer_trusted, headers);
     }
 
@@ -263,9 +268,15 @@ impl ProxyHttp for EdgeProxy {
         // goes unless it named the user (in this exact spelling), and every other spelling or
         // copy of it, and of the headers pkb-edge sets, goes always.
         let believed =
-            (ctx.user.is_some() && !self.identity.header_is_ours()).then(|| self.identity.header());
+            (ctx.user.is_some() && !self.identity.header_is_ours() && self.jwt.is_none())
+                .then(|| self.identity.header());
         for name in strip_spellings(&upstream_request.headers, &self.protected_headers, believed) {
             upstream_request.remove_header(&name);
+        }
+        // jwt mode: the assertion goes on unchanged (the upstream may check it too), and the
+        // user it names in `forward_header`.
+        if let (Some(jwt), Some(user)) = (&self.jwt, &ctx.user) {
+            upstream_request.insert_header(jwt.settings().forward_header.clone(), user.as_str())?;
         }
         upstream_request.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
         // An absolute-form target (`GET http://host/path`, which Pingora accepts when its host

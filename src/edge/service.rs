@@ -18,7 +18,7 @@ use crate::edge::connections::{
 use crate::edge::nhs::{NhsLoginLayer, NhsWeb};
 use crate::edge::ops::OpsApp;
 use crate::edge::proxy::EdgeProxy;
-use crate::identity::{HeaderIdentity, NhsSessionIdentity};
+use crate::identity::{HeaderIdentity, JwtIdentity, NhsSessionIdentity};
 use crate::launch::LaunchService;
 use crate::nhs_login::NhsLogin;
 use crate::observe::audit::AuditLog;
@@ -70,6 +70,8 @@ pub enum StartError {
     Audit(String),
     #[error("{0}")]
     NhsLogin(String),
+    #[error("identity: {0}")]
+    Identity(String),
 }
 
 /// Builds the Pingora server for `config`. Opening the store happens here, on a short-lived
@@ -111,6 +113,7 @@ pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, St
         }
         None => None,
     };
+    let jwt = proxy.jwt.clone();
     let mut server = pingora_server(config, options);
     match layer {
         Some((sessions, web)) => add_proxy(
@@ -124,8 +127,15 @@ pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, St
         "drain watch",
         DrainWatch { draining },
     ));
+    if let Some(jwt) = &jwt {
+        // Start-up does not wait for the key source: this fetches the keys, then keeps them fresh.
+        server.add_service(pingora::services::background::background_service(
+            "identity keys",
+            KeyRefresh { jwt: jwt.clone() },
+        ));
+    }
     if let Some(ops_listen) = config.ops_listen {
-        let app = pingora::apps::http_app::HttpServer::new_app(OpsApp { pairings });
+        let app = pingora::apps::http_app::HttpServer::new_app(OpsApp { pairings, jwt });
         let mut ops = pingora::services::listening::Service::new("pkb-edge ops".to_string(), app);
         ops.add_tcp(&ops_listen.to_string());
         server.add_service(ops);
@@ -157,7 +167,7 @@ fn header_proxy(
     let tokens = Arc::new(TokenSource::new(
         pairings,
         pkb,
-        clock,
+        clock.clone(),
         config.store.cache_capacity,
     ));
     let launch = Arc::new(LaunchService::new(
@@ -166,6 +176,13 @@ fn header_proxy(
         audit.clone(),
     ));
     let decorator = Arc::new(Decorator::new(config.decorate.clone(), tokens));
+    let jwt = match config.identity.jwt() {
+        Some(settings) => Some(Arc::new(
+            JwtIdentity::new(Arc::new(settings.clone()), clock.clone())
+                .map_err(StartError::Identity)?,
+        )),
+        None => None,
+    };
     let mut vary_on = vec![config.identity.header().to_string()];
     if let Some(PatientSource::Header(name)) = &config.decorate.patient_from {
         vary_on.push(name.to_string());
@@ -174,6 +191,7 @@ fn header_proxy(
         upstream: config.upstream.clone(),
         prefix: config.prefix.clone(),
         identity: HeaderIdentity::new(&config.identity),
+        jwt,
         launch,
         pairing,
         decorator,
@@ -181,7 +199,11 @@ fn header_proxy(
         public_origin: config.public_url.origin().ascii_serialization(),
         protected_headers: vec![
             config.decorate.header.clone(),
-            config.identity.header().clone(),
+            // jwt mode: the header pkb-edge sets is `forward_header`; the assertion passes.
+            match config.identity.jwt() {
+                Some(jwt) => jwt.forward_header.clone(),
+                None => config.identity.header().clone(),
+            },
         ],
         audit,
         draining,
@@ -294,5 +316,24 @@ impl pingora::services::background::BackgroundService for DrainWatch {
         }
         self.draining.store(true, Ordering::Relaxed);
         tracing::info!("draining: every response now closes its connection");
+    }
+}
+
+/// jwt mode's keys: fetched at start (in the background, so start-up does not wait), then kept
+/// fresh every `jwks_refresh_secs`; while the source is down the cached keys stay in use.
+struct KeyRefresh {
+    jwt: Arc<JwtIdentity>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for KeyRefresh {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        loop {
+            let wait = self.jwt.refresh_keys().await;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 }

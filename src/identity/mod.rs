@@ -1,7 +1,7 @@
 //! Who is asking. Each identity mode is a source that looks at a request and finds a user, or
 //! nobody: `header` (a header believed from trusted peers), `nhs_session` (pkb-edge's own NHS
-//! login session), and `jwt` next (a signed assertion from the proxy in front). The edge asks
-//! the configured source and never decides identity itself.
+//! login session), and `jwt` (a signed assertion from the proxy in front). The edge asks the
+//! configured source and never decides identity itself.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -9,9 +9,11 @@ use std::net::IpAddr;
 use http::HeaderMap;
 
 mod header;
+mod jwt;
 mod nhs_session;
 
 pub use header::HeaderIdentity;
+pub use jwt::{JwtIdentity, Outcome as JwtOutcome, MAX_TOKEN_BYTES};
 pub use nhs_session::{NhsSessionIdentity, SignedInSession};
 
 /// What an identity source may look at.

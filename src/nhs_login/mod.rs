@@ -27,7 +27,8 @@ use crate::observe::metrics::metrics;
 use crate::store::records::{Records, Taken};
 use crate::store::StoreError;
 
-use provider::{Metadata, Slot};
+use crate::core::fetched::Fetched;
+use provider::{Metadata, JWKS_POLICY, METADATA_POLICY};
 pub use session::{Session, SessionId};
 
 /// Longest `assertedLoginIdentity` accepted from a browser, in bytes.
@@ -196,8 +197,8 @@ pub struct NhsLogin {
     settings: Arc<NhsLoginSettings>,
     signing_key: EncodingKey,
     http: OnceLock<Result<reqwest::Client, String>>,
-    metadata: tokio::sync::Mutex<Slot<Metadata>>,
-    jwks: tokio::sync::Mutex<Slot<JwkSet>>,
+    metadata: Fetched<Metadata>,
+    jwks: Fetched<JwkSet>,
     sessions: session::Sessions,
     records: Records,
     clock: Arc<dyn Clock>,
@@ -229,8 +230,8 @@ impl NhsLogin {
             settings,
             signing_key,
             http: OnceLock::new(),
-            metadata: tokio::sync::Mutex::new(Slot::default()),
-            jwks: tokio::sync::Mutex::new(Slot::default()),
+            metadata: Fetched::new(METADATA_POLICY),
+            jwks: Fetched::new(JWKS_POLICY),
             records,
             clock,
             audit,

@@ -1,23 +1,25 @@
 //! The OpenID provider as pkb-edge reads it: discovery metadata and signing keys, fetched over
-//! one HTTP client, cached, and served stale with a short back-off while NHS login is down.
+//! one HTTP client, cached, and served stale with a short back-off while NHS login is down
+//! (`core::fetched`, which the JWT identity's keys use too).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::DecodingKey;
 use serde::Deserialize;
 
 use super::{NhsLogin, NhsLoginError};
+use crate::core::fetched::{FetchFailed, RefetchPolicy};
 
-/// How long discovery metadata is used before it is fetched again.
-const METADATA_TTL: Duration = Duration::from_secs(3600);
-/// How long keys are used before they are fetched again (and at least this long between fetches
-/// prompted by an unknown `kid`).
-const JWKS_TTL: Duration = Duration::from_secs(3600);
-const JWKS_REFETCH_MIN: Duration = Duration::from_secs(10);
-/// After a failed fetch of discovery or keys, how long the next fetch waits.
-const FETCH_FAILURE_BACKOFF: Duration = Duration::from_secs(5);
+/// Discovery metadata is used for an hour; keys too, and an unknown `kid` fetches them again at
+/// most every 10 s. After a failed fetch, the next waits 5 s (the stale copy is used meanwhile).
+pub(super) const METADATA_POLICY: RefetchPolicy = RefetchPolicy {
+    ttl: Duration::from_secs(3600),
+    min_interval: Duration::from_secs(10),
+    backoff: Duration::from_secs(5),
+};
+pub(super) const JWKS_POLICY: RefetchPolicy = METADATA_POLICY;
 
 /// The OpenID provider's metadata, as much of it as pkb-edge uses.
 #[derive(Debug, Clone, Deserialize)]
@@ -27,49 +29,6 @@ pub(super) struct Metadata {
     pub(super) token_endpoint: String,
     pub(super) userinfo_endpoint: String,
     pub(super) jwks_uri: String,
-}
-
-struct Cached<T> {
-    value: Arc<T>,
-    fetched: Instant,
-}
-
-/// A cached document from NHS login, and when fetching it last failed.
-pub(super) struct Slot<T> {
-    cached: Option<Cached<T>>,
-    failed_at: Option<Instant>,
-}
-
-impl<T> Default for Slot<T> {
-    fn default() -> Self {
-        Slot {
-            cached: None,
-            failed_at: None,
-        }
-    }
-}
-
-impl<T> Slot<T> {
-    /// Within the back-off after a failed fetch: callers use what is cached, or fail at once,
-    /// instead of each waiting out its own timeout.
-    fn backing_off(&self) -> bool {
-        self.failed_at
-            .is_some_and(|t| t.elapsed() < FETCH_FAILURE_BACKOFF)
-    }
-
-    fn stale(&self) -> Option<Arc<T>> {
-        self.cached.as_ref().map(|c| c.value.clone())
-    }
-
-    fn store(&mut self, value: T) -> Arc<T> {
-        let value = Arc::new(value);
-        self.cached = Some(Cached {
-            value: value.clone(),
-            fetched: Instant::now(),
-        });
-        self.failed_at = None;
-        value
-    }
 }
 
 #[derive(Deserialize)]
@@ -100,21 +59,10 @@ impl NhsLogin {
         url: &str,
         what: &str,
     ) -> Result<T, NhsLoginError> {
-        let r = self
-            .http()?
-            .get(url)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
+        let body = crate::core::http::get_document(self.http()?, url, "application/json", what)
             .await
-            .map_err(|e| NhsLoginError::Unavailable(format!("{what}: {e}")))?;
-        if !r.status().is_success() {
-            return Err(NhsLoginError::Unavailable(format!(
-                "{what}: HTTP {}",
-                r.status().as_u16()
-            )));
-        }
-        r.json()
-            .await
+            .map_err(NhsLoginError::Unavailable)?;
+        serde_json::from_slice(&body)
             .map_err(|e| NhsLoginError::Unavailable(format!("{what}: not the expected JSON: {e}")))
     }
 
@@ -122,26 +70,15 @@ impl NhsLogin {
     /// configured one exactly. One fetch at a time; when NHS login is unreachable the last copy
     /// is used, and for 5 s after a failure nobody waits on another fetch.
     pub(super) async fn metadata(&self) -> Result<Arc<Metadata>, NhsLoginError> {
-        let mut slot = self.metadata.lock().await;
-        if let Some(c) = slot
-            .cached
-            .as_ref()
-            .filter(|c| c.fetched.elapsed() < METADATA_TTL)
-        {
-            return Ok(c.value.clone());
-        }
-        if slot.backing_off() {
-            return slot
-                .stale()
-                .ok_or_else(|| NhsLoginError::Unavailable("discovery failed moments ago".into()));
-        }
-        match self.fetch_metadata().await {
-            Ok(m) => Ok(slot.store(m)),
-            Err(e) => {
-                slot.failed_at = Some(Instant::now());
-                slot.stale().ok_or(e)
-            }
-        }
+        self.metadata
+            .get(|_| true, || self.fetch_metadata())
+            .await
+            .map_err(|e| match e {
+                FetchFailed::Failed(e) => e,
+                FetchFailed::BackingOff => {
+                    NhsLoginError::Unavailable("discovery failed moments ago".into())
+                }
+            })
     }
 
     async fn fetch_metadata(&self) -> Result<Metadata, NhsLoginError> {
@@ -163,40 +100,20 @@ impl NhsLogin {
         kid: &str,
         jwks_uri: &str,
     ) -> Result<DecodingKey, NhsLoginError> {
-        let mut slot = self.jwks.lock().await;
-        let fresh_enough = |c: &Cached<JwkSet>| c.fetched.elapsed() < JWKS_TTL;
-        if let Some(jwk) = slot
-            .cached
-            .as_ref()
-            .filter(|c| fresh_enough(c))
-            .and_then(|c| c.value.find(kid).cloned())
-        {
-            return DecodingKey::from_jwk(&jwk)
-                .map_err(|e| NhsLoginError::IdToken(format!("key `{kid}` is unusable: {e}")));
-        }
-        let may_fetch = !slot.backing_off()
-            && slot
-                .cached
-                .as_ref()
-                .is_none_or(|c| !fresh_enough(c) || c.fetched.elapsed() >= JWKS_REFETCH_MIN);
-        if may_fetch {
-            match self.get_json::<JwkSet>(jwks_uri, "jwks").await {
-                Ok(set) => {
-                    slot.store(set);
-                }
-                Err(e) => {
-                    slot.failed_at = Some(Instant::now());
-                    if slot.cached.is_none() {
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        let jwk = slot
-            .stale()
-            .and_then(|set| set.find(kid).cloned())
-            .ok_or_else(|| NhsLoginError::IdToken(format!("signed with unknown key `{kid}`")))?;
-        DecodingKey::from_jwk(&jwk)
+        let unknown = || NhsLoginError::IdToken(format!("signed with unknown key `{kid}`"));
+        let set = self
+            .jwks
+            .get(
+                |set| set.find(kid).is_some(),
+                || self.get_json::<JwkSet>(jwks_uri, "jwks"),
+            )
+            .await
+            .map_err(|e| match e {
+                FetchFailed::Failed(e) => e,
+                FetchFailed::BackingOff => unknown(),
+            })?;
+        let jwk = set.find(kid).ok_or_else(unknown)?;
+        DecodingKey::from_jwk(jwk)
             .map_err(|e| NhsLoginError::IdToken(format!("key `{kid}` is unusable: {e}")))
     }
 

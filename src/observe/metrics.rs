@@ -31,6 +31,7 @@ pub struct Metrics {
     pub audit_write_errors_total: IntCounter,
     pub downstream_connections: IntGauge,
     pub downstream_connections_closed_total: IntCounterVec,
+    pub identity_total: IntCounterVec,
 }
 
 /// Why pkb-edge closed a downstream connection itself (`downstream_connections_closed_total`):
@@ -39,6 +40,23 @@ pub struct Metrics {
 /// `server.header_timeout_secs`.
 pub const CLOSED_REASONS: [&str; 3] = ["shed", "refused", "header_timeout"];
 const CLOSED_HELP: &str = "Client connections pkb-edge closed itself, by reason.";
+
+/// What jwt mode made of a request's identity (`identity_total{mode="jwt",outcome}`).
+pub const IDENTITY_OUTCOMES: [&str; 11] = [
+    "valid",
+    "missing",
+    "malformed",
+    "bad_signature",
+    "unknown_key",
+    "expired",
+    "not_yet_valid",
+    "wrong_issuer",
+    "wrong_audience",
+    "no_user",
+    "untrusted_peer",
+];
+/// The identity modes that count their outcomes.
+pub const IDENTITY_MODES: [&str; 1] = ["jwt"];
 
 /// The process's metrics, registered once in the registry `/metrics` serves. `build_server`
 /// calls this before serving, so the registration (which fails only on a duplicate name) never
@@ -122,6 +140,7 @@ pub fn metrics() -> &'static Metrics {
                 ),
                 &CLOSED_REASONS,
             ),
+            identity_total: identity_total(),
         }
     })
 }
@@ -142,12 +161,33 @@ fn labelled(counter: IntCounterVec, values: &[&str]) -> IntCounterVec {
     counter
 }
 
+/// `identity_total{mode,outcome}`, every known pair exported from start-up.
+fn identity_total() -> IntCounterVec {
+    let counter = register_int_counter_vec!(
+        "pkb_edge_identity_total",
+        "Requests by identity mode and what the mode made of them.",
+        &["mode", "outcome"]
+    )
+    .unwrap_or_else(|e| panic!("metric identity_total: {e}"));
+    labelled_pairs(counter, &IDENTITY_MODES, &IDENTITY_OUTCOMES)
+}
+
+/// `counter` with every pair of its two labels' known values exported from start-up, at 0.
+fn labelled_pairs(counter: IntCounterVec, firsts: &[&str], seconds: &[&str]) -> IntCounterVec {
+    for first in firsts {
+        for second in seconds {
+            counter.with_label_values(&[first, second]);
+        }
+    }
+    counter
+}
+
 impl Metrics {
     /// The names of every metric family pkb-edge exports, process metrics included (for
     /// checking dashboards and alerts against).
     pub fn family_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 11] = [
+        let collectors: [&dyn Collector; 12] = [
             &self.launch_total,
             &self.launch_duration_seconds,
             &self.pkb_request_duration_seconds,
@@ -159,6 +199,7 @@ impl Metrics {
             &self.audit_write_errors_total,
             &self.downstream_connections,
             &self.downstream_connections_closed_total,
+            &self.identity_total,
         ];
         let process = prometheus::process_collector::ProcessCollector::for_self();
         collectors

@@ -38,6 +38,8 @@ pub struct ProxyConfig {
     pub pid_file: PathBuf,
     /// `store.url` when not the SQLite file at `db_path` (a PostgreSQL schema).
     pub store_url: Option<String>,
+    /// The `[identity]` table's lines instead of header mode's (e.g. `mode = "jwt"` and its keys).
+    pub identity: Option<String>,
     /// An `[nhs_login]` table: the proxy then runs in `nhs_login` identity mode.
     pub nhs_login: Option<String>,
     /// Lines added to the `[server]` table as they are (e.g. `header_timeout_secs = 1`).
@@ -72,6 +74,7 @@ impl ProxyConfig {
             upgrade_sock: dir.path().join("upgrade.sock"),
             pid_file: dir.path().join("pkb-edge.pid"),
             store_url: None,
+            identity: None,
             nhs_login: None,
             server_extra: String::new(),
             descriptor_limit: None,
@@ -100,9 +103,7 @@ upgrade_sock = "{upgrade_sock}"
 pid_file = "{pid_file}"
 {server_extra}
 [identity]
-mode = "{mode}"
-header = "{USER_HEADER}"
-trusted_peers = [{peers}]
+{identity}
 [pkb]
 base_url = "{pkb}"
 client_id = "{CLIENT_ID}"
@@ -127,7 +128,6 @@ pkb_concurrency = {pkb_concurrency}
             pkb_concurrency = self.pkb_concurrency,
             port = self.port,
             upstream = self.upstream,
-            peers = peers.join(", "),
             pkb = self.pkb_base,
             timeout = self.timeout_ms,
             skew = self.refresh_skew_secs,
@@ -137,11 +137,17 @@ pkb_concurrency = {pkb_concurrency}
             keys = self.keys,
             extra = self.extra_toml,
             pkb_extra = self.pkb_extra,
-            mode = if self.nhs_login.is_some() {
-                "nhs_login"
-            } else {
-                "header"
-            },
+            identity = self.identity.clone().unwrap_or_else(|| {
+                let mode = if self.nhs_login.is_some() {
+                    "nhs_login"
+                } else {
+                    "header"
+                };
+                format!(
+                    "mode = \"{mode}\"\nheader = \"{USER_HEADER}\"\ntrusted_peers = [{}]",
+                    peers.join(", ")
+                )
+            }),
             nhs = self.nhs_login.as_deref().unwrap_or_default(),
             ops = self
                 .ops_port
