@@ -261,7 +261,7 @@ async fn ops_get(w: &World, path: &str) -> reqwest::Response {
 }
 
 async fn metrics_text(w: &World) -> String {
-    ops_get(w, "/metrics").await.text().await.unwrap()
+    ops_metrics(w.config().ops_port.unwrap()).await
 }
 
 /// `pkb_edge_identity_total{mode="jwt",outcome}`, or `None` when the series is not exported.

@@ -52,17 +52,7 @@ fn sample(metrics: &BTreeMap<Series, f64>, name: &str, labels: &[(&str, &str)]) 
 }
 
 fn scrape(ops_port: u16) -> BTreeMap<Series, f64> {
-    let text = rt().block_on(async {
-        client()
-            .get(format!("http://127.0.0.1:{ops_port}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
-    parse_metrics(&text)
+    parse_metrics(&rt().block_on(ops_metrics(ops_port)))
 }
 
 fn at_zero(m: &BTreeMap<Series, f64>, name: &str, labels: &[(&str, &str)]) {

@@ -23,20 +23,8 @@ async fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
 
 /// One series' value from `/metrics` (on a thread of its own, so it can be called anywhere).
 fn metric(ops_port: u16, series: &str) -> f64 {
-    let series = series.to_string();
-    off_thread(async move {
-        let text = client()
-            .get(format!("http://127.0.0.1:{ops_port}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{series} not in /metrics"))
-    })
+    let text = off_thread(ops_metrics(ops_port));
+    series_value(&text, series).unwrap_or_else(|| panic!("{series} not in /metrics"))
 }
 
 /// Runs `f` to completion on a thread and runtime of its own.
