@@ -51,6 +51,11 @@ pub struct ProxyConfig {
     /// Start the process with `PKB_EDGE_LOG_UNSAFE_DEBUG=1` (otherwise it never has it, even when
     /// the test runner's environment does).
     pub log_unsafe_debug: bool,
+    /// A `[tls]` table's lines: the public listener then speaks HTTPS (and `url()` says so).
+    pub tls: Option<String>,
+    /// `upstream` when not `http://{upstream}` (e.g. an https upstream), with an
+    /// `[upstream_tls]` table in `extra_toml` if it needs one.
+    pub upstream_url: Option<String>,
 }
 
 impl ProxyConfig {
@@ -80,6 +85,8 @@ impl ProxyConfig {
             descriptor_limit: None,
             log_filter: None,
             log_unsafe_debug: false,
+            tls: None,
+            upstream_url: None,
         }
     }
 
@@ -93,8 +100,8 @@ impl ProxyConfig {
             r#"
 {ops}
 listen = "127.0.0.1:{port}"
-upstream = "http://{upstream}"
-public_url = "http://127.0.0.1:{port}"
+upstream = "{upstream}"
+public_url = "{scheme}://127.0.0.1:{port}"
 [server]
 threads = 2
 grace_period_seconds = {grace}
@@ -119,15 +126,25 @@ keys = "{keys}"
 launch_per_minute = {per_minute}
 pkb_concurrency = {pkb_concurrency}
 {nhs}
+{tls}
 {extra}
 "#,
+            tls = self
+                .tls
+                .as_ref()
+                .map(|t| format!("[tls]\n{t}"))
+                .unwrap_or_default(),
             per_minute = self.launch_per_minute,
             upgrade_sock = self.upgrade_sock.display(),
             pid_file = self.pid_file.display(),
             server_extra = self.server_extra,
             pkb_concurrency = self.pkb_concurrency,
             port = self.port,
-            upstream = self.upstream,
+            upstream = self
+                .upstream_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", self.upstream)),
+            scheme = self.scheme(),
             pkb = self.pkb_base,
             timeout = self.timeout_ms,
             skew = self.refresh_skew_secs,
@@ -156,8 +173,17 @@ pkb_concurrency = {pkb_concurrency}
         )
     }
 
+    /// `https` when the listener speaks TLS.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("{}://127.0.0.1:{}{path}", self.scheme(), self.port)
     }
 
     pub fn store_url(&self) -> String {

@@ -10,8 +10,10 @@
 //! - `world`: simulator, upstream and proxy together, and the pairing flow through them
 //! - `client`: HTTP clients and reading their answers
 //! - `nhs`: NHS login: its simulator and a proxy as its relying party
+//! - `certs`: a private CA and the certificates it signs (TLS tests)
 #![allow(dead_code)]
 
+pub mod certs;
 mod client;
 mod config;
 pub mod nhs;
