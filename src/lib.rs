@@ -17,4 +17,5 @@ pub mod pairing;
 pub mod pkb;
 pub mod sim;
 pub mod store;
+pub mod tls;
 pub mod tokens;

@@ -100,8 +100,8 @@ enum Command {
     Check {
         #[arg(long, short)]
         config: PathBuf,
-        /// Also open what start-up opens: the token store (keys checked against it) and the
-        /// audit file. Use before a reload.
+        /// Also open what start-up opens: every certificate and key (each broken file named),
+        /// the token store (keys checked against it) and the audit file. Use before a reload.
         #[arg(long)]
         deep: bool,
     },

@@ -11,6 +11,9 @@ pub enum IdentitySettings {
     Header {
         header: HeaderName,
         trusted_peers: Vec<IpNet>,
+        /// Names (DNS SAN, or CN without SANs) of verified client certificates whose header is
+        /// believed. A peer must satisfy every rule configured (peers and clients).
+        trusted_clients: Vec<String>,
     },
     /// pkb-edge signs users in with NHS login and sets `header` itself. `trusted_peers` only
     /// says whose `X-Request-Id` is taken.
@@ -40,6 +43,16 @@ impl IdentitySettings {
         }
     }
 
+    /// Names of verified client certificates believed (header mode only).
+    pub fn trusted_clients(&self) -> &[String] {
+        match self {
+            IdentitySettings::Header {
+                trusted_clients, ..
+            } => trusted_clients,
+            _ => &[],
+        }
+    }
+
     /// jwt mode's settings.
     pub fn jwt(&self) -> Option<&JwtSettings> {
         match self {
@@ -57,6 +70,8 @@ pub(super) struct RawIdentity {
     pub(super) header: Option<String>,
     #[serde(default)]
     trusted_peers: Vec<String>,
+    #[serde(default)]
+    trusted_clients: Vec<String>,
     // jwt mode (config/jwt.rs).
     pub(super) preset: Option<String>,
     pub(super) jwks_url: Option<String>,
@@ -109,17 +124,25 @@ impl Validator {
                 ),
             }
         }
+        if i.mode != "header" && !i.trusted_clients.is_empty() {
+            self.problem(
+                "identity.trusted_clients",
+                "is used only with identity.mode = \"header\"",
+            );
+        }
         match i.mode.as_str() {
             "header" => {
-                if i.trusted_peers.is_empty() {
+                if i.trusted_peers.is_empty() && i.trusted_clients.is_empty() {
                     self.problem(
                         "identity.trusted_peers",
-                        "header mode needs at least one trusted peer (the address of the authentication layer in front of pkb-edge)",
+                        "header mode needs at least one trusted peer (the address of the authentication layer in front of pkb-edge) or trusted client (identity.trusted_clients)",
                     );
                 }
+                let trusted_clients = self.client_names(&i.trusted_clients);
                 Some(IdentitySettings::Header {
                     header: header?,
                     trusted_peers: peers,
+                    trusted_clients,
                 })
             }
             "nhs_login" => Some(IdentitySettings::NhsLogin {
@@ -137,6 +160,29 @@ impl Validator {
                 None
             }
         }
+    }
+}
+
+impl Validator {
+    /// `identity.trusted_clients`: DNS names as certificates carry them (lower case).
+    fn client_names(&mut self, names: &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        for (n, name) in names.iter().enumerate() {
+            let ok = !name.is_empty()
+                && name.len() <= 253
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+            if ok {
+                out.push(name.to_ascii_lowercase());
+            } else {
+                self.problem(
+                    &format!("identity.trusted_clients[{n}]"),
+                    format!("`{name}` is not a DNS name (e.g. sso-gateway.trust.nhs.uk)"),
+                );
+            }
+        }
+        out
     }
 }
 

@@ -22,6 +22,7 @@ mod nhs_login;
 mod pkb;
 mod server;
 mod store;
+mod tls;
 
 use audit::RawAudit;
 use decorate::RawDecorate;
@@ -30,6 +31,7 @@ use nhs_login::RawNhsLogin;
 use pkb::RawPkb;
 use server::{RawLimits, RawServer};
 use store::RawStore;
+use tls::RawTls;
 
 pub use audit::{AuditSettings, AuditSink};
 pub use decorate::{DecorateSettings, PatientSource};
@@ -42,6 +44,7 @@ pub use nhs_login::{
 pub use pkb::{pkb_default, ClientAuth, PkbSettings};
 pub use server::{LimitSettings, ServerSettings, Upstream};
 pub use store::{parse_keys, redact_url, KeyError, StoreKey, StoreSettings, TlsMode};
+pub use tls::{ClientCertMode, TlsSettings, TlsVersion};
 
 /// Environment variable that may hold the PKB client secret.
 pub const ENV_CLIENT_SECRET: &str = "PKB_EDGE_CLIENT_SECRET";
@@ -72,6 +75,8 @@ pub struct Config {
     pub audit: AuditSettings,
     /// Set exactly when `identity.mode = "nhs_login"`.
     pub nhs_login: Option<NhsLoginSettings>,
+    /// The public listener speaks HTTPS when set.
+    pub tls: Option<TlsSettings>,
 }
 /// Every problem found in a configuration, each tied to its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +140,7 @@ struct RawConfig {
     #[serde(default)]
     audit: RawAudit,
     nhs_login: Option<RawNhsLogin>,
+    tls: Option<RawTls>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -300,6 +306,23 @@ impl Validator {
             callback("/nhs/callback"),
             env,
         );
+        let tls = match raw.tls {
+            Some(t) => self.tls(t, listen).map(Some),
+            None => Some(None),
+        };
+        if let (Some(Some(tls)), Some(identity)) = (&tls, &identity) {
+            self.tls_fits(tls, identity, public_url.as_ref());
+        } else if let Some(IdentitySettings::Header {
+            trusted_clients, ..
+        }) = &identity
+        {
+            if !trusted_clients.is_empty() && matches!(tls, Some(None)) {
+                self.problem(
+                    "identity.trusted_clients",
+                    "needs a [tls] table with client_ca_file: client certificates come with HTTPS",
+                );
+            }
+        }
         if let (Some(Some(ops)), Some(listen)) = (&ops_listen, &listen) {
             if ops == listen {
                 self.problem(
@@ -322,6 +345,7 @@ impl Validator {
             limits: limits?,
             audit: audit?,
             nhs_login: nhs_login?,
+            tls: tls?,
         })
     }
 

@@ -24,6 +24,7 @@ use crate::launch::LaunchService;
 use crate::observe::audit::AuditLog;
 use crate::observe::metrics::metrics;
 use crate::pairing::PairingService;
+use crate::tls::ClientCerts;
 
 pub struct EdgeProxy {
     pub upstream: Upstream,
@@ -46,6 +47,11 @@ pub struct EdgeProxy {
     /// Set once the process is told to stop or hand over (SIGTERM, SIGQUIT): connections are
     /// no longer kept alive.
     pub draining: Arc<AtomicBool>,
+    /// With `tls.client_ca_file`: the names of the verified client certificates of the
+    /// connections open now, by the leaf's SHA-256.
+    pub client_certs: Option<Arc<ClientCerts>>,
+    /// `tls.hsts_max_age_secs`, when HSTS is on.
+    pub hsts_max_age_secs: Option<u64>,
 }
 
 /// What the proxy learned about a request before deciding where it goes.
@@ -115,17 +121,31 @@ impl EdgeProxy {
             session.set_keepalive(None);
         }
         let peer = peer_ip(session);
+        let client = self.client_names(session);
+        let client = client.as_deref();
         let headers = &session.req_header().headers;
-        ctx.peer_trusted = self.identity.peer_is_trusted(peer);
+        ctx.peer_trusted = self.identity.peer_is_trusted(peer, client);
         // Header and jwt modes never fail to answer: a bad, untrusted or unverified claim is
         // nobody.
-        let asking = Asking { peer, headers };
+        let asking = Asking {
+            peer,
+            client,
+            headers,
+        };
         ctx.user = match &self.jwt {
             Some(jwt) => jwt.identify(&asking).await,
             None => self.identity.identify(&asking).await,
         }
         .unwrap_or(None);
         ctx.request_id = request_id(ctx.peer_trusted, headers);
+    }
+
+    /// The names of the connection's client certificate, if it verified against
+    /// `tls.client_ca_file`.
+    fn client_names(&self, session: &Session) -> Option<Arc<[String]>> {
+        let certs = self.client_certs.as_ref()?;
+        let tls = session.digest()?.ssl_digest.as_ref()?;
+        certs.names(&tls.cert_digest)
     }
 
     /// A request pkb-edge answers 400 before anything else looks at it: an HTTP/1.1 request
@@ -239,6 +259,15 @@ impl ProxyHttp for EdgeProxy {
                 self.begin_lookup(session, ctx).await;
                 Ok(false)
             }
+        }
+    }
+
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        // Pingora's default: response compression, off.
+        modules
+            .add_module(pingora::modules::http::compression::ResponseCompressionBuilder::enable(0));
+        if let Some(max_age) = self.hsts_max_age_secs {
+            modules.add_module(Box::new(super::tls::Hsts::new(max_age)));
         }
     }
 

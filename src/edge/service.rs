@@ -18,6 +18,7 @@ use crate::edge::connections::{
 use crate::edge::nhs::{NhsLoginLayer, NhsWeb};
 use crate::edge::ops::OpsApp;
 use crate::edge::proxy::EdgeProxy;
+use crate::edge::tls::{CertReload, Handshake, RedirectApp};
 use crate::identity::{HeaderIdentity, JwtIdentity, NhsSessionIdentity};
 use crate::launch::LaunchService;
 use crate::nhs_login::NhsLogin;
@@ -26,6 +27,7 @@ use crate::pairing::PairingService;
 use crate::pkb::PkbClient;
 use crate::store::Pairings;
 use crate::store::{keyring, open_pairings, StoreError};
+use crate::tls::ListenerTls;
 use crate::tokens::TokenSource;
 use pingora::proxy::ProxyHttp;
 
@@ -33,6 +35,13 @@ use pingora::proxy::ProxyHttp;
 /// against it) and the audit sink. `pkb-edge check --deep` runs this, so a reload that would
 /// fail is refused before the running process is asked to hand over.
 pub fn preflight(config: &Config) -> Result<(), String> {
+    if let Some(tls) = &config.tls {
+        let problems = crate::tls::check(tls, SystemClock.now());
+        if !problems.is_empty() {
+            let lines: Vec<String> = problems.iter().map(|p| format!("tls: {p}")).collect();
+            return Err(lines.join("\n"));
+        }
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -72,6 +81,8 @@ pub enum StartError {
     NhsLogin(String),
     #[error("identity: {0}")]
     Identity(String),
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::FileProblem),
 }
 
 /// Builds the Pingora server for `config`. Opening the store happens here, on a short-lived
@@ -87,7 +98,12 @@ pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, St
     let pairings = setup.block_on(open_pairings(&config.store, clock.clone()))?;
     drop(setup);
     let draining = Arc::new(AtomicBool::new(false));
-    let proxy = header_proxy(config, pairings.clone(), clock.clone(), draining.clone())?;
+    let tls = match &config.tls {
+        Some(settings) => Some(ListenerTls::open(settings, clock.now())?),
+        None => None,
+    };
+    let mut proxy = header_proxy(config, pairings.clone(), clock.clone(), draining.clone())?;
+    proxy.client_certs = tls.as_ref().and_then(|t| t.clients.clone());
 
     // Everything that can fail is built before Pingora bootstraps (with `--upgrade`, that takes
     // the listening sockets over from the running process).
@@ -115,13 +131,20 @@ pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, St
     };
     let jwt = proxy.jwt.clone();
     let mut server = pingora_server(config, options);
+    let handshake = tls
+        .as_ref()
+        .map(|t| Handshake::new(t, config.server.header_timeout));
     match layer {
         Some((sessions, web)) => add_proxy(
             &mut server,
             config,
             NhsLoginLayer::new(proxy, web, sessions),
+            handshake,
         ),
-        None => add_proxy(&mut server, config, proxy),
+        None => add_proxy(&mut server, config, proxy, handshake),
+    }
+    if let (Some(tls), Some(settings)) = (&tls, &config.tls) {
+        add_tls_services(&mut server, config, tls, settings);
     }
     server.add_service(pingora::services::background::background_service(
         "drain watch",
@@ -207,7 +230,38 @@ fn header_proxy(
         ],
         audit,
         draining,
+        client_certs: None,
+        hsts_max_age_secs: config
+            .tls
+            .as_ref()
+            .map(|t| t.hsts_max_age_secs)
+            .filter(|age| *age > 0),
     })
+}
+
+/// With `[tls]`: the certificate reload, and the plain listener that redirects to https.
+fn add_tls_services(
+    server: &mut Server,
+    config: &Config,
+    tls: &ListenerTls,
+    settings: &crate::config::TlsSettings,
+) {
+    server.add_service(pingora::services::background::background_service(
+        "certificate reload",
+        CertReload {
+            serving: tls.serving.clone(),
+            every: settings.reload,
+        },
+    ));
+    if let Some(redirect) = settings.redirect_listen {
+        let app = pingora::apps::http_app::HttpServer::new_app(RedirectApp {
+            https_origin: config.public_url.origin().ascii_serialization(),
+        });
+        let mut plain =
+            pingora::services::listening::Service::new("pkb-edge https redirect".into(), app);
+        plain.add_tcp(&redirect.to_string());
+        server.add_service(plain);
+    }
 }
 
 fn pingora_server(config: &Config, options: StartOptions) -> Server {
@@ -232,13 +286,13 @@ fn pingora_server(config: &Config, options: StartOptions) -> Server {
 }
 
 /// The public listener, serving `proxy` within the connection limits.
-fn add_proxy<P>(server: &mut Server, config: &Config, proxy: P)
+fn add_proxy<P>(server: &mut Server, config: &Config, proxy: P, tls: Option<Handshake>)
 where
     P: ProxyHttp + Send + Sync + 'static,
     P::CTX: Send + Sync,
 {
     let proxy = pingora::proxy::http_proxy(&server.configuration, proxy);
-    let app = Guarded::new(proxy, connection_limits(config), |took| {
+    let app = Guarded::new(proxy, connection_limits(config), tls, |took| {
         // Nothing is left in flight: no need to sit out the rest of the grace period, which
         // Pingora's shutdown would otherwise always wait in full.
         tracing::info!(

@@ -20,6 +20,8 @@ pub use nhs_session::{NhsSessionIdentity, SignedInSession};
 pub struct Asking<'a> {
     /// The TCP peer, when known: a source that trusts peers fails closed without it.
     pub peer: Option<IpAddr>,
+    /// The names of the connection's verified client certificate (mTLS), when it has one.
+    pub client: Option<&'a [String]>,
     pub headers: &'a HeaderMap,
 }
 

@@ -8,7 +8,8 @@ use std::sync::OnceLock;
 
 use prometheus::{
     register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
-    register_int_gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    register_int_gauge, register_int_gauge_vec, Histogram, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec,
 };
 
 /// From half a millisecond (proxy overhead) to ten seconds (a PKB stall).
@@ -32,7 +33,13 @@ pub struct Metrics {
     pub downstream_connections: IntGauge,
     pub downstream_connections_closed_total: IntCounterVec,
     pub identity_total: IntCounterVec,
+    pub tls_reload_total: IntCounterVec,
+    pub tls_cert_expiry_timestamp_seconds: IntGaugeVec,
 }
+
+/// What a reading of the serving certificate and key came to (`tls_reload_total{outcome}`): a
+/// changed pair taken, or a broken one refused (the old pair kept serving).
+pub const TLS_RELOAD_OUTCOMES: [&str; 2] = ["reloaded", "refused"];
 
 /// Why pkb-edge closed a downstream connection itself (`downstream_connections_closed_total`):
 /// the oldest idle one shed for a new one at `server.max_connections`, a new one refused at the
@@ -141,6 +148,22 @@ pub fn metrics() -> &'static Metrics {
                 &CLOSED_REASONS,
             ),
             identity_total: identity_total(),
+            tls_reload_total: labelled(
+                counter(
+                    "tls_reload_total",
+                    "Readings of a changed (or SIGHUP-requested) certificate and key, by outcome.",
+                    &["outcome"],
+                ),
+                &TLS_RELOAD_OUTCOMES,
+            ),
+            // Set when a listener serves a certificate, never exported as 0 (an expiry alert
+            // would read that as long expired).
+            tls_cert_expiry_timestamp_seconds: register_int_gauge_vec!(
+                "pkb_edge_tls_cert_expiry_timestamp_seconds",
+                "The serving certificate's notAfter (Unix seconds), by listener.",
+                &["listener"]
+            )
+            .unwrap_or_else(|e| panic!("metric tls_cert_expiry_timestamp_seconds: {e}")),
         }
     })
 }
@@ -187,7 +210,7 @@ impl Metrics {
     /// checking dashboards and alerts against).
     pub fn family_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 12] = [
+        let collectors: [&dyn Collector; 14] = [
             &self.launch_total,
             &self.launch_duration_seconds,
             &self.pkb_request_duration_seconds,
@@ -200,6 +223,8 @@ impl Metrics {
             &self.downstream_connections,
             &self.downstream_connections_closed_total,
             &self.identity_total,
+            &self.tls_reload_total,
+            &self.tls_cert_expiry_timestamp_seconds,
         ];
         let process = prometheus::process_collector::ProcessCollector::for_self();
         collectors

@@ -21,6 +21,8 @@ use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 
+use super::tls::Handshake;
+
 pub use table::{default_max_connections, descriptor_limit};
 
 /// The limits `Guarded` keeps.
@@ -38,6 +40,8 @@ pub struct Guarded<A> {
     app: Arc<A>,
     table: Arc<table::Table>,
     limits: ConnectionLimits,
+    /// The listener's TLS, when it speaks HTTPS: the handshake is made here, inside the limits.
+    tls: Option<Arc<Handshake>>,
     /// Called once every connection has closed after shutdown began (the process then has
     /// nothing left to finish and need not sit out the rest of the grace period).
     on_drained: Box<dyn Fn(Duration) + Send + Sync>,
@@ -47,12 +51,14 @@ impl<A> Guarded<A> {
     pub fn new(
         app: A,
         limits: ConnectionLimits,
+        tls: Option<Handshake>,
         on_drained: impl Fn(Duration) + Send + Sync + 'static,
     ) -> Guarded<A> {
         Guarded {
             app: Arc::new(app),
             table: Arc::new(table::Table::new(limits.max)),
             limits,
+            tls: tls.map(Arc::new),
             on_drained: Box::new(on_drained),
         }
     }
@@ -78,8 +84,20 @@ where
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let Some(conn) = self.table.admit(stream.id()) else {
-            refuse(stream).await;
+            if self.tls.is_some() {
+                // No handshake is spent on a connection that cannot be served: it is closed.
+                let mut stream = stream;
+                pingora::protocols::Shutdown::shutdown(&mut *stream).await;
+            } else {
+                refuse(stream).await;
+            }
             return None;
+        };
+        // A verified client certificate's names are known while `_client` is held: for as long
+        // as this connection is open.
+        let (stream, _client) = match &self.tls {
+            Some(tls) => tls.accept(stream).await?,
+            None => (stream, None),
         };
         let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
         let stream: Stream = Box::new(io::GuardedIo::new(

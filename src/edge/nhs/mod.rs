@@ -257,6 +257,10 @@ impl ProxyHttp for NhsLoginLayer {
         NhsCtx::default()
     }
 
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        self.inner.init_downstream_modules(modules);
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut NhsCtx) -> Result<bool> {
         self.inner.begin(session, &mut ctx.inner).await;
         if let Some(reply) = self.inner.malformed(session) {
@@ -264,6 +268,7 @@ impl ProxyHttp for NhsLoginLayer {
         }
         let asking = Asking {
             peer: None,
+            client: None,
             headers: &session.req_header().headers,
         };
         self.load_session(&asking, ctx).await;
