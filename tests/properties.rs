@@ -542,6 +542,10 @@ const KNOWN_KEYS: &[&str] = &[
     "base_url",
     "client_id",
     "state_ttl_secs",
+    "reload_secs",
+    "min_version",
+    "hsts_max_age_secs",
+    "trusted_clients",
 ];
 
 /// The documented example, `conf/pkb-edge.toml`, with its `*_file` secrets inline (so that the
@@ -1167,20 +1171,23 @@ proptest! {
         ],
     ) {
         let identity = identity();
+        let resolve = |peer: Option<std::net::IpAddr>, headers: &HeaderMap| {
+            identity.resolve(&pkb_edge::identity::Asking { peer, client: None, headers })
+        };
         let mut headers = HeaderMap::new();
         if let Ok(v) = HeaderValue::from_bytes(&sent) {
             headers.insert(USER_HEADER, v);
         }
-        if let Some(user) = identity.resolve(trusted(), &headers) {
+        if let Some(user) = resolve(trusted(), &headers) {
             prop_assert!(!user.is_empty() && user.len() <= 256, "{user:?}");
             prop_assert!(!user.chars().any(char::is_control), "{user:?}");
             prop_assert_eq!(user.trim(), user.as_str());
             let mut again = HeaderMap::new();
             again.insert(USER_HEADER, HeaderValue::from_str(&user).unwrap());
-            prop_assert_eq!(identity.resolve(trusted(), &again), Some(user));
+            prop_assert_eq!(resolve(trusted(), &again), Some(user));
         }
-        prop_assert_eq!(identity.resolve(Some("10.9.9.9".parse().unwrap()), &headers), None);
-        prop_assert_eq!(identity.resolve(None, &headers), None);
+        prop_assert_eq!(resolve(Some("10.9.9.9".parse().unwrap()), &headers), None);
+        prop_assert_eq!(resolve(None, &headers), None);
     }
 
     // -----------------------------------------------------------------------------------------

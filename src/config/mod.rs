@@ -306,23 +306,7 @@ impl Validator {
             callback("/nhs/callback"),
             env,
         );
-        let tls = match raw.tls {
-            Some(t) => self.tls(t, listen).map(Some),
-            None => Some(None),
-        };
-        if let (Some(Some(tls)), Some(identity)) = (&tls, &identity) {
-            self.tls_fits(tls, identity, public_url.as_ref());
-        } else if let Some(IdentitySettings::Header {
-            trusted_clients, ..
-        }) = &identity
-        {
-            if !trusted_clients.is_empty() && matches!(tls, Some(None)) {
-                self.problem(
-                    "identity.trusted_clients",
-                    "needs a [tls] table with client_ca_file: client certificates come with HTTPS",
-                );
-            }
-        }
+        let tls = self.tls_table(raw.tls, listen, identity.as_ref(), public_url.as_ref());
         if let (Some(Some(ops)), Some(listen)) = (&ops_listen, &listen) {
             if ops == listen {
                 self.problem(

@@ -441,3 +441,72 @@ fn vectors_parse_in_any_method_order_and_refuse_nonsense() {
         assert_eq!(Vector::parse(bad), None, "{bad}");
     }
 }
+
+fn with_tls(table: &str) -> String {
+    minimal() + "[tls]\n" + table
+}
+
+#[test]
+fn tls_defaults_and_each_key_named() {
+    let ok = with_tls("cert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n");
+    let tls = Config::parse(&ok, &no_env()).unwrap().tls.unwrap();
+    assert_eq!(tls.min_version, TlsVersion::V1_2);
+    assert!(tls.http2);
+    assert_eq!(tls.reload, std::time::Duration::from_secs(60));
+    assert_eq!(tls.client_auth, ClientCertMode::Optional);
+    assert_eq!((tls.hsts_max_age_secs, tls.redirect_listen), (0, None));
+
+    let bad = with_tls(
+        "min_version = \"1.1\"\nreload_secs = 0\nclient_auth = \"required\"\nredirect_listen = \"127.0.0.1:8080\"\n",
+    );
+    let mut keys = keys_of(Config::parse(&bad, &no_env()).unwrap_err());
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![
+            "tls.cert_file",
+            "tls.client_auth",
+            "tls.key_file",
+            "tls.min_version",
+            "tls.redirect_listen",
+            "tls.reload_secs"
+        ]
+    );
+    let plain = ok.replace("https://ehr.example.nhs.uk", "http://ehr.example.nhs.uk");
+    assert_eq!(
+        keys_of(Config::parse(&plain, &no_env()).unwrap_err()),
+        vec!["public_url"]
+    );
+}
+
+#[test]
+fn trusted_clients_need_a_client_ca_and_header_mode() {
+    let clients = |text: String| {
+        text.replace(
+            "trusted_peers = [\"127.0.0.1/32\", \"::1\"]",
+            "trusted_clients = [\"SSO.trust.nhs.uk\"]",
+        )
+    };
+    let without_tls = clients(minimal());
+    assert_eq!(
+        keys_of(Config::parse(&without_tls, &no_env()).unwrap_err()),
+        vec!["identity.trusted_clients"]
+    );
+    let without_ca = clients(with_tls("cert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n"));
+    assert_eq!(
+        keys_of(Config::parse(&without_ca, &no_env()).unwrap_err()),
+        vec!["identity.trusted_clients"]
+    );
+    let with_ca = clients(with_tls(
+        "cert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\nclient_ca_file = \"/ca.pem\"\n",
+    ));
+    let config = Config::parse(&with_ca, &no_env()).unwrap();
+    assert_eq!(config.identity.trusted_clients(), ["sso.trust.nhs.uk"]);
+    assert!(
+        config.identity.trusted_peers().is_empty(),
+        "clients alone are a rule"
+    );
+    let in_jwt_mode = clients(minimal()).replace("[identity]\n", "[identity]\nmode = \"jwt\"\n");
+    assert!(keys_of(Config::parse(&in_jwt_mode, &no_env()).unwrap_err())
+        .contains(&"identity.trusted_clients".to_string()));
+}

@@ -143,6 +143,30 @@ impl Validator {
 }
 
 impl Validator {
+    /// `[tls]` if present, and what it asks of the rest of the file. Outer `None`: invalid (the
+    /// problem is recorded); inner `None`: not configured.
+    pub(super) fn tls_table(
+        &mut self,
+        raw: Option<RawTls>,
+        listen: Option<SocketAddr>,
+        identity: Option<&super::IdentitySettings>,
+        public_url: Option<&url::Url>,
+    ) -> Option<Option<TlsSettings>> {
+        let tls = match raw {
+            Some(t) => self.tls(t, listen).map(Some),
+            None => Some(None),
+        };
+        match (&tls, identity) {
+            (Some(Some(tls)), Some(identity)) => self.tls_fits(tls, identity, public_url),
+            (Some(None), Some(identity)) if !identity.trusted_clients().is_empty() => self.problem(
+                "identity.trusted_clients",
+                "needs a [tls] table with client_ca_file: client certificates come with HTTPS",
+            ),
+            _ => {}
+        }
+        tls
+    }
+
     /// What `[tls]` asks of the rest of the file: an https `public_url`, and a client CA for
     /// `identity.trusted_clients`.
     pub(super) fn tls_fits(

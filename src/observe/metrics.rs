@@ -139,33 +139,43 @@ pub fn metrics() -> &'static Metrics {
             )
             .unwrap_or_else(|e| panic!("metric audit_write_errors_total: {e}")),
             downstream_connections: connections_gauge(),
-            downstream_connections_closed_total: labelled(
-                counter(
-                    "downstream_connections_closed_total",
-                    CLOSED_HELP,
-                    &["reason"],
-                ),
-                &CLOSED_REASONS,
-            ),
+            downstream_connections_closed_total: closed_total(),
             identity_total: identity_total(),
-            tls_reload_total: labelled(
-                counter(
-                    "tls_reload_total",
-                    "Readings of a changed (or SIGHUP-requested) certificate and key, by outcome.",
-                    &["outcome"],
-                ),
-                &TLS_RELOAD_OUTCOMES,
-            ),
-            // Set when a listener serves a certificate, never exported as 0 (an expiry alert
-            // would read that as long expired).
-            tls_cert_expiry_timestamp_seconds: register_int_gauge_vec!(
-                "pkb_edge_tls_cert_expiry_timestamp_seconds",
-                "The serving certificate's notAfter (Unix seconds), by listener.",
-                &["listener"]
-            )
-            .unwrap_or_else(|e| panic!("metric tls_cert_expiry_timestamp_seconds: {e}")),
+            tls_reload_total: tls_reload_total(),
+            tls_cert_expiry_timestamp_seconds: expiry_gauge(),
         }
     })
+}
+
+fn closed_total() -> IntCounterVec {
+    let counter = register_int_counter_vec!(
+        "pkb_edge_downstream_connections_closed_total",
+        CLOSED_HELP,
+        &["reason"]
+    )
+    .unwrap_or_else(|e| panic!("metric downstream_connections_closed_total: {e}"));
+    labelled(counter, &CLOSED_REASONS)
+}
+
+fn tls_reload_total() -> IntCounterVec {
+    let counter = register_int_counter_vec!(
+        "pkb_edge_tls_reload_total",
+        "Readings of a changed (or SIGHUP-requested) certificate and key, by outcome.",
+        &["outcome"]
+    )
+    .unwrap_or_else(|e| panic!("metric tls_reload_total: {e}"));
+    labelled(counter, &TLS_RELOAD_OUTCOMES)
+}
+
+/// Set when a listener serves a certificate, never exported as 0 (an expiry alert would read
+/// that as long expired).
+fn expiry_gauge() -> IntGaugeVec {
+    register_int_gauge_vec!(
+        "pkb_edge_tls_cert_expiry_timestamp_seconds",
+        "The serving certificate's notAfter (Unix seconds), by listener.",
+        &["listener"]
+    )
+    .unwrap_or_else(|e| panic!("metric tls_cert_expiry_timestamp_seconds: {e}"))
 }
 
 fn connections_gauge() -> IntGauge {
