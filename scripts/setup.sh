@@ -3,7 +3,8 @@
 # (Pingora's zlib-ng), pkg-config, Chromium with chromedriver for the browser test, and
 # PostgreSQL for the tests of several instances on one store (started if it is not running, and
 # reachable as postgres://postgres@127.0.0.1:5432 without a password on loopback).
-# With --bench, also wrk (the benchmark's load generator) and nginx (its baseline).
+# promtool (from Debian's prometheus package; its server is not left running) for the alert
+# rules' test. With --bench, also wrk (the benchmark's load generator) and nginx (its baseline).
 # Safe to run again. Needs root (or sudo).
 set -euo pipefail
 
@@ -17,6 +18,8 @@ command -v pkg-config >/dev/null || need+=(pkg-config)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 command -v pg_ctlcluster >/dev/null || need+=(postgresql)
+# promtool (Debian ships it with Prometheus) checks conf/pkb-edge-alerts.yml in a test.
+command -v promtool >/dev/null || need+=(prometheus)
 if [ "${1:-}" = "--bench" ]; then
   command -v wrk >/dev/null || need+=(wrk)
   [ -x /usr/sbin/nginx ] || need+=(nginx-light)
@@ -26,6 +29,10 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  # Only promtool is wanted: a Prometheus server the package may have started is stopped.
+  if [[ " ${need[*]} " == *" prometheus "* ]] && pgrep -x prometheus >/dev/null; then
+    $SUDO service prometheus stop >/dev/null 2>&1 || true
+  fi
 fi
 
 # PostgreSQL on 127.0.0.1:5432, as the tests expect it: running, and the `postgres` role let in
