@@ -20,7 +20,10 @@
 //! (comma-separated substrings of variant names, e.g. `launch via`) a subset to run;
 //! `PKB_EDGE_BENCH_BIN` runs another pkb-edge binary instead, and `PKB_EDGE_BENCH_OLD_BIN` runs an older
 //! build beside this one (rows marked "(old)") for an A/B comparison in one run. It also measures
-//! the memory an idle keep-alive connection costs (2,000 of them), here and in bare Pingora. Results:
+//! the memory an idle keep-alive connection costs (2,000 of them), here and in bare Pingora.
+//! HTTPS: pkb-edge with an ECDSA P-256 certificate against nginx serving the same one (keep-alive
+//! small pages), and the handshake rate (one request per connection: ECDSA and RSA 2048, nginx,
+//! and plain connections for the cost of a connection without TLS). Results:
 //! `target/bench/edge.json`, and a table with the ratios on standard output.
 
 use std::collections::BTreeMap;
@@ -41,6 +44,8 @@ use pkb_edge::store::{open_backend, Pairings, TokenSet};
 
 #[path = "../tests/common/process.rs"]
 mod process;
+#[path = "edge/tls.rs"]
+mod tls;
 
 use process::{free_port, wait_listening, Killed};
 
@@ -70,6 +75,7 @@ struct Edge {
     startup: Duration,
     /// The pkb-edge binary it runs (bare Pingora: this bench).
     binary: String,
+    https: bool,
 }
 
 impl Edge {
@@ -87,7 +93,7 @@ impl Edge {
             r#"listen = "127.0.0.1:{port}"
 ops_listen = "127.0.0.1:{ops}"
 upstream = "http://{upstream}"
-public_url = "http://127.0.0.1:{port}"
+public_url = "{scheme}://127.0.0.1:{port}"
 [server]
 threads = {threads}
 grace_period_seconds = 0
@@ -109,7 +115,14 @@ pkb_concurrency = 4096
 [audit]
 file = "{audit}"
 {extra}
+{tls}
 "#,
+            scheme = if settings.tls.is_empty() {
+                "http"
+            } else {
+                "https"
+            },
+            tls = settings.tls,
             upstream = common.upstream,
             sim = common.sim_url,
             db = db.display(),
@@ -143,11 +156,13 @@ file = "{audit}"
             port,
             startup,
             binary,
+            https: !settings.tls.is_empty(),
         }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}{path}", self.port)
     }
 
     fn pids(&self) -> Vec<u32> {
@@ -229,6 +244,8 @@ struct Settings {
     /// Another pkb-edge binary than this build's (`PKB_EDGE_BENCH_BIN`, or the A/B run's older
     /// build from `PKB_EDGE_BENCH_OLD_BIN`).
     binary: Option<&'static str>,
+    /// A `[tls]` table: the listener speaks HTTPS.
+    tls: &'static str,
 }
 
 const DEFAULTS: Settings = Settings {
@@ -237,6 +254,7 @@ const DEFAULTS: Settings = Settings {
     extra: "",
     identity: "trusted_peers = [\"127.0.0.1/32\"]",
     binary: None,
+    tls: "",
 };
 
 struct Common {
@@ -249,14 +267,17 @@ struct Nginx {
     master: Option<Child>,
     upstream_port: u16,
     sim_port: u16,
+    /// HTTPS to the upstream, with the certificate pkb-edge's https variant serves.
+    tls_port: u16,
 }
 
 impl Nginx {
-    fn start(dir: &Path, upstream: SocketAddr, sim: SocketAddr) -> Option<Nginx> {
+    fn start(dir: &Path, upstream: SocketAddr, sim: SocketAddr, tls: &tls::Pair) -> Option<Nginx> {
         let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
             .into_iter()
             .find(|p| Path::new(p).exists())?;
-        let (upstream_port, sim_port) = (free_port(), free_port());
+        let (upstream_port, sim_port, tls_port) = (free_port(), free_port(), free_port());
+        let https = tls::nginx_server(tls_port, tls);
         let prefix = dir.join("nginx");
         std::fs::create_dir_all(prefix.join("logs")).unwrap();
         let conf = format!(
@@ -267,6 +288,8 @@ error_log {prefix}/logs/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
+    # pkb-edge has no limit on requests per keep-alive connection; neither does nginx here.
+    keepalive_requests 1000000;
     upstream app {{ server {upstream}; keepalive 256; }}
     upstream pkb {{ server {sim}; keepalive 256; }}
     server {{
@@ -285,7 +308,7 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }}
-    }}
+    }}{https}
 }}
 "#,
             pid = prefix.join("nginx.pid").display(),
@@ -304,10 +327,12 @@ http {{
             .ok()?;
         wait_listening(upstream_port, "nginx", STARTUP);
         wait_listening(sim_port, "nginx", STARTUP);
+        wait_listening(tls_port, "nginx", STARTUP);
         Some(Nginx {
             master: Some(child),
             upstream_port,
             sim_port,
+            tls_port,
         })
     }
 }
@@ -663,6 +688,7 @@ fn start_bare_pingora(upstream: SocketAddr) -> Edge {
         port,
         startup,
         binary: "bare Pingora".into(),
+        https: false,
     }
 }
 
@@ -813,7 +839,16 @@ fn main() {
     });
     let (jwt, assertion) = start_jwt_edge(d, &keys, &common);
     let bare = start_bare_pingora(upstream);
-    let nginx = Nginx::start(d, upstream, sim_addr);
+    let (ecdsa, rsa) = tls::pairs(d);
+    let https = |name: &str, pair: &tls::Pair| {
+        let settings = Settings {
+            tls: pair.table(),
+            ..DEFAULTS
+        };
+        Edge::start(d, name, &d.join("hot.db"), &keys, settings, &common)
+    };
+    let (https_ecdsa, https_rsa) = (https("https", &ecdsa), https("https-rsa", &rsa));
+    let nginx = Nginx::start(d, upstream, sim_addr, &ecdsa);
     if nginx.is_none() {
         eprintln!("nginx is not installed: the nginx rows are left out (scripts/setup.sh --bench)");
     }
@@ -841,6 +876,13 @@ fn main() {
         &[("X-Pomerium-Jwt-Assertion", assertion.as_str())],
     );
     let large = s("large", "GET", LARGE, &as_hot);
+    // One request per connection: wrk connects again after each answer (a TLS handshake each).
+    let small_close = s(
+        "small-close",
+        "GET",
+        SMALL,
+        &[("X-Authenticated-User", HOT_USER), ("Connection", "close")],
+    );
     let patient = s("patient", "GET", PATIENT_PAGE, &as_hot);
     let cold_launch_small = random_users(
         d,
@@ -906,6 +948,30 @@ fn main() {
         ),
         ("1 MB page direct", up_url("/"), &large, direct()),
         ("1 MB page via pkb-edge", hot.url("/"), &large, hot.pids()),
+        (
+            "small page via pkb-edge, https",
+            https_ecdsa.url("/"),
+            &small,
+            https_ecdsa.pids(),
+        ),
+        (
+            "new connection per request, pkb-edge, plain",
+            hot.url("/"),
+            &small_close,
+            hot.pids(),
+        ),
+        (
+            "new handshake per request, pkb-edge, ECDSA",
+            https_ecdsa.url("/"),
+            &small_close,
+            https_ecdsa.pids(),
+        ),
+        (
+            "new handshake per request, pkb-edge, RSA",
+            https_rsa.url("/"),
+            &small_close,
+            https_rsa.pids(),
+        ),
     ];
     if let Some(n) = &nginx {
         let (sim_hop, app_hop) = (
@@ -918,6 +984,19 @@ fn main() {
             ("small page via nginx", app_hop.clone(), &small, n.pids()),
         );
         variants.push(("1 MB page via nginx", app_hop, &large, n.pids()));
+        let tls_hop = format!("https://127.0.0.1:{}/", n.tls_port);
+        variants.push((
+            "small page via nginx, https",
+            tls_hop.clone(),
+            &small,
+            n.pids(),
+        ));
+        variants.push((
+            "new handshake per request, nginx, ECDSA",
+            tls_hop,
+            &small_close,
+            n.pids(),
+        ));
     }
     if let Some(old) = &old {
         variants.push((
@@ -1061,7 +1140,7 @@ fn main() {
             .map(|(_, m)| m.clone())
     };
     // (label, variant, against, p99 rather than throughput)
-    const RATIOS: [(&str, &str, &str, bool); 12] = [
+    const RATIOS: [(&str, &str, &str, bool); 19] = [
         (
             "small page via pkb-edge / (old), throughput",
             "small page via pkb-edge",
@@ -1132,6 +1211,48 @@ fn main() {
             "decoration (cache hit) / passthrough, throughput",
             "small page via pkb-edge + decoration",
             "small page via pkb-edge",
+            false,
+        ),
+        (
+            "https / plain, small page via pkb-edge, throughput",
+            "small page via pkb-edge, https",
+            "small page via pkb-edge",
+            false,
+        ),
+        (
+            "https / plain, small page via pkb-edge, p99",
+            "small page via pkb-edge, https",
+            "small page via pkb-edge",
+            true,
+        ),
+        (
+            "https small page: pkb-edge / nginx, throughput",
+            "small page via pkb-edge, https",
+            "small page via nginx, https",
+            false,
+        ),
+        (
+            "https small page: pkb-edge / nginx, p99",
+            "small page via pkb-edge, https",
+            "small page via nginx, https",
+            true,
+        ),
+        (
+            "handshakes/s: pkb-edge / nginx (ECDSA)",
+            "new handshake per request, pkb-edge, ECDSA",
+            "new handshake per request, nginx, ECDSA",
+            false,
+        ),
+        (
+            "handshakes/s: ECDSA / RSA (pkb-edge)",
+            "new handshake per request, pkb-edge, ECDSA",
+            "new handshake per request, pkb-edge, RSA",
+            false,
+        ),
+        (
+            "new connections/s: https (ECDSA) / plain (pkb-edge)",
+            "new handshake per request, pkb-edge, ECDSA",
+            "new connection per request, pkb-edge, plain",
             false,
         ),
     ];
