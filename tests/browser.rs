@@ -58,10 +58,15 @@ impl Steps {
             if title.starts_with(want) {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "expected the page {want:?}, still on {title:?}"
-            );
+            if Instant::now() > deadline {
+                let url = self.browser.current_url().await.map(|u| u.to_string());
+                let source = self.browser.source().await.unwrap_or_default();
+                let start = source.len().saturating_sub(1500);
+                panic!(
+                    "expected the page {want:?}, still on {title:?} at {url:?}:\n{}",
+                    &source[start..]
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -112,11 +117,24 @@ fn start_session(extra: &[&str], screenshots: &str) -> Option<Session> {
     let first_line = lines_rx
         .recv_timeout(Duration::from_secs(30))
         .unwrap_or_else(|_| panic!("the demo printed no URL; its log: {}", demo_log.display()));
-    let url = format!("http://127.0.0.1:{port}/");
+    let scheme = if extra.contains(&"--tls") {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!("{scheme}://127.0.0.1:{port}/");
     assert!(
         first_line.contains(&url),
         "the demo prints the URL to open: {first_line}"
     );
+    // With --tls, Chromium trusts the run's certificate by its public key's pin (the flag the
+    // demo's banner gives), and nothing else.
+    let pin: Vec<String> = first_line
+        .split_whitespace()
+        .filter(|w| w.starts_with("--ignore-certificate-errors-spki-list="))
+        .map(|w| w.trim_end_matches(')').to_string())
+        .collect();
+    assert_eq!(pin.len(), usize::from(scheme == "https"), "{first_line}");
 
     let driver_port = free_port();
     let driver = Killed(
@@ -141,15 +159,23 @@ fn start_session(extra: &[&str], screenshots: &str) -> Option<Session> {
         .unwrap();
     let browser = rt.block_on(async {
         let mut caps = serde_json::Map::new();
+        let mut args = vec![
+            "--headless".to_string(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-quic".into(),
+            "--no-first-run".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            "--disable-dev-shm-usage".into(),
+            "--window-size=1100,800".into(),
+            format!("--user-data-dir={}", profile.path().display()),
+        ];
+        args.extend(pin);
         caps.insert(
             "goog:chromeOptions".into(),
-            serde_json::json!({
-                "binary": CHROMIUM,
-                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                         "--disable-dev-shm-usage", "--window-size=1100,800",
-                         format!("--user-data-dir={}", profile.path().display())]
-            }),
+            serde_json::json!({ "binary": CHROMIUM, "args": args }),
         );
         ClientBuilder::rustls()
             .unwrap()
@@ -172,6 +198,13 @@ fn start_session(extra: &[&str], screenshots: &str) -> Option<Session> {
 #[test]
 fn demo_click_through_in_chromium() {
     click_through(&[], "browser-screenshots");
+}
+
+/// The same over HTTPS: the browser to the front and the front to pkb-edge (with its client
+/// certificate, which pkb-edge trusts by name).
+#[test]
+fn demo_click_through_over_https_in_chromium() {
+    click_through(&["--tls"], "browser-screenshots-https");
 }
 
 /// The same, with the front signing a Pomerium-style assertion and pkb-edge in jwt mode.
@@ -241,7 +274,17 @@ fn click_through(extra: &[&str], screenshots: &str) {
 
 #[test]
 fn portal_demo_single_sign_on_both_ways_in_chromium() {
-    let Some(mut session) = start_session(&["--portal"], "browser-screenshots-portal") else {
+    portal_flow(&["--portal"], "browser-screenshots-portal");
+}
+
+/// The same with pkb-edge's listener on HTTPS: the `__Host-` session cookie over real TLS.
+#[test]
+fn portal_demo_over_https_in_chromium() {
+    portal_flow(&["--portal", "--tls"], "browser-screenshots-portal-https");
+}
+
+fn portal_flow(extra: &[&str], screenshots: &str) {
+    let Some(mut session) = start_session(extra, screenshots) else {
         return;
     };
     let url = session.url.clone();

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{Config, ProcessEnv};
 use crate::demo;
+use crate::demo::tls::{DemoCerts, FRONT_CLIENT_NAME};
 use crate::sim::nhs::{demo_users, new_client, NhsLoginSim};
 use crate::sim::{demo_patients, SimConfig, Simulator};
 use crate::store::crypto::Keyring;
@@ -95,10 +96,14 @@ impl Demo {
 
 /// The EHR demo: sign-on front → pkb-edge → sample EHR, with the PKB simulator. With `jwt`, the
 /// front signs a Pomerium-style assertion and pkb-edge runs in jwt mode.
-pub fn ehr(listen: &str, jwt: bool) -> ExitCode {
+pub fn ehr(listen: &str, jwt: bool, tls: bool) -> ExitCode {
     let d = match Demo::new() {
         Ok(d) => d,
         Err(code) => return code,
+    };
+    let certs = match tls.then(|| DemoCerts::make(&d.state_dir)).transpose() {
+        Ok(c) => c,
+        Err(e) => return fail("cannot make the demo's certificates", &e),
     };
     let sim = Simulator::new(SimConfig::default());
     let bound = d.bind(["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", listen]);
@@ -123,23 +128,38 @@ pub fn ehr(listen: &str, jwt: bool) -> ExitCode {
     } else {
         (USER_HEADER, None)
     };
-    let front = match d
-        .runtime
-        .block_on(async { demo::front(proxy_addr, identity_header.to_string(), signer) })
-    {
+    let front = match d.runtime.block_on(async {
+        demo::front(
+            proxy_addr,
+            identity_header.to_string(),
+            signer,
+            certs.as_ref(),
+        )
+    }) {
         Ok(f) => f,
         Err(e) => return fail("cannot build the front's HTTP client", &e),
     };
     d.runtime.spawn(sim.clone().serve(sim_l));
     d.runtime
         .spawn(async move { axum::serve(ehr_l, demo::sample_ehr(demo_patients())).await });
-    d.runtime
-        .spawn(async move { axum::serve(front_l, front).await });
+    match &certs {
+        Some(c) => match d.runtime.block_on(async { c.listener(front_l) }) {
+            Ok(l) => {
+                d.runtime.spawn(async move { axum::serve(l, front).await });
+            }
+            Err(e) => return fail("cannot serve the front over HTTPS", &e),
+        },
+        None => {
+            d.runtime
+                .spawn(async move { axum::serve(front_l, front).await });
+        }
+    }
+    let scheme = if tls { "https" } else { "http" };
     let config_text = format!(
         r#"
 listen = "{proxy_addr}"
 upstream = "http://{ehr_addr}"
-public_url = "http://{front_addr}"
+public_url = "{scheme}://{front_addr}"
 [server]
 grace_period_seconds = 1
 graceful_shutdown_timeout_seconds = 2
@@ -151,16 +171,24 @@ client_id = "{client_id}"
 client_secret = "{client_secret}"
 [decorate]
 patient_from = {{ path_regex = '^/patients/(\d{{10}})' }}
-{store_and_audit}"#,
+{store_and_audit}
+{tls_table}"#,
+        tls_table = certs.as_ref().map(|c| c.table(true)).unwrap_or_default(),
         identity = if jwt {
             format!(
                 "mode = \"jwt\"\npreset = \"pomerium\"\njwks_url = \"http://{front_host}{}\"\nissuer = \"{front_host}\"\naudience = [\"{front_host}\"]",
                 demo::POMERIUM_JWKS_PATH
             )
         } else {
+            // With --tls the front must also hold its client certificate.
             format!(
-                "mode = \"header\"\nheader = \"{USER_HEADER}\"\ntrusted_peers = [\"{}/32\"]",
-                demo::FRONT_SOURCE_IP
+                "mode = \"header\"\nheader = \"{USER_HEADER}\"\ntrusted_peers = [\"{}/32\"]{}",
+                demo::FRONT_SOURCE_IP,
+                if tls {
+                    format!("\ntrusted_clients = [\"{FRONT_CLIENT_NAME}\"]")
+                } else {
+                    String::new()
+                }
             )
         },
         client_id = sim.config().client_id,
@@ -168,21 +196,38 @@ patient_from = {{ path_regex = '^/patients/(\d{{10}})' }}
         store_and_audit = d.store_and_audit(),
     );
     let banner = format!(
-        "pkb-edge demo is running. Open http://{front_addr}/ in a browser.\n  \
+        "pkb-edge demo is running. Open {scheme}://{front_addr}/ in a browser.{}\n  \
          sign in as anyone, click \"Open in PKB\" on a patient, link your (simulated) PKB account once,\n  \
          and land in the simulator's PKB page for that patient. Ctrl-C to stop.\n  \
          (proxy {proxy_addr}, sample EHR {ehr_addr}, PKB simulator {sim_addr}, state and audit log {})",
+        trust_hint(certs.as_ref()),
         d.state_dir.display()
     );
     d.serve(&config_text, banner)
 }
 
+/// With `--tls`: how to make a browser trust the run's CA (on the first line, after the URL).
+fn trust_hint(certs: Option<&DemoCerts>) -> String {
+    match certs {
+        Some(c) => format!(
+            " (TLS with a CA made for this run: import {} into the browser, or start Chromium with --ignore-certificate-errors-spki-list={})",
+            c.ca_file.display(),
+            c.spki_sha256
+        ),
+        None => String::new(),
+    }
+}
+
 /// The portal demo: pkb-edge in `nhs_login` mode in front of a sample patient portal, with the
 /// NHS login and PKB simulators.
-pub fn portal(listen: &str) -> ExitCode {
+pub fn portal(listen: &str, tls: bool) -> ExitCode {
     let d = match Demo::new() {
         Ok(d) => d,
         Err(code) => return code,
+    };
+    let certs = match tls.then(|| DemoCerts::make(&d.state_dir)).transpose() {
+        Ok(c) => c,
+        Err(e) => return fail("cannot make the demo's certificates", &e),
     };
     let listen_addr: SocketAddr = match listen.parse() {
         Ok(a) => a,
@@ -193,7 +238,8 @@ pub fn portal(listen: &str) -> ExitCode {
         Ok(b) => b,
         Err(e) => return fail("cannot listen on loopback", &e),
     };
-    let public_url = format!("http://{listen_addr}");
+    let scheme = if tls { "https" } else { "http" };
+    let public_url = format!("{scheme}://{listen_addr}");
     let client_id = "pkb-edge-portal";
     let op = NhsLoginSim::new(&format!("http://{op_addr}"), demo_users(), false);
     let (rp_key, registration) =
@@ -228,17 +274,20 @@ base_url = "http://{sim_addr}"
 client_id = "{pkb_client_id}"
 client_secret = "{pkb_client_secret}"
 scope = "PATIENT"
-{store_and_audit}"#,
+{store_and_audit}
+{tls_table}"#,
+        tls_table = certs.as_ref().map(|c| c.table(false)).unwrap_or_default(),
         key_file = key_file.display(),
         pkb_client_id = sim.config().client_id,
         pkb_client_secret = sim.config().client_secret,
         store_and_audit = d.store_and_audit(),
     );
     let banner = format!(
-        "pkb-edge patient-portal demo is running. Open {public_url}/ in a browser.\n  \
+        "pkb-edge patient-portal demo is running. Open {public_url}/ in a browser.{}\n  \
          sign in with the simulated NHS login, click \"Open my record in Patients Know Best\" (no second sign-in),\n  \
          then PKB's \"Open the patient portal\" link brings you back signed in. Ctrl-C to stop.\n  \
          (portal {portal_addr}, NHS login simulator http://{op_addr}, PKB simulator {sim_addr}, state and audit log {})",
+        trust_hint(certs.as_ref()),
         d.state_dir.display()
     );
     d.serve(&config_text, banner)

@@ -131,6 +131,11 @@ enum Command {
         /// from a trusted address) or `jwt` (an ES256 assertion signed the way Pomerium does).
         #[arg(long, value_enum, default_value = "header")]
         identity: DemoIdentity,
+        /// Over HTTPS, with a CA made for the run: pkb-edge's listener speaks TLS (in the EHR
+        /// demo the front serves the browser over HTTPS too and reaches pkb-edge with a client
+        /// certificate, trusted by name). The banner says how to make the browser trust it.
+        #[arg(long)]
+        tls: bool,
     },
     /// Run the PKB simulator alone.
     Sim {
@@ -182,12 +187,13 @@ pub fn main() -> ExitCode {
             listen,
             portal,
             identity,
+            tls,
         } => {
             init_logging(log_format);
             if portal {
-                demo::portal(&listen)
+                demo::portal(&listen, tls)
             } else {
-                demo::ehr(&listen, identity == DemoIdentity::Jwt)
+                demo::ehr(&listen, identity == DemoIdentity::Jwt, tls)
             }
         }
         Command::Sim {

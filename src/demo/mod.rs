@@ -21,6 +21,8 @@ use axum::routing::{any, get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
 
+pub mod tls;
+
 use crate::pages::{document, html, Markup, PreEscaped};
 use crate::sim::SimPatient;
 
@@ -180,14 +182,30 @@ pub fn front(
     proxy: SocketAddr,
     identity_header: String,
     signer: Option<AssertionSigner>,
+    tls: Option<&tls::DemoCerts>,
 ) -> Result<Router, reqwest::Error> {
-    let client = reqwest::Client::builder()
+    let mut client = reqwest::Client::builder()
         .local_address(FRONT_SOURCE_IP.parse::<IpAddr>().ok())
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(certs) = tls {
+        // pkb-edge over HTTPS, trusted by the demo CA, with the front's client certificate;
+        // HTTP/1.1, as gateways speak to what they front (the browser's Host goes on as is, which
+        // HTTP/2 would refuse as differing from the connection's authority).
+        client = client
+            .use_rustls_tls()
+            .http1_only()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(certs.ca_pem.as_bytes())?)
+            .identity(reqwest::Identity::from_pem(
+                certs.front_identity_pem.as_bytes(),
+            )?);
+    }
     let state = std::sync::Arc::new(FrontState {
-        client,
-        proxy,
+        client: client.build()?,
+        proxy: match tls {
+            Some(_) => format!("https://{proxy}"),
+            None => format!("http://{proxy}"),
+        },
         identity_header,
         signer,
     });
@@ -201,7 +219,8 @@ pub fn front(
 
 struct FrontState {
     client: reqwest::Client,
-    proxy: SocketAddr,
+    /// pkb-edge's origin (https with `--tls`).
+    proxy: String,
     identity_header: String,
     signer: Option<AssertionSigner>,
 }
@@ -379,10 +398,9 @@ async fn forward(State(front): Front, request: Request) -> Response {
         return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response();
     };
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut request = front.client.request(
-        parts.method.clone(),
-        format!("http://{}{path}", front.proxy),
-    );
+    let mut request = front
+        .client
+        .request(parts.method.clone(), format!("{}{path}", front.proxy));
     for (name, value) in parts.headers.iter() {
         let n = name.as_str();
         if !HOP_BY_HOP.contains(&n) && !n.eq_ignore_ascii_case(&front.identity_header) {
