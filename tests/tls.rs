@@ -107,6 +107,74 @@ fn https_passthrough_and_launch_over_http1_and_h2() {
 }
 
 #[test]
+fn https_pairing_and_decoration() {
+    let ca = TestCa::new("Test Edge CA");
+    let w = tls_world(&ca, "", |c| {
+        c.extra_toml =
+            "[decorate]\npatient_from = { path_regex = '^/patients/(\\d{10})' }\n".into();
+    });
+    rt().block_on(async {
+        let client = https_client(&ca).build().unwrap();
+        // Pairing starts over HTTPS, and PKB is told to come back to the https callback.
+        let pair = client
+            .get(w.proxy.url("/_pkb/pair"))
+            .header(USER_HEADER, "dr.jones")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(pair.status(), 302);
+        let authorize = header(pair.headers(), "location").to_string();
+        let callback = url::Url::parse(&authorize)
+            .unwrap()
+            .query_pairs()
+            .find(|(k, _)| k == "redirect_uri")
+            .map(|(_, v)| v.into_owned())
+            .unwrap();
+        assert_eq!(callback, w.proxy.url("/_pkb/callback"));
+
+        w.config()
+            .pair(&w.sim, "dr.jones", "jones@pkb.example")
+            .await;
+        let page = client
+            .get(w.proxy.url("/patients/9990000018"))
+            .header(USER_HEADER, "dr.jones")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200);
+        assert_eq!(header(page.headers(), "x-pkb-data-available"), "true");
+    });
+}
+
+#[test]
+fn an_upgrade_hands_the_https_listener_over() {
+    let ca = TestCa::new("Test Edge CA");
+    let dir = tempfile::tempdir().unwrap();
+    let first = ca.issue(dir.path(), "live", &Leaf::server(&["localhost"], 3001));
+    let w = World::start_with(|c| {
+        c.tls = Some(format!(
+            "cert_file = \"{}\"\nkey_file = \"{}\"",
+            first.cert_file.display(),
+            first.key_file.display()
+        ));
+    });
+    let port = w.config().port;
+    rt().block_on(async {
+        let mut held = Held::connect(&ca, port).await;
+        assert!(held.get("/before").await.contains(" 200 "));
+        // The new process reads the pair at start-up: a renewed one is served from then on.
+        let renewed = ca.issue(dir.path(), "renewed", &Leaf::server(&["localhost"], 3002));
+        swap_in(&renewed, &first.cert_file, &first.key_file);
+        let new = w.proxy.upgrade(&w.dir);
+        // The old process may accept for its grace period still; then only the new one does.
+        until_served(&ca, port, 3002).await;
+        let mut fresh = Held::connect(&ca, port).await;
+        assert!(fresh.get("/after").await.contains(" 200 "));
+        drop(new);
+    });
+}
+
+#[test]
 fn without_http2_only_http1_is_offered() {
     let ca = TestCa::new("Test Edge CA");
     let w = tls_world(&ca, "http2 = false", |_| {});
