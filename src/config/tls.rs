@@ -80,10 +80,9 @@ impl Validator {
                 "must be at least 1 (SIGHUP reloads at once)",
             );
         }
-        let client_ca_file = match t.client_ca_file {
-            Some(p) => Some(self.path("tls.client_ca_file", Some(p))),
-            None => None,
-        };
+        let client_ca_file = t
+            .client_ca_file
+            .map(|p| self.path("tls.client_ca_file", Some(p)));
         let client_auth = match (t.client_auth.as_deref(), &client_ca_file) {
             (None | Some("optional"), _) => Some(ClientCertMode::Optional),
             (Some("required"), Some(_)) => Some(ClientCertMode::Required),

@@ -109,12 +109,12 @@ mod tests {
     }
 
     /// `resolve` for a request from `peer` without a client certificate.
-    trait FromPeer {
-        fn from_peer(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<String>;
+    trait AskedBy {
+        fn asked_by(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<String>;
     }
 
-    impl FromPeer for HeaderIdentity {
-        fn from_peer(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<String> {
+    impl AskedBy for HeaderIdentity {
+        fn asked_by(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<String> {
             self.resolve(&Asking {
                 peer,
                 client: None,
@@ -164,34 +164,33 @@ mod tests {
         let r = resolver();
         let h = headers(&[("X-Authenticated-User", "dr.jones")]);
         assert_eq!(
-            r.from_peer(Some("10.1.2.3".parse().unwrap()), &h)
-                .as_deref(),
+            r.asked_by(Some("10.1.2.3".parse().unwrap()), &h).as_deref(),
             Some("dr.jones")
         );
         assert_eq!(
-            r.from_peer(Some("::1".parse().unwrap()), &h).as_deref(),
+            r.asked_by(Some("::1".parse().unwrap()), &h).as_deref(),
             Some("dr.jones")
         );
         assert_eq!(
-            r.from_peer(Some("::ffff:10.0.0.1".parse().unwrap()), &h)
+            r.asked_by(Some("::ffff:10.0.0.1".parse().unwrap()), &h)
                 .as_deref(),
             Some("dr.jones")
         );
-        assert_eq!(r.from_peer(Some("192.168.1.1".parse().unwrap()), &h), None);
-        assert_eq!(r.from_peer(None, &h), None, "unknown peer fails closed");
+        assert_eq!(r.asked_by(Some("192.168.1.1".parse().unwrap()), &h), None);
+        assert_eq!(r.asked_by(None, &h), None, "unknown peer fails closed");
     }
 
     #[test]
     fn malformed_or_repeated_identity_is_absent() {
         let r = resolver();
         let peer = Some("10.0.0.1".parse().unwrap());
-        assert_eq!(r.from_peer(peer, &headers(&[])), None);
+        assert_eq!(r.asked_by(peer, &headers(&[])), None);
         assert_eq!(
-            r.from_peer(peer, &headers(&[("x-authenticated-user", "  ")])),
+            r.asked_by(peer, &headers(&[("x-authenticated-user", "  ")])),
             None
         );
         assert_eq!(
-            r.from_peer(
+            r.asked_by(
                 peer,
                 &headers(&[("x-authenticated-user", "a"), ("x-authenticated-user", "b")])
             ),
@@ -199,7 +198,7 @@ mod tests {
         );
         let long = "a".repeat(MAX_USER_ID_LEN + 1);
         assert_eq!(
-            r.from_peer(peer, &headers(&[("x-authenticated-user", &long)])),
+            r.asked_by(peer, &headers(&[("x-authenticated-user", &long)])),
             None
         );
     }

@@ -28,8 +28,11 @@ pub struct ClientCerts {
     /// What the handshake uses.
     handshake: Arc<dyn ClientCertVerifier>,
     /// SHA-256 of a verified leaf → its names, and how many open connections presented it.
-    open: Mutex<HashMap<[u8; 32], (Arc<[String]>, usize)>>,
+    open: Mutex<HashMap<[u8; 32], Open>>,
 }
+
+/// A verified leaf's names, and how many open connections presented it.
+type Open = (Arc<[String]>, usize);
 
 impl ClientCerts {
     pub fn open(ca_file: &Path, mode: ClientCertMode) -> Result<ClientCerts, FileProblem> {
