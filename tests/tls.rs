@@ -712,6 +712,28 @@ fn the_redirect_listener_answers_308_and_hsts_is_on_every_answer() {
 }
 
 #[test]
+fn start_up_refuses_a_broken_pair_naming_the_file() {
+    let ca = TestCa::new("Test Edge CA");
+    let dir = tempfile::tempdir().unwrap();
+    let good = ca.issue(dir.path(), "good", &Leaf::server(&["localhost"], 1));
+    let other = ca.issue(dir.path(), "other", &Leaf::server(&["localhost"], 2));
+    let sim = Sim::start();
+    let upstream = Upstream::start();
+    let mut config = ProxyConfig::new(&dir, &upstream, &sim);
+    config.tls = Some(format!(
+        "cert_file = \"{}\"\nkey_file = \"{}\"",
+        good.cert_file.display(),
+        other.key_file.display()
+    ));
+    let log = match Proxy::try_start(&dir, &config) {
+        Ok(_) => panic!("started with a key that does not match its certificate"),
+        Err(log) => log,
+    };
+    assert!(log.contains(&other.key_file.display().to_string()), "{log}");
+    assert!(log.contains("does not match"), "{log}");
+}
+
+#[test]
 fn check_deep_names_each_broken_file() {
     let ca = TestCa::new("Test Edge CA");
     let dir = tempfile::tempdir().unwrap();
