@@ -220,6 +220,27 @@ file = "{audit}"
     }
 }
 
+/// Full TLS handshakes per second (`openssl s_time -new` for `secs`) and the server's CPU µs per
+/// handshake, measured on `pids`; None without openssl.
+fn full_handshakes(port: u16, secs: u64, pids: &[u32]) -> Option<(f64, f64)> {
+    let before = cpu_seconds(pids);
+    let out = Command::new("openssl")
+        .args(["s_time", "-connect", &format!("127.0.0.1:{port}"), "-new"])
+        .args(["-time", &secs.to_string()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let cpu = cpu_seconds(pids) - before;
+    // "1234 connections in 6 real seconds, 567 bytes read per connection"
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains("real seconds"))?;
+    let mut words = line.split_whitespace();
+    let count: f64 = words.next()?.parse().ok()?;
+    let real: f64 = words.nth(2)?.parse().ok()?;
+    (count > 0.0).then(|| (count / real.max(1.0), cpu * 1e6 / count))
+}
+
 /// Idle keep-alive connections held open for the memory measurement.
 const IDLE_CONNECTIONS: usize = 2_000;
 
@@ -1059,6 +1080,30 @@ fn main() {
     }
     let refresh_calls = sim.count("token_refresh") - refreshes_before;
 
+    // Full handshakes, without session resumption (wrk resumes sessions, as browsers do):
+    // `openssl s_time -new`, one connection at a time, so the rate is the client's; the server's
+    // CPU per handshake is the figure to compare.
+    let mut full: Vec<(&str, f64, f64)> = Vec::new();
+    let mut s_time = vec![
+        (
+            "pkb-edge, ECDSA P-256",
+            https_ecdsa.port,
+            https_ecdsa.pids(),
+        ),
+        ("pkb-edge, RSA 2048", https_rsa.port, https_rsa.pids()),
+    ];
+    if let Some(n) = &nginx {
+        s_time.push(("nginx, ECDSA P-256", n.tls_port, n.pids()));
+    }
+    if std::env::var("PKB_EDGE_BENCH_ONLY").map_or(true, |o| o.contains("handshake")) {
+        for (name, port, pids) in &s_time {
+            if let Some((rate, cpu_us)) = full_handshakes(*port, secs, pids) {
+                eprintln!("full handshakes, {name}: {rate:.0}/s, server CPU {cpu_us:.0} µs each");
+                full.push((name, rate, cpu_us));
+            }
+        }
+    }
+
     // Memory per idle keep-alive connection, in fresh processes (one that has served load keeps
     // its freed memory for new connections, which would hide their cost): pkb-edge, bare
     // Pingora, and the older build.
@@ -1298,6 +1343,11 @@ fn main() {
                 cold.p99_ms - hot.p99_ms
             );
         }
+    }
+    for (name, rate, cpu_us) in &full {
+        println!(
+            "full handshakes (openssl s_time -new, no resumption), {name}: {rate:.0}/s, server CPU {cpu_us:.0} µs per handshake"
+        );
     }
     println!("\nrefresh calls during the refresh-launch runs: {refresh_calls}");
     println!(

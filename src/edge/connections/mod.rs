@@ -95,8 +95,10 @@ where
         };
         // A verified client certificate's names are known while `_client` is held: for as long
         // as this connection is open.
+        // The handshake's future is boxed: this connection's own future (held for as long as
+        // it is open, idle or not) then does not grow by the size of a handshake in progress.
         let (stream, _client) = match &self.tls {
-            Some(tls) => tls.accept(stream).await?,
+            Some(tls) => Box::pin(tls.accept(stream)).await?,
             None => (stream, None),
         };
         let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
