@@ -546,6 +546,8 @@ const KNOWN_KEYS: &[&str] = &[
     "min_version",
     "hsts_max_age_secs",
     "trusted_clients",
+    "server_name",
+    "upstream_dns_secs",
 ];
 
 /// The documented example, `conf/pkb-edge.toml`, with its `*_file` secrets inline (so that the

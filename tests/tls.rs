@@ -808,6 +808,39 @@ fn check_deep_names_each_broken_file() {
             assert!(stderr.contains(&file), "{file} named: {stderr}");
         }
     }
+    // The upstream's files too.
+    let mut config = ProxyConfig::new(&dir, &upstream, &sim);
+    config.upstream_url = Some(format!("https://127.0.0.1:{}", upstream.addr.port()));
+    config.extra_toml = format!(
+        "[upstream_tls]\nca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"",
+        not_pem.display(),
+        good.cert_file.display(),
+        other.key_file.display()
+    );
+    let path = dir.path().join("upstream.toml");
+    std::fs::write(&path, config.toml()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pkb-edge"))
+        .args(["check", "--deep", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "upstream_tls: {}: not a PEM certificate",
+            not_pem.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "upstream_tls: {}: the key does not match",
+            other.key_file.display()
+        )),
+        "{stderr}"
+    );
+
     // And a good pair passes.
     let mut config = ProxyConfig::new(&dir, &upstream, &sim);
     config.tls = Some(format!(

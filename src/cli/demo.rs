@@ -74,6 +74,34 @@ impl Demo {
         )
     }
 
+    /// With `--tls`, the certificates made for this run.
+    fn certs(&self, tls: bool) -> Result<Option<DemoCerts>, ExitCode> {
+        tls.then(|| DemoCerts::make(&self.state_dir))
+            .transpose()
+            .map_err(|e| fail("cannot make the demo's certificates", &e))
+    }
+
+    /// Serves the EHR demo's front on `listener`: over HTTPS with `certs`.
+    fn serve_front(
+        &self,
+        listener: TcpListener,
+        front: axum::Router,
+        certs: Option<&DemoCerts>,
+    ) -> Result<(), String> {
+        match certs {
+            Some(c) => {
+                let tls = self.runtime.block_on(async { c.listener(listener) })?;
+                self.runtime
+                    .spawn(async move { axum::serve(tls, front).await });
+            }
+            None => {
+                self.runtime
+                    .spawn(async move { axum::serve(listener, front).await });
+            }
+        }
+        Ok(())
+    }
+
     /// Starts the proxy for `config_text`, prints `banner` and serves until stopped.
     fn serve(self, config_text: &str, banner: String) -> ExitCode {
         let config = match Config::parse(config_text, &ProcessEnv) {
@@ -101,9 +129,9 @@ pub fn ehr(listen: &str, jwt: bool, tls: bool) -> ExitCode {
         Ok(d) => d,
         Err(code) => return code,
     };
-    let certs = match tls.then(|| DemoCerts::make(&d.state_dir)).transpose() {
+    let certs = match d.certs(tls) {
         Ok(c) => c,
-        Err(e) => return fail("cannot make the demo's certificates", &e),
+        Err(code) => return code,
     };
     let sim = Simulator::new(SimConfig::default());
     let bound = d.bind(["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", listen]);
@@ -142,17 +170,8 @@ pub fn ehr(listen: &str, jwt: bool, tls: bool) -> ExitCode {
     d.runtime.spawn(sim.clone().serve(sim_l));
     d.runtime
         .spawn(async move { axum::serve(ehr_l, demo::sample_ehr(demo_patients())).await });
-    match &certs {
-        Some(c) => match d.runtime.block_on(async { c.listener(front_l) }) {
-            Ok(l) => {
-                d.runtime.spawn(async move { axum::serve(l, front).await });
-            }
-            Err(e) => return fail("cannot serve the front over HTTPS", &e),
-        },
-        None => {
-            d.runtime
-                .spawn(async move { axum::serve(front_l, front).await });
-        }
+    if let Err(e) = d.serve_front(front_l, front, certs.as_ref()) {
+        return fail("cannot serve the front over HTTPS", &e);
     }
     let scheme = if tls { "https" } else { "http" };
     let config_text = format!(
@@ -174,36 +193,49 @@ patient_from = {{ path_regex = '^/patients/(\d{{10}})' }}
 {store_and_audit}
 {tls_table}"#,
         tls_table = certs.as_ref().map(|c| c.table(true)).unwrap_or_default(),
-        identity = if jwt {
-            format!(
-                "mode = \"jwt\"\npreset = \"pomerium\"\njwks_url = \"http://{front_host}{}\"\nissuer = \"{front_host}\"\naudience = [\"{front_host}\"]",
-                demo::POMERIUM_JWKS_PATH
-            )
-        } else {
-            // With --tls the front must also hold its client certificate.
-            format!(
-                "mode = \"header\"\nheader = \"{USER_HEADER}\"\ntrusted_peers = [\"{}/32\"]{}",
-                demo::FRONT_SOURCE_IP,
-                if tls {
-                    format!("\ntrusted_clients = [\"{FRONT_CLIENT_NAME}\"]")
-                } else {
-                    String::new()
-                }
-            )
-        },
+        identity = ehr_identity(jwt, tls, &front_host),
         client_id = sim.config().client_id,
         client_secret = sim.config().client_secret,
         store_and_audit = d.store_and_audit(),
     );
-    let banner = format!(
-        "pkb-edge demo is running. Open {scheme}://{front_addr}/ in a browser.{}\n  \
-         sign in as anyone, click \"Open in PKB\" on a patient, link your (simulated) PKB account once,\n  \
-         and land in the simulator's PKB page for that patient. Ctrl-C to stop.\n  \
-         (proxy {proxy_addr}, sample EHR {ehr_addr}, PKB simulator {sim_addr}, state and audit log {})",
-        trust_hint(certs.as_ref()),
-        d.state_dir.display()
+    let where_ = format!("proxy {proxy_addr}, sample EHR {ehr_addr}, PKB simulator {sim_addr}");
+    let banner = ehr_banner(
+        &format!("{scheme}://{front_addr}/"),
+        &where_,
+        &d,
+        certs.as_ref(),
     );
     d.serve(&config_text, banner)
+}
+
+fn ehr_banner(url: &str, where_: &str, d: &Demo, certs: Option<&DemoCerts>) -> String {
+    format!(
+        "pkb-edge demo is running. Open {url} in a browser.{}\n  \
+         sign in as anyone, click \"Open in PKB\" on a patient, link your (simulated) PKB account once,\n  \
+         and land in the simulator's PKB page for that patient. Ctrl-C to stop.\n  \
+         ({where_}, state and audit log {})",
+        trust_hint(certs),
+        d.state_dir.display()
+    )
+}
+
+/// The EHR demo's `[identity]` table: the front's assertions (jwt), or its address (header),
+/// and with `--tls` its client certificate too.
+fn ehr_identity(jwt: bool, tls: bool, front_host: &str) -> String {
+    if jwt {
+        return format!(
+            "mode = \"jwt\"\npreset = \"pomerium\"\njwks_url = \"http://{front_host}{}\"\nissuer = \"{front_host}\"\naudience = [\"{front_host}\"]",
+            demo::POMERIUM_JWKS_PATH
+        );
+    }
+    let mut identity = format!(
+        "mode = \"header\"\nheader = \"{USER_HEADER}\"\ntrusted_peers = [\"{}/32\"]",
+        demo::FRONT_SOURCE_IP
+    );
+    if tls {
+        identity += &format!("\ntrusted_clients = [\"{FRONT_CLIENT_NAME}\"]");
+    }
+    identity
 }
 
 /// With `--tls`: how to make a browser trust the run's CA (on the first line, after the URL).
@@ -225,9 +257,9 @@ pub fn portal(listen: &str, tls: bool) -> ExitCode {
         Ok(d) => d,
         Err(code) => return code,
     };
-    let certs = match tls.then(|| DemoCerts::make(&d.state_dir)).transpose() {
+    let certs = match d.certs(tls) {
         Ok(c) => c,
-        Err(e) => return fail("cannot make the demo's certificates", &e),
+        Err(code) => return code,
     };
     let listen_addr: SocketAddr = match listen.parse() {
         Ok(a) => a,

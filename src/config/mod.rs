@@ -23,6 +23,7 @@ mod pkb;
 mod server;
 mod store;
 mod tls;
+mod upstream_tls;
 
 use audit::RawAudit;
 use decorate::RawDecorate;
@@ -32,6 +33,7 @@ use pkb::RawPkb;
 use server::{RawLimits, RawServer};
 use store::RawStore;
 use tls::RawTls;
+use upstream_tls::RawUpstreamTls;
 
 pub use audit::{AuditSettings, AuditSink};
 pub use decorate::{DecorateSettings, PatientSource};
@@ -45,6 +47,7 @@ pub use pkb::{pkb_default, ClientAuth, PkbSettings};
 pub use server::{LimitSettings, ServerSettings, Upstream};
 pub use store::{parse_keys, redact_url, KeyError, StoreKey, StoreSettings, TlsMode};
 pub use tls::{ClientCertMode, TlsSettings, TlsVersion};
+pub use upstream_tls::UpstreamTlsSettings;
 
 /// Environment variable that may hold the PKB client secret.
 pub const ENV_CLIENT_SECRET: &str = "PKB_EDGE_CLIENT_SECRET";
@@ -64,6 +67,10 @@ pub struct Config {
     /// Where `/metrics`, `/livez` and `/readyz` are served; none when unset.
     pub ops_listen: Option<SocketAddr>,
     pub upstream: Upstream,
+    /// TLS to an https upstream (defaults: the system roots, no client certificate).
+    pub upstream_tls: UpstreamTlsSettings,
+    /// How often a host name in `upstream` is resolved again.
+    pub upstream_dns: std::time::Duration,
     pub prefix: String,
     pub public_url: Url,
     pub server: ServerSettings,
@@ -126,6 +133,8 @@ struct RawConfig {
     listen: Option<String>,
     ops_listen: Option<String>,
     upstream: Option<String>,
+    upstream_tls: Option<RawUpstreamTls>,
+    upstream_dns_secs: Option<u64>,
     #[serde(default = "server::default_prefix")]
     prefix: String,
     public_url: Option<String>,
@@ -275,6 +284,8 @@ impl Validator {
         let upstream = self
             .required("upstream", raw.upstream)
             .and_then(|s| self.upstream(&s));
+        let upstream_tls = self.upstream_tls(raw.upstream_tls, upstream.as_ref());
+        let upstream_dns = self.upstream_dns(raw.upstream_dns_secs);
         let prefix = self.prefix(&raw.prefix);
         let public_url = self
             .required("public_url", raw.public_url)
@@ -319,6 +330,8 @@ impl Validator {
             listen: listen?,
             ops_listen: ops_listen?,
             upstream: upstream?,
+            upstream_tls: upstream_tls?,
+            upstream_dns: upstream_dns?,
             prefix: prefix?,
             public_url: public_url?,
             server: server?,

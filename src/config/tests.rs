@@ -510,3 +510,39 @@ fn trusted_clients_need_a_client_ca_and_header_mode() {
     assert!(keys_of(Config::parse(&in_jwt_mode, &no_env()).unwrap_err())
         .contains(&"identity.trusted_clients".to_string()));
 }
+
+#[test]
+fn upstream_tls_keys_are_named() {
+    let https = minimal().replace("http://127.0.0.1:3000", "https://ehr.internal.example:8443");
+    let https = https.replace("ehr.internal.example", "localhost");
+    let config = Config::parse(&https, &no_env()).unwrap();
+    assert_eq!(config.upstream_tls, UpstreamTlsSettings::default());
+    assert_eq!(config.upstream_dns, std::time::Duration::from_secs(30));
+
+    let half = https.clone() + "[upstream_tls]\nclient_cert_file = \"/e.pem\"\n";
+    assert_eq!(
+        keys_of(Config::parse(&half, &no_env()).unwrap_err()),
+        vec!["upstream_tls.client_key_file"]
+    );
+    let plain = minimal() + "[upstream_tls]\nca_file = \"/ca.pem\"\n";
+    assert_eq!(
+        keys_of(Config::parse(&plain, &no_env()).unwrap_err()),
+        vec!["upstream_tls"],
+        "an http upstream never uses it"
+    );
+    let bad_name = https.clone() + "[upstream_tls]\nserver_name = \"ehr internal\"\n";
+    assert_eq!(
+        keys_of(Config::parse(&bad_name, &no_env()).unwrap_err()),
+        vec!["upstream_tls.server_name"]
+    );
+    let zero = format!("upstream_dns_secs = 0\n{https}");
+    assert_eq!(
+        keys_of(Config::parse(&zero, &no_env()).unwrap_err()),
+        vec!["upstream_dns_secs"]
+    );
+    let full = https
+        + "[upstream_tls]\nca_file = \"/ca.pem\"\nclient_cert_file = \"/e.pem\"\nclient_key_file = \"/e.key\"\nserver_name = \"ehr.internal\"\n";
+    let tls = Config::parse(&full, &no_env()).unwrap().upstream_tls;
+    assert_eq!(tls.server_name.as_deref(), Some("ehr.internal"));
+    assert_eq!(tls.client_cert, Some(("/e.pem".into(), "/e.key".into())));
+}

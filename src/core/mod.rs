@@ -12,6 +12,7 @@ pub mod patient;
 pub mod public_keys;
 pub mod random;
 pub mod relative_path;
+pub mod resolved;
 pub mod rsa_keys;
 pub mod same_origin;
 pub mod secret;

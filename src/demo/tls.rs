@@ -135,7 +135,9 @@ pub struct TlsListener {
 type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
 
 impl TlsListener {
-    fn spawn(
+    /// Accepts on `tcp` from now on (in the current runtime), each connection's handshake in a
+    /// task of its own.
+    pub fn spawn(
         tcp: TcpListener,
         acceptor: tokio_rustls::TlsAcceptor,
     ) -> std::io::Result<TlsListener> {

@@ -13,3 +13,4 @@ pub mod reply;
 pub mod routes;
 pub mod service;
 pub mod tls;
+pub mod upstream;

@@ -11,13 +11,15 @@ use bytes::Bytes;
 use http::{HeaderName, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::HttpPeer;
+
+use super::upstream::UpstreamPeers;
 use tracing::Instrument;
 
 use super::headers::{hop_by_hop, loggable_path, request_id, strip_spellings, REQUEST_ID};
 use super::reply::Reply;
 use super::routes::Route;
-use crate::config::Upstream;
 use crate::decorate::{merged_vary, private_cache_control, Decorator, Lookup};
 use crate::identity::{Asking, HeaderIdentity, Identify, JwtIdentity};
 use crate::launch::LaunchService;
@@ -27,7 +29,7 @@ use crate::pairing::PairingService;
 use crate::tls::ClientCerts;
 
 pub struct EdgeProxy {
-    pub upstream: Upstream,
+    pub upstream: Arc<UpstreamPeers>,
     pub prefix: String,
     pub identity: HeaderIdentity,
     /// jwt mode: the user is the verified assertion's (`identity` then only says whose
@@ -138,6 +140,39 @@ impl EdgeProxy {
         }
         .unwrap_or(None);
         ctx.request_id = request_id(ctx.peer_trusted, headers);
+    }
+
+    /// A request that could not be proxied: pkb-edge's own page (502, or 504 when the upstream
+    /// timed out; HSTS and the request id on it like every answer), unless an answer had begun;
+    /// an upstream failure gets one log line that says why.
+    pub async fn failed(
+        &self,
+        session: &mut Session,
+        e: &pingora::Error,
+        ctx: &RequestCtx,
+    ) -> FailToProxy {
+        use pingora::{ErrorSource, ErrorType};
+        let code = match (e.etype(), e.esource()) {
+            (ErrorType::HTTPStatus(code), _) => *code,
+            (ErrorType::ConnectTimedout | ErrorType::ReadTimedout, ErrorSource::Upstream) => 504,
+            (_, ErrorSource::Upstream) => 502,
+            (ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed, _) => 0,
+            (_, ErrorSource::Downstream) => 400,
+            _ => 500,
+        };
+        if matches!(e.esource(), ErrorSource::Upstream) {
+            let _span = request_span(ctx).entered();
+            tracing::error!(upstream = %self.upstream.addr().get(), "the upstream could not be used: {e}");
+        }
+        if code > 0 && session.response_written().is_none() {
+            let reply =
+                Reply::upstream_failed(super::routes::format_of(session.req_header()), code);
+            let _ = write_reply(session, &ctx.request_id, reply).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     /// The names of the connection's client certificate, if it verified against
@@ -276,8 +311,7 @@ impl ProxyHttp for EdgeProxy {
         _session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let u = &self.upstream;
-        Ok(Box::new(HttpPeer::new(u.addr, u.tls, u.host.clone())))
+        Ok(Box::new(self.upstream.peer()))
     }
 
     async fn upstream_request_filter(
@@ -346,6 +380,15 @@ impl ProxyHttp for EdgeProxy {
             }
             _ => Ok(()),
         }
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &pingora::Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        self.failed(session, e, ctx).await
     }
 
     /// Used in Pingora's error log lines: the request id and a path that cannot carry a

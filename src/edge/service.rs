@@ -19,6 +19,7 @@ use crate::edge::nhs::{NhsLoginLayer, NhsWeb};
 use crate::edge::ops::OpsApp;
 use crate::edge::proxy::EdgeProxy;
 use crate::edge::tls::{CertReload, Handshake, RedirectApp};
+use crate::edge::upstream::{UpstreamDns, UpstreamPeers};
 use crate::identity::{HeaderIdentity, JwtIdentity, NhsSessionIdentity};
 use crate::launch::LaunchService;
 use crate::nhs_login::NhsLogin;
@@ -27,7 +28,7 @@ use crate::pairing::PairingService;
 use crate::pkb::PkbClient;
 use crate::store::Pairings;
 use crate::store::{keyring, open_pairings, StoreError};
-use crate::tls::ListenerTls;
+use crate::tls::{ListenerTls, UpstreamTls};
 use crate::tokens::TokenSource;
 use pingora::proxy::ProxyHttp;
 
@@ -35,12 +36,19 @@ use pingora::proxy::ProxyHttp;
 /// against it) and the audit sink. `pkb-edge check --deep` runs this, so a reload that would
 /// fail is refused before the running process is asked to hand over.
 pub fn preflight(config: &Config) -> Result<(), String> {
-    if let Some(tls) = &config.tls {
-        let problems = crate::tls::check(tls, SystemClock.now());
-        if !problems.is_empty() {
-            let lines: Vec<String> = problems.iter().map(|p| format!("tls: {p}")).collect();
-            return Err(lines.join("\n"));
-        }
+    let now = SystemClock.now();
+    let mut lines: Vec<String> = (config.tls.as_ref())
+        .map(|tls| crate::tls::check(tls, now))
+        .unwrap_or_default()
+        .iter()
+        .map(|p| format!("tls: {p}"))
+        .collect();
+    if config.upstream.tls {
+        let upstream = UpstreamTls::check(&config.upstream_tls, now);
+        lines.extend(upstream.iter().map(|p| format!("upstream_tls: {p}")));
+    }
+    if !lines.is_empty() {
+        return Err(lines.join("\n"));
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -83,6 +91,8 @@ pub enum StartError {
     Identity(String),
     #[error("tls: {0}")]
     Tls(#[from] crate::tls::FileProblem),
+    #[error("upstream_tls: {0}")]
+    UpstreamTls(crate::tls::FileProblem),
 }
 
 /// Builds the Pingora server for `config`. Opening the store happens here, on a short-lived
@@ -98,12 +108,10 @@ pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, St
     let pairings = setup.block_on(open_pairings(&config.store, clock.clone()))?;
     drop(setup);
     let draining = Arc::new(AtomicBool::new(false));
-    let tls = match &config.tls {
-        Some(settings) => Some(ListenerTls::open(settings, clock.now())?),
-        None => None,
-    };
+    let (tls, upstream) = tls_files(config, clock.now())?;
     let mut proxy = header_proxy(config, pairings.clone(), clock.clone(), draining.clone())?;
     proxy.client_certs = tls.as_ref().and_then(|t| t.clients.clone());
+    proxy.upstream = upstream;
 
     // Everything that can fail is built before Pingora bootstraps (with `--upgrade`, that takes
     // the listening sockets over from the running process).
@@ -130,6 +138,7 @@ pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, St
         None => None,
     };
     let jwt = proxy.jwt.clone();
+    let proxy_upstream_addr = proxy.upstream.addr();
     let mut server = pingora_server(config, options);
     let handshake = tls
         .as_ref()
@@ -145,6 +154,12 @@ pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, St
     }
     if let (Some(tls), Some(settings)) = (&tls, &config.tls) {
         add_tls_services(&mut server, config, tls, settings);
+    }
+    if UpstreamDns::wanted(&config.upstream) {
+        server.add_service(pingora::services::background::background_service(
+            "upstream dns",
+            UpstreamDns::new(config, proxy_upstream_addr),
+        ));
     }
     server.add_service(pingora::services::background::background_service(
         "drain watch",
@@ -164,6 +179,24 @@ pub fn build_server(config: &Config, options: StartOptions) -> Result<Server, St
         server.add_service(ops);
     }
     Ok(server)
+}
+
+/// The listener's TLS (with `[tls]`) and the upstream's peers (with its TLS files for an https
+/// upstream), read from their files; a broken file is named.
+fn tls_files(
+    config: &Config,
+    now: i64,
+) -> Result<(Option<ListenerTls>, Arc<UpstreamPeers>), StartError> {
+    let tls = match &config.tls {
+        Some(settings) => Some(ListenerTls::open(settings, now)?),
+        None => None,
+    };
+    let files = match config.upstream.tls {
+        true => UpstreamTls::load(&config.upstream_tls, now).map_err(StartError::UpstreamTls)?,
+        false => UpstreamTls::default(),
+    };
+    let upstream = UpstreamPeers::new(&config.upstream, &config.upstream_tls, files);
+    Ok((tls, Arc::new(upstream)))
 }
 
 /// The header-mode proxy and the use cases behind it.
@@ -211,7 +244,11 @@ fn header_proxy(
         vary_on.push(name.to_string());
     }
     Ok(EdgeProxy {
-        upstream: config.upstream.clone(),
+        upstream: Arc::new(UpstreamPeers::new(
+            &config.upstream,
+            &config.upstream_tls,
+            UpstreamTls::default(),
+        )),
         prefix: config.prefix.clone(),
         identity: HeaderIdentity::new(&config.identity),
         jwt,

@@ -41,13 +41,14 @@ impl ClientCerts {
             file: ca_file.to_path_buf(),
             why: format!("cannot verify clients with it ({e})"),
         };
-        let strict = WebPkiClientVerifier::builder(roots.clone())
+        let ring = || Arc::new(rustls::crypto::ring::default_provider());
+        let strict = WebPkiClientVerifier::builder_with_provider(roots.clone(), ring())
             .build()
             .map_err(unusable)?;
         let handshake: Arc<dyn ClientCertVerifier> = match mode {
             ClientCertMode::Required => strict.clone(),
             ClientCertMode::Optional => Arc::new(Lenient(
-                WebPkiClientVerifier::builder(roots)
+                WebPkiClientVerifier::builder_with_provider(roots, ring())
                     .allow_unauthenticated()
                     .build()
                     .map_err(unusable)?,

@@ -6,6 +6,7 @@
 mod clients;
 pub mod files;
 mod serving;
+mod upstream;
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use rustls::ServerConfig;
 pub use clients::{ClientCerts, Connected};
 pub use files::FileProblem;
 pub use serving::{Reload, ServingCert, PUBLIC_LISTENER};
+pub use upstream::UpstreamTls;
 
 use crate::config::{TlsSettings, TlsVersion};
 
@@ -85,7 +87,19 @@ fn server_config(
 /// the certificate (readable, PEM, valid now), the key (readable, PEM), the two together, the
 /// client CA.
 pub fn check(settings: &TlsSettings, now: i64) -> Vec<FileProblem> {
-    let (cert_file, key_file) = (&settings.cert_file, &settings.key_file);
+    let mut problems = check_pair(&settings.cert_file, &settings.key_file, now);
+    if let Some(ca) = &settings.client_ca_file {
+        problems.extend(files::roots(ca).err());
+    }
+    problems
+}
+
+/// A certificate file and a key file, each on its own, then together.
+fn check_pair(
+    cert_file: &std::path::Path,
+    key_file: &std::path::Path,
+    now: i64,
+) -> Vec<FileProblem> {
     let cert = files::read(cert_file).and_then(|pem| {
         let chain = files::certificates(cert_file, &pem)?;
         files::Validity::of(cert_file, &chain[0])?.check(cert_file, now)?;
@@ -95,18 +109,11 @@ pub fn check(settings: &TlsSettings, now: i64) -> Vec<FileProblem> {
         files::private_key(key_file, &pem)?;
         Ok(pem)
     });
-    let mut problems = Vec::new();
     match (cert, key) {
-        (Ok(cert), Ok(key)) => {
-            problems.extend(files::pair(cert_file, &cert, key_file, &key, now).err());
-        }
-        (cert, key) => {
-            problems.extend(cert.err());
-            problems.extend(key.err());
-        }
+        (Ok(cert), Ok(key)) => files::pair(cert_file, &cert, key_file, &key, now)
+            .err()
+            .into_iter()
+            .collect(),
+        (cert, key) => cert.err().into_iter().chain(key.err()).collect(),
     }
-    if let Some(ca) = &settings.client_ca_file {
-        problems.extend(files::roots(ca).err());
-    }
-    problems
 }

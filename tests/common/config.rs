@@ -56,6 +56,8 @@ pub struct ProxyConfig {
     /// `upstream` when not `http://{upstream}` (e.g. an https upstream), with an
     /// `[upstream_tls]` table in `extra_toml` if it needs one.
     pub upstream_url: Option<String>,
+    /// Top-level keys, placed before the first table (e.g. `upstream_dns_secs = 1`).
+    pub top_extra: String,
 }
 
 impl ProxyConfig {
@@ -87,6 +89,7 @@ impl ProxyConfig {
             log_unsafe_debug: false,
             tls: None,
             upstream_url: None,
+            top_extra: String::new(),
         }
     }
 
@@ -99,6 +102,7 @@ impl ProxyConfig {
         format!(
             r#"
 {ops}
+{top_extra}
 listen = "127.0.0.1:{port}"
 upstream = "{upstream}"
 public_url = "{scheme}://127.0.0.1:{port}"
@@ -145,6 +149,7 @@ pkb_concurrency = {pkb_concurrency}
                 .clone()
                 .unwrap_or_else(|| format!("http://{}", self.upstream)),
             scheme = self.scheme(),
+            top_extra = self.top_extra,
             pkb = self.pkb_base,
             timeout = self.timeout_ms,
             skew = self.refresh_skew_secs,

@@ -29,17 +29,39 @@ type Seen = Arc<Mutex<Vec<String>>>;
 impl Upstream {
     pub fn start() -> Upstream {
         let seen = Seen::default();
-        let app = Router::new()
-            .route("/big", get(big))
-            .route("/slow", get(slow))
-            .fallback(any(echo))
-            .layer(Extension(seen.clone()));
+        let app = Upstream::app(&seen);
         let listener = rt()
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let addr = listener.local_addr().unwrap();
         rt().spawn(async move { axum::serve(listener, app).await });
         Upstream { addr, seen }
+    }
+
+    /// The same echo over HTTPS with `config` (an upstream EHR with its own certificate, and
+    /// perhaps a demand for client certificates).
+    pub fn start_tls(config: Arc<rustls::ServerConfig>) -> Upstream {
+        let seen = Seen::default();
+        let app = Upstream::app(&seen);
+        let listener = rt()
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let tls = {
+            let _in_runtime = rt().enter();
+            pkb_edge::demo::tls::TlsListener::spawn(listener, acceptor).unwrap()
+        };
+        rt().spawn(async move { axum::serve(tls, app).await });
+        Upstream { addr, seen }
+    }
+
+    fn app(seen: &Seen) -> Router {
+        Router::new()
+            .route("/big", get(big))
+            .route("/slow", get(slow))
+            .fallback(any(echo))
+            .layer(Extension(seen.clone()))
     }
 
     /// The target of every request the echo has answered so far.

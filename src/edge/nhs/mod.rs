@@ -368,4 +368,13 @@ impl ProxyHttp for NhsLoginLayer {
     fn request_summary(&self, session: &Session, ctx: &NhsCtx) -> String {
         self.inner.request_summary(session, &ctx.inner)
     }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &pingora::Error,
+        ctx: &mut NhsCtx,
+    ) -> pingora::proxy::FailToProxy {
+        self.inner.failed(session, e, &ctx.inner).await
+    }
 }

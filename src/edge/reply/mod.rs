@@ -115,6 +115,28 @@ impl Reply {
         }
     }
 
+    /// The upstream (the clinical system) could not be reached, or not securely, or did not
+    /// answer in time (504).
+    pub fn upstream_failed(format: Format, status: u16) -> Reply {
+        let (code, text) = match status {
+            504 => (
+                "upstream_timeout",
+                "The clinical system did not answer in time. Please try again in a moment.",
+            ),
+            502 => (
+                "upstream_unavailable",
+                "The clinical system could not be reached securely just now. Please try again in a moment; if it keeps happening, tell the service desk.",
+            ),
+            _ => ("request_failed", "This request could not be completed."),
+        };
+        Reply::message(
+            status,
+            format,
+            code,
+            page("The page could not be loaded", text, None),
+        )
+    }
+
     pub fn not_found(format: Format) -> Reply {
         Reply::message(
             404,
