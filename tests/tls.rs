@@ -733,6 +733,15 @@ fn start_up_refuses_a_broken_pair_naming_the_file() {
     assert!(log.contains("does not match"), "{log}");
 }
 
+/// `pkb-edge check --deep` on the config file at `path`.
+fn check_deep(path: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_pkb-edge"))
+        .args(["check", "--deep", "--config"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_deep_names_each_broken_file() {
     let ca = TestCa::new("Test Edge CA");
@@ -796,11 +805,7 @@ fn check_deep_names_each_broken_file() {
         config.tls = Some(tls);
         let path = dir.path().join("check.toml");
         std::fs::write(&path, config.toml()).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pkb-edge"))
-            .args(["check", "--deep", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = check_deep(&path);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{stderr}");
         assert!(stderr.contains(&problem), "{problem}: {stderr}");
@@ -819,11 +824,7 @@ fn check_deep_names_each_broken_file() {
     );
     let path = dir.path().join("upstream.toml");
     std::fs::write(&path, config.toml()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pkb-edge"))
-        .args(["check", "--deep", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check_deep(&path);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
@@ -850,11 +851,7 @@ fn check_deep_names_each_broken_file() {
     ));
     let path = dir.path().join("good.toml");
     std::fs::write(&path, config.toml()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pkb-edge"))
-        .args(["check", "--deep", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check_deep(&path);
     assert!(
         out.status.success(),
         "{}",

@@ -28,12 +28,7 @@ type Seen = Arc<Mutex<Vec<String>>>;
 
 impl Upstream {
     pub fn start() -> Upstream {
-        let seen = Seen::default();
-        let app = Upstream::app(&seen);
-        let listener = rt()
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (seen, app, listener, addr) = Upstream::parts();
         rt().spawn(async move { axum::serve(listener, app).await });
         Upstream { addr, seen }
     }
@@ -41,12 +36,7 @@ impl Upstream {
     /// The same echo over HTTPS with `config` (an upstream EHR with its own certificate, and
     /// perhaps a demand for client certificates).
     pub fn start_tls(config: Arc<rustls::ServerConfig>) -> Upstream {
-        let seen = Seen::default();
-        let app = Upstream::app(&seen);
-        let listener = rt()
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (seen, app, listener, addr) = Upstream::parts();
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let tls = {
             let _in_runtime = rt().enter();
@@ -56,12 +46,19 @@ impl Upstream {
         Upstream { addr, seen }
     }
 
-    fn app(seen: &Seen) -> Router {
-        Router::new()
+    /// The echo's record, its app and a loopback listener for it.
+    fn parts() -> (Seen, Router, tokio::net::TcpListener, SocketAddr) {
+        let seen = Seen::default();
+        let app = Router::new()
             .route("/big", get(big))
             .route("/slow", get(slow))
             .fallback(any(echo))
-            .layer(Extension(seen.clone()))
+            .layer(Extension(seen.clone()));
+        let listener = rt()
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        (seen, app, listener, addr)
     }
 
     /// The target of every request the echo has answered so far.
