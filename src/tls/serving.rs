@@ -65,8 +65,13 @@ impl ServingCert {
         })
     }
 
-    /// Reads the files again and takes the pair if it changed (or always, with `force`).
+    /// Reads the files again and takes the pair if it changed (or always, with `force`). A file
+    /// written in the last `SETTLE` is left for the next reading: a renewal caught half-way (the
+    /// new key beside the old certificate) is not refused.
     pub fn reload(&self, force: bool, now: i64) -> Reload {
+        if !force && (written_lately(&self.cert_file) || written_lately(&self.key_file)) {
+            return Reload::Unchanged;
+        }
         let read = files::read(&self.cert_file).and_then(|c| Ok((c, files::read(&self.key_file)?)));
         let outcome = match read {
             // An unreadable file (mid-rename, say) is refused once, then again only if forced.
@@ -143,6 +148,17 @@ impl ResolvesServerCert for ServingCert {
     }
 }
 
+/// How long a changed file is left to settle before it is read.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn written_lately(file: &Path) -> bool {
+    std::fs::metadata(file)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < SETTLE)
+}
+
 fn expiry_gauge(not_after: i64) {
     metrics()
         .tls_cert_expiry_timestamp_seconds
@@ -156,4 +172,44 @@ fn digest(cert_pem: &[u8], key_pem: &[u8]) -> [u8; 32] {
     h.update(cert_pem);
     h.update(key_pem);
     h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::clock::Clock;
+
+    fn pair(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let (c, k) = (
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    #[test]
+    fn a_pair_caught_mid_renewal_waits_for_the_next_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pair(dir.path(), "live");
+        let now = crate::core::clock::SystemClock.now();
+        let serving = ServingCert::open(&cert, &key, now).unwrap();
+        // The renewal has written its new key, not yet its certificate.
+        let (_, new_key) = pair(dir.path(), "next");
+        std::fs::copy(&new_key, &key).unwrap();
+        assert_eq!(
+            serving.reload(false, now),
+            Reload::Unchanged,
+            "left to settle"
+        );
+        // Asked for (SIGHUP), the pair is read now, and this one is refused.
+        assert!(matches!(
+            serving.reload(true, now),
+            Reload::Refused(FileProblem::KeyMismatch { .. })
+        ));
+    }
 }
