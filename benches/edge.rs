@@ -184,6 +184,53 @@ file = "{audit}"
         (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
     }
 
+    /// The same over TLS (a handshake, then one request, on each connection).
+    fn idle_memory_tls(
+        &self,
+        path: &str,
+        ca_pem: &str,
+        rt: &tokio::runtime::Runtime,
+    ) -> IdleMemory {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let before = self.rss_mb().0;
+        let connector = tls::connector(ca_pem);
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: bench\r\nX-Authenticated-User: {HOT_USER}\r\n\r\n"
+        );
+        let port = self.port;
+        let open = rt.block_on(async {
+            let mut open = Vec::with_capacity(IDLE_CONNECTIONS);
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            for _ in 0..IDLE_CONNECTIONS {
+                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .unwrap();
+                let mut conn = connector.connect(name.clone(), tcp).await.unwrap();
+                conn.write_all(request.as_bytes()).await.unwrap();
+                let mut got = Vec::new();
+                let mut buf = [0; 8192];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = conn.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "closed before answering");
+                    got.extend_from_slice(&buf[..n]);
+                }
+                open.push(conn);
+            }
+            open
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let with = self.rss_mb().0;
+        rt.block_on(async move { drop(open) });
+        std::thread::sleep(Duration::from_secs(2));
+        let after = self.rss_mb().0;
+        IdleMemory {
+            per_connection_kb: (with - before) * 1024.0 / IDLE_CONNECTIONS as f64,
+            before_mb: before,
+            with_mb: with,
+            after_close_mb: after,
+        }
+    }
+
     /// What `IDLE_CONNECTIONS` keep-alive connections cost while idle, each after one request
     /// for `path`, and what is still resident once they have closed.
     fn idle_memory(&self, path: &str) -> IdleMemory {
@@ -860,7 +907,7 @@ fn main() {
     });
     let (jwt, assertion) = start_jwt_edge(d, &keys, &common);
     let bare = start_bare_pingora(upstream);
-    let (ecdsa, rsa) = tls::pairs(d);
+    let (ecdsa, rsa, bench_ca) = tls::pairs(d);
     let https = |name: &str, pair: &tls::Pair| {
         let settings = Settings {
             tls: pair.table(),
@@ -1119,6 +1166,22 @@ fn main() {
             start_bare_pingora(upstream).idle_memory(SMALL),
         ),
     ];
+    let https_idle = Settings {
+        tls: ecdsa.table(),
+        ..DEFAULTS
+    };
+    let https_idle = Edge::start(
+        d,
+        "idle-https",
+        &d.join("idle-https.db"),
+        &keys,
+        https_idle,
+        &common,
+    );
+    idle.push((
+        "pkb-edge, HTTPS",
+        https_idle.idle_memory_tls(SMALL, &bench_ca, &rt),
+    ));
     if let Some(old) = &old {
         let binary = Some(Box::leak(old.binary.clone().into_boxed_str()) as &'static str);
         idle.push((
@@ -1323,7 +1386,7 @@ fn main() {
             "{:<40} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7} {:>12}",
             "variant", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "proxy CPU µs"
         );
-        for (name, m) in &results[&c] {
+        for (name, m) in results.get(&c).into_iter().flatten() {
             let cpu = m.proxy_cpu_us.map_or("-".into(), |us| format!("{us:.1}"));
             println!(
                 "{name:<40} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7} {cpu:>12}",

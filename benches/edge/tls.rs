@@ -24,8 +24,8 @@ impl Pair {
     }
 }
 
-/// An ECDSA P-256 pair and an RSA 2048 pair for 127.0.0.1, signed by one CA.
-pub fn pairs(dir: &Path) -> (Pair, Pair) {
+/// An ECDSA P-256 pair and an RSA 2048 pair for 127.0.0.1, signed by one CA (its PEM third).
+pub fn pairs(dir: &Path) -> (Pair, Pair, String) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -50,7 +50,19 @@ pub fn pairs(dir: &Path) -> (Pair, Pair) {
     let ecdsa = issue("ecdsa", KeyPair::generate().unwrap());
     let rsa_pem = pkb_edge::core::rsa_keys::generate_private_key().unwrap();
     let rsa = issue("rsa", KeyPair::from_pem(&rsa_pem).unwrap());
-    (ecdsa, rsa)
+    (ecdsa, rsa, ca_cert.pem())
+}
+
+/// A TLS client trusting the bench CA.
+pub fn connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
 }
 
 /// nginx's https server block for `pair`, forwarding to `upstream` as the plain one does.
