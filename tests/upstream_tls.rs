@@ -165,7 +165,7 @@ fn an_upstream_that_demands_a_client_certificate_gets_pkb_edges() {
             .text()
             .await
             .unwrap()
-            .contains("could not be reached securely"));
+            .contains("could not be reached just now"));
     });
 }
 

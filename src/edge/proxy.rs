@@ -13,13 +13,12 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::HttpPeer;
-
-use super::upstream::UpstreamPeers;
 use tracing::Instrument;
 
 use super::headers::{hop_by_hop, loggable_path, request_id, strip_spellings, REQUEST_ID};
 use super::reply::Reply;
 use super::routes::Route;
+use super::upstream::UpstreamPeers;
 use crate::decorate::{merged_vary, private_cache_control, Decorator, Lookup};
 use crate::identity::{Asking, HeaderIdentity, Identify, JwtIdentity};
 use crate::launch::LaunchService;
@@ -165,8 +164,8 @@ impl EdgeProxy {
             tracing::error!(upstream = %self.upstream.addr().get(), "the upstream could not be used: {e}");
         }
         if code > 0 && session.response_written().is_none() {
-            let reply =
-                Reply::upstream_failed(super::routes::format_of(session.req_header()), code);
+            let format = super::routes::format_of(session.req_header());
+            let reply = Reply::upstream_failed(format, code);
             let _ = write_reply(session, &ctx.request_id, reply).await;
         }
         FailToProxy {

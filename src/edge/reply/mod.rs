@@ -115,8 +115,8 @@ impl Reply {
         }
     }
 
-    /// The upstream (the clinical system) could not be reached, or not securely, or did not
-    /// answer in time (504).
+    /// The upstream (the clinical system) could not be reached (refused, unreachable, its TLS
+    /// failed: the log says which), or did not answer in time (504).
     pub fn upstream_failed(format: Format, status: u16) -> Reply {
         let (code, text) = match status {
             504 => (
@@ -125,7 +125,7 @@ impl Reply {
             ),
             502 => (
                 "upstream_unavailable",
-                "The clinical system could not be reached securely just now. Please try again in a moment; if it keeps happening, tell the service desk.",
+                "The clinical system could not be reached just now. Please try again in a moment; if it keeps happening, tell the service desk.",
             ),
             _ => ("request_failed", "This request could not be completed."),
         };
