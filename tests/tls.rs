@@ -711,6 +711,60 @@ fn the_redirect_listener_answers_308_and_hsts_is_on_every_answer() {
     });
 }
 
+/// GET / on the redirect listener at `port`, on a new connection kept open: the status line.
+fn redirect_once(port: u16) -> (TcpStream, String) {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: ehr.test\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf) {
+            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+            other => panic!("no answer from the redirect listener: {other:?}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&got).to_string();
+    (conn, text.lines().next().unwrap_or_default().to_string())
+}
+
+#[test]
+fn an_idle_flood_on_the_redirect_listener_leaves_the_https_listener_serving() {
+    let ca = TestCa::new("Test Edge CA");
+    let redirect = free_port();
+    // 256 descriptors: more idle redirect connections than that would starve the process.
+    let w = tls_world(
+        &ca,
+        &format!("redirect_listen = \"127.0.0.1:{redirect}\""),
+        |c| {
+            c.descriptor_limit = Some(256);
+        },
+    );
+    wait_listening(redirect, "redirect listener", Duration::from_secs(10));
+    let mut flood = Vec::new();
+    for i in 0..300 {
+        let (conn, status) = redirect_once(redirect);
+        assert!(status.contains(" 308 "), "flood client {i}: {status}");
+        flood.push(conn);
+    }
+    rt().block_on(async {
+        let page = https_client(&ca)
+            .build()
+            .unwrap()
+            .get(w.proxy.url("/after-flood"))
+            .send()
+            .await;
+        assert_eq!(
+            page.unwrap().status(),
+            200,
+            "the HTTPS listener still serves"
+        );
+    });
+    assert!(redirect_once(redirect).1.contains(" 308 "));
+}
+
 #[test]
 fn start_up_refuses_a_broken_pair_naming_the_file() {
     let ca = TestCa::new("Test Edge CA");

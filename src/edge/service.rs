@@ -276,6 +276,9 @@ fn header_proxy(
     })
 }
 
+/// Connections the redirect listener keeps open at once.
+const REDIRECT_CONNECTIONS: usize = 64;
+
 /// With `[tls]`: the certificate reload, and the plain listener that redirects to https.
 fn add_tls_services(
     server: &mut Server,
@@ -294,6 +297,16 @@ fn add_tls_services(
         let app = pingora::apps::http_app::HttpServer::new_app(RedirectApp {
             https_origin: config.public_url.origin().ascii_serialization(),
         });
+        // Its own connection limits: 64 at once (the oldest idle shed for a new one; each
+        // holds one descriptor, out of the reserve the public listener's share leaves), the
+        // same idle and head deadlines; its draining ends nothing.
+        let limits = ConnectionLimits {
+            max: REDIRECT_CONNECTIONS,
+            keepalive_idle: config.server.keepalive_idle,
+            header_timeout: config.server.header_timeout,
+            grace: std::time::Duration::from_secs(config.server.grace_period_seconds),
+        };
+        let app = Guarded::new(app, limits, None, |_| {});
         let mut plain =
             pingora::services::listening::Service::new("pkb-edge https redirect".into(), app);
         plain.add_tcp(&redirect.to_string());

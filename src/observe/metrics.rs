@@ -181,7 +181,7 @@ fn expiry_gauge() -> IntGaugeVec {
 fn connections_gauge() -> IntGauge {
     register_int_gauge!(
         "pkb_edge_downstream_connections",
-        "Client connections open on the public listener."
+        "Client connections open on the public listener (and the https redirect listener)."
     )
     .unwrap_or_else(|e| panic!("metric downstream_connections: {e}"))
 }
