@@ -184,29 +184,36 @@ file = "{audit}"
         (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
     }
 
-    /// The same over TLS (a handshake, then one request, on each connection).
-    fn idle_memory_tls(
+    /// What `IDLE_CONNECTIONS` keep-alive connections cost while idle, each after one request
+    /// for `path` (over TLS with `tls`: a handshake first), and what is still resident once
+    /// they have closed.
+    fn idle_memory(
         &self,
         path: &str,
-        ca_pem: &str,
+        tls: Option<&tokio_rustls::TlsConnector>,
         rt: &tokio::runtime::Runtime,
     ) -> IdleMemory {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+        trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
+        impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
         let before = self.rss_mb().0;
-        let connector = tls::connector(ca_pem);
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: bench\r\nX-Authenticated-User: {HOT_USER}\r\n\r\n"
         );
         let port = self.port;
-        let open = rt.block_on(async {
+        let open: Vec<Box<dyn Conn>> = rt.block_on(async {
             let mut open = Vec::with_capacity(IDLE_CONNECTIONS);
             let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
             for _ in 0..IDLE_CONNECTIONS {
                 let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
                     .await
                     .unwrap();
-                let mut conn = connector.connect(name.clone(), tcp).await.unwrap();
+                let mut conn: Box<dyn Conn> = match tls {
+                    Some(tls) => Box::new(tls.connect(name.clone(), tcp).await.unwrap()),
+                    None => Box::new(tcp),
+                };
                 conn.write_all(request.as_bytes()).await.unwrap();
+                // Small answers: the whole of one arrives before the blank line is found.
                 let mut got = Vec::new();
                 let mut buf = [0; 8192];
                 while !got.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -221,41 +228,6 @@ file = "{audit}"
         std::thread::sleep(Duration::from_millis(500));
         let with = self.rss_mb().0;
         rt.block_on(async move { drop(open) });
-        std::thread::sleep(Duration::from_secs(2));
-        let after = self.rss_mb().0;
-        IdleMemory {
-            per_connection_kb: (with - before) * 1024.0 / IDLE_CONNECTIONS as f64,
-            before_mb: before,
-            with_mb: with,
-            after_close_mb: after,
-        }
-    }
-
-    /// What `IDLE_CONNECTIONS` keep-alive connections cost while idle, each after one request
-    /// for `path`, and what is still resident once they have closed.
-    fn idle_memory(&self, path: &str) -> IdleMemory {
-        use std::io::{Read, Write};
-        let before = self.rss_mb().0;
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: bench\r\nX-Authenticated-User: {HOT_USER}\r\n\r\n"
-        );
-        let mut open = Vec::with_capacity(IDLE_CONNECTIONS);
-        for _ in 0..IDLE_CONNECTIONS {
-            let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-            conn.write_all(request.as_bytes()).unwrap();
-            // Small answers: the whole of one arrives before the blank line is found.
-            let mut got = Vec::new();
-            let mut buf = [0; 8192];
-            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = conn.read(&mut buf).unwrap();
-                assert!(n > 0, "closed before answering");
-                got.extend_from_slice(&buf[..n]);
-            }
-            open.push(conn);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-        let with = self.rss_mb().0;
-        drop(open);
         std::thread::sleep(Duration::from_secs(2));
         let after = self.rss_mb().0;
         IdleMemory {
@@ -1160,10 +1132,13 @@ fn main() {
         Edge::start(d, name, &db, &keys, settings, &common)
     };
     let mut idle: Vec<(&str, IdleMemory)> = vec![
-        ("pkb-edge", fresh("idle", None).idle_memory(SMALL)),
+        (
+            "pkb-edge",
+            fresh("idle", None).idle_memory(SMALL, None, &rt),
+        ),
         (
             "bare Pingora",
-            start_bare_pingora(upstream).idle_memory(SMALL),
+            start_bare_pingora(upstream).idle_memory(SMALL, None, &rt),
         ),
     ];
     let https_idle = Settings {
@@ -1180,13 +1155,13 @@ fn main() {
     );
     idle.push((
         "pkb-edge, HTTPS",
-        https_idle.idle_memory_tls(SMALL, &bench_ca, &rt),
+        https_idle.idle_memory(SMALL, Some(&tls::connector(&bench_ca)), &rt),
     ));
     if let Some(old) = &old {
         let binary = Some(Box::leak(old.binary.clone().into_boxed_str()) as &'static str);
         idle.push((
             "pkb-edge (old)",
-            fresh("idle-old", binary).idle_memory(SMALL),
+            fresh("idle-old", binary).idle_memory(SMALL, None, &rt),
         ));
     }
 
