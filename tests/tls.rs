@@ -16,8 +16,22 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 const GATEWAY: &str = "sso-gateway.trust.test";
 
+/// A World whose listener speaks HTTPS, and the directories of the files it reads (removed with
+/// it, after the proxy has stopped).
+struct TlsWorld {
+    world: World,
+    _files: Vec<tempfile::TempDir>,
+}
+
+impl std::ops::Deref for TlsWorld {
+    type Target = World;
+    fn deref(&self) -> &World {
+        &self.world
+    }
+}
+
 /// A World whose listener speaks HTTPS with a certificate for 127.0.0.1 from `ca`.
-fn tls_world(ca: &TestCa, tls_extra: &str, adjust: impl FnOnce(&mut ProxyConfig)) -> World {
+fn tls_world(ca: &TestCa, tls_extra: &str, adjust: impl FnOnce(&mut ProxyConfig)) -> TlsWorld {
     let dir = tempfile::tempdir().unwrap();
     let server = ca.issue(
         dir.path(),
@@ -29,13 +43,14 @@ fn tls_world(ca: &TestCa, tls_extra: &str, adjust: impl FnOnce(&mut ProxyConfig)
         server.cert_file.display(),
         server.key_file.display()
     );
-    let w = World::start_with(|c| {
+    let world = World::start_with(|c| {
         c.tls = Some(tls);
         adjust(c);
     });
-    // The certificate files live in `dir`, which must outlive the proxy: keep it with the world.
-    std::mem::forget(dir);
-    w
+    TlsWorld {
+        world,
+        _files: vec![dir],
+    }
 }
 
 fn https_client(ca: &TestCa) -> reqwest::ClientBuilder {
@@ -506,11 +521,11 @@ fn sighup_reloads_at_once() {
 }
 
 /// A world in header mode trusting client certificates named `GATEWAY` from the gateway CA.
-fn mtls_world(gateway: &TestCa, server_ca: &TestCa, client_auth: &str, peers: &[&str]) -> World {
+fn mtls_world(gateway: &TestCa, server_ca: &TestCa, client_auth: &str, peers: &[&str]) -> TlsWorld {
     let dir = tempfile::tempdir().unwrap();
     let ca_file = gateway.write(dir.path(), "gateway-ca.pem");
     let peers: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
-    let w = tls_world(
+    let mut w = tls_world(
         server_ca,
         &format!(
             "client_ca_file = \"{}\"\nclient_auth = \"{client_auth}\"",
@@ -523,7 +538,7 @@ fn mtls_world(gateway: &TestCa, server_ca: &TestCa, client_auth: &str, peers: &[
             ));
         },
     );
-    std::mem::forget(dir);
+    w._files.push(dir);
     w
 }
 
