@@ -151,22 +151,28 @@ impl EdgeProxy {
         ctx: &RequestCtx,
     ) -> FailToProxy {
         use pingora::{ErrorSource, ErrorType};
-        let code = match (e.etype(), e.esource()) {
-            (ErrorType::HTTPStatus(code), _) => *code,
-            (ErrorType::ConnectTimedout | ErrorType::ReadTimedout, ErrorSource::Upstream) => 504,
-            (_, ErrorSource::Upstream) => 502,
-            (ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed, _) => 0,
-            (_, ErrorSource::Downstream) => 400,
+        let upstream = matches!(e.esource(), ErrorSource::Upstream)
+            && !matches!(e.etype(), ErrorType::HTTPStatus(_));
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout if upstream => 504,
+            _ if upstream => 502,
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+            _ if matches!(e.esource(), ErrorSource::Downstream) => 400,
             _ => 500,
         };
-        if matches!(e.esource(), ErrorSource::Upstream) {
+        if upstream {
             let _span = request_span(ctx).entered();
             tracing::error!(upstream = %self.upstream.addr().get(), "the upstream could not be used: {e}");
         }
-        if code > 0 && session.response_written().is_none() {
+        if upstream && session.response_written().is_none() {
             let format = super::routes::format_of(session.req_header());
             let reply = Reply::upstream_failed(format, code);
+            session.set_keepalive(None);
             let _ = write_reply(session, &ctx.request_id, reply).await;
+        } else if code > 0 {
+            // Everything else as Pingora answers it.
+            let _ = session.respond_error(code).await;
         }
         FailToProxy {
             error_code: code,
