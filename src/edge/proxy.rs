@@ -141,9 +141,10 @@ impl EdgeProxy {
         ctx.request_id = request_id(ctx.peer_trusted, headers);
     }
 
-    /// A request that could not be proxied: pkb-edge's own page (502, or 504 when the upstream
-    /// timed out; HSTS and the request id on it like every answer), unless an answer had begun;
-    /// an upstream failure gets one log line that says why.
+    /// A request that could not be proxied. An upstream failure gets pkb-edge's own page (502,
+    /// or 504 when the upstream timed out; HSTS and the request id on it like every answer),
+    /// unless an answer had begun, and one log line that says why; any other error is answered
+    /// as Pingora answers it.
     pub async fn failed(
         &self,
         session: &mut Session,
